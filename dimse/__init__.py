@@ -1,0 +1,1 @@
+"""DIMSE-C messages, services, Query/Retrieve, associations, server and tools."""
