@@ -153,3 +153,30 @@ def test_run_process_collects_output() -> None:
     assert "hello" in proc.output() and "oops" in proc.output()
     assert proc.popen.returncode == 0
     assert isinstance(proc.popen, subprocess.Popen)
+
+
+def test_recorder_captures_echoscu_session(tmp_path: Path) -> None:
+    from tests.recorder import Direction, recording
+
+    port = peers.free_port()
+    cfg = peers.dcmqrscp_config(tmp_path, "QRSCP", port)
+    with peers.run_dcmqrscp(cfg, port), recording(port) as rec:
+        result = peers.run_tool(
+            [peers.dcmtk("echoscu"), "-aec", "QRSCP", "127.0.0.1", str(rec.port)]
+        )
+        rec.wait_closed(1, timeout=10)
+    assert result.returncode == 0, result.stderr
+    got = [(p.pdu_type, p.direction) for p in rec.pdus()]
+    up, down = Direction.TO_SERVER, Direction.TO_CLIENT
+    assert got == [(1, up), (2, down), (4, up), (4, down), (5, up), (6, down)]
+    conn = rec.proxy.connections[0]
+    assert conn.trailing(up) == b"" and conn.trailing(down) == b""
+    assert b"".join(p.data for p in rec.pdus() if p.direction is up) == conn.stream(up)
+
+
+def test_split_pdus_keeps_whole_pdus_only() -> None:
+    from tests.recorder import split_pdus
+
+    release = bytes.fromhex("05000000000400000000")
+    assert split_pdus(release + release[:7]) == [release]
+    assert split_pdus(b"") == []
