@@ -1,0 +1,627 @@
+"""Query/Retrieve information models (PS3.4 Annex C, Y, Z) as data, and the identifier rules.
+
+One table, :data:`MODELS`, holds every model's SOP class UIDs and levels; the key tables say
+which level each attribute belongs to and which keys are unique/required. The SCU's checks
+(:func:`check_identifier`, :func:`validate_request`) and the SCP's (:func:`validate_scp`) are
+the same rules read from those tables, so the two sides cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from dimse.errors import IdentifierError
+
+__all__ = [
+    "DEFAULT_TRANSFER_SYNTAXES",
+    "FRAME_RANGE_KEYS",
+    "MODELS",
+    "UNIQUE_KEYS",
+    "Failure",
+    "KeyType",
+    "Level",
+    "Mode",
+    "ModelInfo",
+    "Operation",
+    "QrContext",
+    "QueryModel",
+    "Rule",
+    "Violation",
+    "check_identifier",
+    "contexts_for",
+    "key_level",
+    "keys_for",
+    "model_for_sop_class",
+    "parse_level",
+    "relational_accepted",
+    "required_keys",
+    "sop_class",
+    "tag_name",
+    "validate_request",
+    "validate_scp",
+]
+
+log = logging.getLogger(__name__)
+
+STATUS_IDENTIFIER_MISMATCH: Final = 0xA900
+STATUS_UNABLE_TO_PROCESS: Final = 0xC000
+QR_LEVEL: Final = 0x00080052
+SPECIFIC_CHARACTER_SET: Final = 0x00080005
+
+
+class Operation(Enum):
+    """The DIMSE-C operation a Q/R SOP class performs."""
+
+    FIND = "C-FIND"
+    MOVE = "C-MOVE"
+    GET = "C-GET"
+
+
+class Level(Enum):
+    """Query/Retrieve Level (0008,0052) defined terms; FRAME only in Composite Instance Root."""
+
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+    FRAME = "FRAME"
+
+
+class QueryModel(Enum):
+    """Query/Retrieve information models."""
+
+    PATIENT_ROOT = "Patient Root"
+    STUDY_ROOT = "Study Root"
+    PATIENT_STUDY_ONLY = "Patient/Study Only"  # retired, still seen
+    COMPOSITE_INSTANCE_ROOT = "Composite Instance Root"  # MOVE/GET only (Annex Y)
+    COMPOSITE_INSTANCE_WITHOUT_BULK = "Composite Instance Without Bulk Data"  # GET only (Annex Z)
+
+
+class KeyType(Enum):
+    """Key types of PS3.4 C.6: unique, required, optional."""
+
+    UNIQUE = "U"
+    REQUIRED = "R"
+    OPTIONAL = "O"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One row of the model table.
+
+    ``patient_in_study``: patient attributes are STUDY-level keys (Study Root hierarchy).
+    ``relational``: the relational query/retrieve extended negotiation byte applies.
+    """
+
+    model: QueryModel
+    find: str | None
+    move: str | None
+    get: str | None
+    levels: tuple[Level, ...]
+    retired: bool = False
+    relational: bool = True
+    patient_in_study: bool = False
+
+    def uid(self, operation: Operation) -> str | None:
+        """The SOP class UID for ``operation`` (None if the model lacks it)."""
+        return {Operation.FIND: self.find, Operation.MOVE: self.move, Operation.GET: self.get}[
+            operation
+        ]
+
+
+_P, _ST, _SE, _I, _F = Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE, Level.FRAME
+_QR = "1.2.840.10008.5.1.4.1.2."
+
+#: THE table: models, SOP class UIDs per operation, levels top to bottom.
+MODELS: Final[Mapping[QueryModel, ModelInfo]] = {
+    m.model: m
+    for m in (
+        ModelInfo(QueryModel.PATIENT_ROOT, _QR + "1.1", _QR + "1.2", _QR + "1.3",
+                  (_P, _ST, _SE, _I)),
+        ModelInfo(QueryModel.STUDY_ROOT, _QR + "2.1", _QR + "2.2", _QR + "2.3",
+                  (_ST, _SE, _I), patient_in_study=True),
+        ModelInfo(QueryModel.PATIENT_STUDY_ONLY, _QR + "3.1", _QR + "3.2", _QR + "3.3",
+                  (_P, _ST), retired=True),
+        ModelInfo(QueryModel.COMPOSITE_INSTANCE_ROOT, None, _QR + "4.2", _QR + "4.3",
+                  (_I, _F), relational=False),
+        # Annex Z levels are not verified (see spec section 8): Study Root hierarchy assumed.
+        ModelInfo(QueryModel.COMPOSITE_INSTANCE_WITHOUT_BULK, None, None, _QR + "5.3",
+                  (_ST, _SE, _I), relational=False, patient_in_study=True),
+    )
+}
+
+_BY_UID: Final[dict[str, tuple[QueryModel, Operation]]] = {
+    uid: (info.model, op)
+    for info in MODELS.values()
+    for op in Operation
+    if (uid := info.uid(op)) is not None
+}
+
+
+def _t(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # pragma: no cover - table typo
+        raise KeyError(keyword)
+    return int(tag)
+
+
+#: Unique key per level (FRAME has none: it is selected by SOP Instance UID plus frame keys).
+UNIQUE_KEYS: Final[Mapping[Level, int]] = {
+    _P: _t("PatientID"), _ST: _t("StudyInstanceUID"), _SE: _t("SeriesInstanceUID"),
+    _I: _t("SOPInstanceUID"),
+}
+
+#: Frame-level keys of Composite Instance Root Retrieve (exactly one per FRAME request).
+FRAME_RANGE_KEYS: Final = frozenset(
+    _t(k) for k in ("SimpleFrameList", "CalculatedFrameList", "TimeRange")
+)
+
+_REQUIRED: Final[Mapping[Level, tuple[str, ...]]] = {
+    _P: ("PatientName",),
+    _ST: ("StudyDate", "StudyTime", "AccessionNumber", "StudyID"),
+    _SE: ("Modality", "SeriesNumber"),
+    _I: ("InstanceNumber",),
+}
+
+# Natural level (information entity) of the attributes this library knows; any other attribute
+# is taken as an optional key of the level being queried.
+_LEVEL_KEYWORDS: Final[Mapping[Level, tuple[str, ...]]] = {
+    _P: ("PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
+         "TypeOfPatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex",
+         "OtherPatientIDsSequence", "OtherPatientIDs", "OtherPatientNames", "EthnicGroup",
+         "PatientComments", "PatientSpeciesDescription", "PatientBreedDescription",
+         "ResponsiblePerson", "PatientMotherBirthName", "NumberOfPatientRelatedStudies",
+         "NumberOfPatientRelatedSeries", "NumberOfPatientRelatedInstances"),
+    _ST: ("StudyDate", "StudyTime", "AccessionNumber", "StudyID", "StudyInstanceUID",
+          "IssuerOfAccessionNumberSequence", "ModalitiesInStudy", "SOPClassesInStudy",
+          "AnatomicRegionsInStudyCodeSequence", "ReferringPhysicianName", "StudyDescription",
+          "ProcedureCodeSequence", "NameOfPhysiciansReadingStudy",
+          "AdmittingDiagnosesDescription", "ReferencedStudySequence", "PatientAge",
+          "PatientSize", "PatientWeight", "Occupation", "AdditionalPatientHistory",
+          "OtherStudyNumbers", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+          "StudyStatusID", "StudyPriorityID"),
+    _SE: ("Modality", "SeriesNumber", "SeriesInstanceUID", "NumberOfSeriesRelatedInstances",
+          "SeriesDate", "SeriesTime", "SeriesDescription", "BodyPartExamined", "Laterality",
+          "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+          "RequestAttributesSequence", "ProtocolName", "OperatorsName"),
+    _I: ("InstanceNumber", "SOPInstanceUID", "SOPClassUID", "RelatedGeneralSOPClassUID",
+         "AlternateRepresentationSequence", "AvailableTransferSyntaxUID",
+         "ConceptNameCodeSequence", "ContentTemplateSequence", "ContentDate", "ContentTime",
+         "AcquisitionDate", "AcquisitionTime", "AcquisitionNumber", "ImageType", "Rows",
+         "Columns", "NumberOfFrames", "BitsAllocated", "ImageComments", "CompletionFlag",
+         "VerificationFlag"),
+    _F: ("SimpleFrameList", "CalculatedFrameList", "TimeRange"),
+}
+
+_NATURAL_LEVEL: Final[Mapping[int, Level]] = {
+    _t(kw): lv for lv, kws in _LEVEL_KEYWORDS.items() for kw in kws
+}
+
+# Elements that are not keys and may appear in any identifier of the operation.
+_GENERAL_FIND: Final = frozenset(
+    _t(k) for k in ("QueryRetrieveLevel", "SpecificCharacterSet", "TimezoneOffsetFromUTC",
+                    "QueryRetrieveView", "RetrieveAETitle", "InstanceAvailability",
+                    "StorageMediaFileSetID", "StorageMediaFileSetUID")
+)
+_GENERAL_RETRIEVE: Final = frozenset(
+    _t(k) for k in ("QueryRetrieveLevel", "SpecificCharacterSet", "QueryRetrieveView")
+)
+# Composite Instance Root IMAGE requests may carry the study/series UIDs (PS3.17 LL.1).
+_COMPOSITE_TOLERATED: Final = frozenset((_t("StudyInstanceUID"), _t("SeriesInstanceUID")))
+
+
+def tag_name(tag: int) -> str:
+    """``PatientID (0010,0020)``: keyword and tag, as every message names an element."""
+    kw = keyword_for_tag(tag) or "Unknown"
+    return f"{kw} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def model_for_sop_class(uid: str) -> tuple[QueryModel, Operation]:
+    """The model and operation a Q/R SOP class UID selects; KeyError if it is not one."""
+    try:
+        return _BY_UID[uid.strip().rstrip("\0")]
+    except KeyError:
+        raise KeyError(f"{uid!r} is not a Query/Retrieve SOP class") from None
+
+
+def sop_class(model: QueryModel, operation: Operation) -> str:
+    """The SOP class UID of ``model`` for ``operation``; ValueError if the model lacks it."""
+    uid = MODELS[model].uid(operation)
+    if uid is None:
+        raise ValueError(f"{model.name} has no {operation.value} SOP class")
+    return uid
+
+
+def parse_level(value: object) -> Level | None:
+    """A Query/Retrieve Level value -> Level, lenient on case and padding (None if unknown)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return Level(value.strip(" \0").upper())
+    except ValueError:
+        return None
+
+
+def key_level(tag: int, model: QueryModel) -> Level | None:
+    """The level ``tag`` belongs to in ``model`` (None: unknown attribute)."""
+    natural = _NATURAL_LEVEL.get(tag)
+    if natural is None:
+        return None
+    info = MODELS[model]
+    if info.model is QueryModel.COMPOSITE_INSTANCE_ROOT:
+        return _F if natural is _F else _I
+    if info.patient_in_study and natural is _P:
+        return _ST
+    return natural
+
+
+def keys_for(model: QueryModel, level: Level) -> Mapping[int, KeyType]:
+    """Standard unique/required keys (and the known optional ones) of ``level`` in ``model``."""
+    info = MODELS[model]
+    if level not in info.levels:
+        raise ValueError(f"{model.name} has no {level.value} level")
+    out: dict[int, KeyType] = {}
+    for tag in _NATURAL_LEVEL:
+        if key_level(tag, model) is level:
+            out[tag] = KeyType.OPTIONAL
+    for kw in _REQUIRED.get(level, ()):
+        out[_t(kw)] = KeyType.REQUIRED
+    if info.patient_in_study and level is _ST:
+        out[_t("PatientName")] = KeyType.REQUIRED
+        out[_t("PatientID")] = KeyType.REQUIRED  # not unique in Study Root
+    if level in UNIQUE_KEYS:
+        out[UNIQUE_KEYS[level]] = KeyType.UNIQUE
+    return out
+
+
+def required_keys(model: QueryModel, level: Level) -> frozenset[int]:
+    """Unique and required keys of ``level``: the ones an SCP must match and return."""
+    return frozenset(t for t, k in keys_for(model, level).items() if k is not KeyType.OPTIONAL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presentation contexts and extended negotiation
+
+DEFAULT_TRANSFER_SYNTAXES: Final = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+
+@dataclass(frozen=True, slots=True)
+class QrContext:
+    """A presentation context an SCU should propose, with its 0x56 extended negotiation bytes
+    (empty: send no sub-item)."""
+
+    abstract_syntax: str
+    model: QueryModel
+    operation: Operation
+    transfer_syntaxes: tuple[str, ...] = DEFAULT_TRANSFER_SYNTAXES
+    extended_negotiation: bytes = b""
+
+
+def contexts_for(
+    models: Iterable[QueryModel],
+    operations: Iterable[Operation],
+    *,
+    transfer_syntaxes: tuple[str, ...] = DEFAULT_TRANSFER_SYNTAXES,
+    relational: bool = False,
+) -> list[QrContext]:
+    """One context per existing (model, operation) pair, in the given order, no duplicates.
+
+    With ``relational`` the relational-queries/retrieval byte (byte 1) is proposed where it
+    applies (not for the Composite Instance models, PS3.4 Y.5.1.1).
+    """
+    ops = list(dict.fromkeys(operations))
+    out: list[QrContext] = []
+    for model in dict.fromkeys(models):
+        info = MODELS[model]
+        for op in ops:
+            uid = info.uid(op)
+            if uid is None:
+                continue
+            ext = b"\x01" if relational and info.relational else b""
+            out.append(QrContext(uid, model, op, tuple(transfer_syntaxes), ext))
+    return out
+
+
+def relational_accepted(accepted_info: bytes | None) -> bool:
+    """Whether the acceptor's 0x56 info agreed to relational query/retrieval (byte 1 == 1)."""
+    return accepted_info is not None and len(accepted_info) > 0 and accepted_info[0] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Identifier rules
+
+
+class Rule(Enum):
+    """Kinds of identifier violations; lenient SCPs let the ``LENIENT_SCP_PASSES`` ones by."""
+
+    UNREADABLE = "unreadable"
+    LEVEL_MISSING = "level missing"
+    LEVEL_INVALID = "level invalid"
+    LEVEL_NOT_IN_MODEL = "level not in model"
+    UNIQUE_ABOVE = "unique key above the level"
+    KEY_ABOVE = "non-unique key above the level"
+    KEY_BELOW = "key below the level"
+    NON_UNIQUE = "non-unique key in a retrieve"
+    UNIQUE_AT_LEVEL = "unique key of the level"
+    FRAME_KEYS = "frame keys"
+    NO_KEYS = "no keys"
+
+
+#: Rules a lenient SCP lets pass (the archive then matches relationally whatever keys it has,
+#: and ignores keys below the level). Level problems, an unbounded retrieve (unique key of the
+#: level missing, empty or wildcard) and frame-key errors always fail.
+LENIENT_SCP_PASSES: Final = frozenset(
+    {Rule.UNIQUE_ABOVE, Rule.KEY_ABOVE, Rule.KEY_BELOW, Rule.NON_UNIQUE, Rule.NO_KEYS}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken rule: the elements at fault, a precise message, a short ErrorComment."""
+
+    rule: Rule
+    tags: tuple[int, ...]
+    message: str
+    comment: str
+    status: int = STATUS_IDENTIFIER_MISMATCH
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What an SCP answers for an invalid identifier: status, OffendingElement, ErrorComment."""
+
+    status: int
+    offending: tuple[int, ...]
+    comment: str
+    violations: tuple[Violation, ...]
+
+    def as_service_error(self) -> Exception:
+        """The equivalent :class:`dimse.errors.ServiceError` for a handler to raise."""
+        from dimse.errors import ServiceError
+
+        return ServiceError(self.status, self.comment, self.offending)
+
+
+class Mode(Enum):
+    """How an SCU treats identifier violations before sending."""
+
+    STRICT = "strict"  # hierarchical rules, raise IdentifierError
+    LENIENT = "lenient"  # log one warning per violation, send anyway
+    RELATIONAL = "relational"  # relational rules (needs negotiation), raise IdentifierError
+
+
+def _value_problem(elem: DataElement | None, *, allow_multi: bool) -> str | None:
+    """Why ``elem`` is not a usable unique-key value (None if it is)."""
+    if elem is None:
+        return "missing"
+    if elem.is_empty:
+        return "empty"
+    values = list(elem.value) if elem.VM > 1 else [elem.value]
+    if not allow_multi and len(values) > 1:
+        return f"has {len(values)} values"
+    if any(isinstance(v, str) and ("*" in v or "?" in v) for v in values):
+        return "has a wildcard"
+    if any(isinstance(v, str) and not v.strip(" \0") for v in values):
+        return "has an empty value"
+    return None
+
+
+class _Checker:
+    """Collects the violations of one identifier (one instance per check)."""
+
+    def __init__(self, ds: Dataset, model: QueryModel, op: Operation, relational: bool) -> None:
+        self.ds, self.model, self.op = ds, model, op
+        self.info = MODELS[model]
+        self.relational = relational and self.info.relational
+        self.out: list[Violation] = []
+        self.verb = "query" if op is Operation.FIND else "retrieve"
+
+    def add(self, rule: Rule, tags: Iterable[int], message: str, comment: str,
+            status: int = STATUS_IDENTIFIER_MISMATCH) -> None:
+        self.out.append(Violation(rule, tuple(tags), message, comment[:64], status))
+
+    def prefix(self, level: Level) -> str:
+        return f"{level.value} level {self.verb} under {self.model.name}"
+
+    def run(self) -> list[Violation]:
+        level = self.check_level()
+        if level is None:
+            return self.out
+        idx = self.info.levels.index(level)
+        above = self.info.levels[:idx]
+        self.check_unique_above(level, above)
+        self.check_keys(level, idx, {UNIQUE_KEYS[lv] for lv in above if lv in UNIQUE_KEYS})
+        if self.op is Operation.FIND:
+            self.check_find_level(level)
+        elif level is _F:
+            self.check_frame_keys()
+        else:
+            self.check_retrieve_unique(level)
+        return self.out
+
+    def check_level(self) -> Level | None:
+        elem = self.ds.get(QR_LEVEL)
+        qrl = tag_name(QR_LEVEL)
+        if elem is None:
+            self.add(Rule.LEVEL_MISSING, [QR_LEVEL],
+                     f"{self.verb} under {self.model.name} needs {qrl}",
+                     "QueryRetrieveLevel (0008,0052) missing")
+            return None
+        level = parse_level(elem.value) if elem.VM == 1 else None
+        if level is None:
+            self.add(Rule.LEVEL_INVALID, [QR_LEVEL],
+                     f"{qrl} value {elem.value!r} is not one of "
+                     f"{', '.join(lv.value for lv in self.info.levels)}",
+                     f"QueryRetrieveLevel {str(elem.value)[:20]!r} invalid")
+            return None
+        if level not in self.info.levels:
+            self.add(Rule.LEVEL_NOT_IN_MODEL, [QR_LEVEL],
+                     f"{qrl}: {self.model.name} has no {level.value} level (allowed: "
+                     f"{', '.join(lv.value for lv in self.info.levels)})",
+                     f"level {level.value} not in {self.model.name}")
+            return None
+        return level
+
+    def check_unique_above(self, level: Level, above: tuple[Level, ...]) -> None:
+        if self.relational and self.op is Operation.FIND:
+            return  # relational search: higher keys are ordinary matching keys
+        for lv in above:
+            tag = UNIQUE_KEYS[lv]
+            problem = _value_problem(self.ds.get(tag), allow_multi=False)
+            if problem is None or (self.relational and problem == "missing"):
+                continue
+            self.add(Rule.UNIQUE_ABOVE, [tag],
+                     f"{self.prefix(level)} needs {tag_name(tag)} single-valued: {problem}",
+                     f"{tag_name(tag)} {problem}")
+
+    def check_keys(self, level: Level, idx: int, above_uniques: set[int]) -> None:
+        general = _GENERAL_FIND if self.op is Operation.FIND else _GENERAL_RETRIEVE
+        for elem in self.ds:
+            tag = int(elem.tag)
+            if tag in general or tag in above_uniques:
+                continue
+            if self.model is QueryModel.COMPOSITE_INSTANCE_ROOT and tag in _COMPOSITE_TOLERATED:
+                problem = _value_problem(elem, allow_multi=False)
+                if problem is not None and level is _I:
+                    self.add(Rule.NON_UNIQUE, [tag], f"{self.prefix(level)}: {tag_name(tag)} "
+                             f"must be single-valued if present: {problem}",
+                             f"{tag_name(tag)} {problem}")
+                continue
+            kl = key_level(tag, self.model)
+            kidx = self.info.levels.index(kl) if kl in self.info.levels else None
+            if kl is not None and kidx is None:
+                kidx = len(self.info.levels)  # e.g. a SERIES key under Patient/Study Only
+            self.classify(level, idx, tag, kidx)
+
+    def classify(self, level: Level, idx: int, tag: int, kidx: int | None) -> None:
+        name = tag_name(tag)
+        if kidx is not None and kidx > idx:
+            self.add(Rule.KEY_BELOW, [tag], f"{self.prefix(level)} must not contain {name}, "
+                     "a key below the level", f"{name} below {level.value} level")
+        elif self.op is not Operation.FIND:
+            if tag != UNIQUE_KEYS.get(level) and not (level is _F and tag in FRAME_RANGE_KEYS):
+                self.add(Rule.NON_UNIQUE, [tag], f"{self.prefix(level)} may contain only "
+                         f"unique keys, not {name}", f"non-unique key {name}")
+        elif kidx is not None and kidx < idx and not self.relational:
+            self.add(Rule.KEY_ABOVE, [tag], f"{self.prefix(level)} must not contain {name}, "
+                     "a non-unique key above the level (hierarchical)",
+                     f"{name} above {level.value} level")
+
+    def check_find_level(self, level: Level) -> None:
+        tag = UNIQUE_KEYS[level]
+        elem = self.ds.get(tag)
+        if elem is not None and not elem.is_empty:
+            values = list(elem.value) if elem.VM > 1 else [elem.value]
+            if elem.VR == "UI" and any("*" in str(v) or "?" in str(v) for v in values):
+                self.add(Rule.UNIQUE_AT_LEVEL, [tag], f"{self.prefix(level)}: {tag_name(tag)} "
+                         "is UI and cannot use wildcards", f"wildcard in {tag_name(tag)}")
+            elif elem.VR != "UI" and len(values) > 1:
+                self.add(Rule.UNIQUE_AT_LEVEL, [tag], f"{self.prefix(level)}: {tag_name(tag)} "
+                         "value lists are only allowed for UI keys",
+                         f"list in {tag_name(tag)}")
+        general = _GENERAL_FIND
+        if not any(int(e.tag) not in general for e in self.ds):
+            self.add(Rule.NO_KEYS, [QR_LEVEL], f"{self.prefix(level)} contains no keys",
+                     "identifier contains no keys")
+
+    def check_retrieve_unique(self, level: Level) -> None:
+        tag = UNIQUE_KEYS[level]
+        problem = _value_problem(self.ds.get(tag), allow_multi=True)
+        if problem is not None:
+            self.add(Rule.UNIQUE_AT_LEVEL, [tag], f"{self.prefix(level)} needs {tag_name(tag)} "
+                     f"with one or more values: {problem}", f"{tag_name(tag)} {problem}")
+
+    def check_frame_keys(self) -> None:
+        present = [t for t in FRAME_RANGE_KEYS if t in self.ds]
+        if len(present) != 1 or self.ds[present[0]].is_empty:
+            self.add(Rule.FRAME_KEYS, sorted(present) or sorted(FRAME_RANGE_KEYS),
+                     f"{self.prefix(_F)} needs exactly one non-empty of SimpleFrameList, "
+                     f"CalculatedFrameList, TimeRange (got {len(present)})",
+                     f"need one frame range key, got {len(present)}")
+
+
+def check_identifier(
+    ds: Dataset, model: QueryModel, operation: Operation, *, relational: bool = False
+) -> list[Violation]:
+    """Every rule ``ds`` breaks as a ``model`` ``operation`` identifier (empty: valid).
+
+    ``relational`` applies the relaxed rules of PS3.4 C.4.1.2.2/C.4.2.2.2 (only meaningful when
+    negotiated). ValueError if the model has no such operation.
+    """
+    sop_class(model, operation)
+    try:
+        return _Checker(ds, model, operation, relational).run()
+    except Exception as exc:  # a value pydicom cannot decode, a non-Dataset...
+        return [Violation(Rule.UNREADABLE, (), f"identifier cannot be processed: {exc}",
+                          f"unable to process identifier: {type(exc).__name__}"[:64],
+                          STATUS_UNABLE_TO_PROCESS)]
+
+
+def _raise(violations: list[Violation]) -> None:
+    tags = [t for v in violations for t in v.tags]
+    raise IdentifierError("; ".join(v.message for v in violations),
+                          offending=dict.fromkeys(tags), status=violations[0].status)
+
+
+def validate_request(
+    ds: Dataset,
+    model: QueryModel,
+    operation: Operation,
+    mode: Mode = Mode.STRICT,
+    relational_negotiated: bool = False,
+) -> list[Violation]:
+    """Check an identifier before an SCU sends it.
+
+    STRICT raises :class:`IdentifierError` on any hierarchical violation; LENIENT logs one
+    warning per violation and returns them (relational rules if negotiated); RELATIONAL applies
+    the relational rules and raises, and is itself an error unless relational query/retrieve
+    was negotiated.
+    """
+    if mode is Mode.RELATIONAL and not relational_negotiated:
+        raise IdentifierError(
+            f"relational {operation.value} under {model.name} was not negotiated",
+            offending=(QR_LEVEL,))
+    relational = mode is Mode.RELATIONAL or (mode is Mode.LENIENT and relational_negotiated)
+    violations = check_identifier(ds, model, operation, relational=relational)
+    if violations and mode is not Mode.LENIENT:
+        _raise(violations)
+    for v in violations:
+        log.warning("identifier rule broken (sent anyway): %s", v.message)
+    return violations
+
+
+def validate_scp(
+    ds: Dataset,
+    model: QueryModel,
+    operation: Operation,
+    *,
+    relational_negotiated: bool = False,
+    lenient: bool = False,
+) -> Failure | None:
+    """Check a received identifier; the Failure to answer with, or None to process it.
+
+    Lenient mode logs and lets the rules in :data:`LENIENT_SCP_PASSES` by; a level the model
+    does not have is always a failure (never an empty success).
+    """
+    violations = check_identifier(ds, model, operation, relational=relational_negotiated)
+    if lenient:
+        passed = [v for v in violations if v.rule in LENIENT_SCP_PASSES]
+        for v in passed:
+            log.warning("identifier rule broken (processed leniently): %s", v.message)
+        violations = [v for v in violations if v.rule not in LENIENT_SCP_PASSES]
+    if not violations:
+        return None
+    first = violations[0]
+    tags = tuple(dict.fromkeys(t for v in violations for t in v.tags))
+    comment = first.comment if len(violations) == 1 else f"{first.comment} (+{len(violations) - 1})"
+    if len(comment) > 64:
+        comment = first.comment[:64]
+    return Failure(first.status, tags, comment, tuple(violations))
