@@ -1,0 +1,409 @@
+"""Data set decoder: bytes -> pydicom ``Dataset`` of converted ``DataElement`` objects.
+
+One bounds-checked loop over the buffer with ``struct.unpack_from``; values are converted
+eagerly the way pydicom converts them (same types, same stripping, same multi-value splitting),
+with inline converters for the default character repertoire and default pydicom settings and
+pydicom's own converters otherwise. Every failure becomes a :class:`DataSetDecodeError` naming
+the tag and offset.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from pydicom import config
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
+from pydicom.dataset import Dataset
+from pydicom.filewriter import correct_ambiguous_vr_element
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+from pydicom.valuerep import IS, DSfloat, PersonName
+from pydicom.values import convert_ATvalue, convert_value
+
+from dimse._vr import (
+    ALL_VRS,
+    AMBIGUOUS_VRS,
+    CHARSET_TAG,
+    CHARSET_VRS,
+    DEFAULT_ENCODING,
+    DEFAULT_ENCODINGS,
+    ITEM_DELIM_TAG,
+    ITEM_TAG,
+    LONG_VRS,
+    LUT_DESCRIPTOR_TAGS,
+    NUMBER_VRS,
+    SEQ_DELIM_TAG,
+    UNDEFINED,
+    Syntax,
+    default_config,
+    private_vr,
+    public_vr,
+    python_encodings,
+    syntax_for_decode,
+)
+from dimse.errors import DataSetDecodeError
+
+__all__ = ["decode", "inflate"]
+
+MAX_DEPTH = 64
+_VR_FROM_BYTES = {vr.encode("ascii"): vr for vr in ALL_VRS}
+_UID_NEW = str.__new__
+
+
+def inflate(data: bytes | bytearray | memoryview, max_length: int | None = None) -> bytes:
+    """Inflate a raw deflate stream; a trailing pad byte after the end is tolerated."""
+    dec = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        out = dec.decompress(data, max_length or 0)
+    except zlib.error as exc:
+        raise DataSetDecodeError(f"invalid deflate stream: {exc}", offset=0) from None
+    if max_length and dec.unconsumed_tail:
+        raise DataSetDecodeError(f"inflated data set exceeds {max_length} bytes", offset=0)
+    if not dec.eof:
+        raise DataSetDecodeError("truncated deflate stream", offset=len(data))
+    return out
+
+
+# --- fast value converters (default repertoire, default pydicom settings) --------------------
+
+def _fast_uid(s: str) -> UID:
+    return _UID_NEW(UID, s.strip())
+
+
+def _fast_pn(s: str) -> PersonName:
+    comps = s.split("=")
+    while comps and not comps[-1]:
+        comps.pop()
+    pn: PersonName = object.__new__(PersonName)
+    pn._components = tuple(comps)
+    pn.original_string = "=".join(comps).encode(DEFAULT_ENCODING)
+    pn.encodings = DEFAULT_ENCODINGS
+    pn.validation_mode = config.settings.reading_validation_mode
+    return pn
+
+
+def _fast_is(s: str) -> Any:
+    t = s.strip()
+    if not t:
+        return s
+    try:
+        n = int(t)
+    except ValueError:
+        return IS(s)
+    if not -(2**53) < n < 2**53:
+        return IS(s)
+    v = int.__new__(IS, n)
+    v.original_string = t
+    return v
+
+
+def _split(items: list[str], cls: Callable[[str], Any]) -> Any:
+    if len(items) == 1:
+        return cls(items[0])
+    return MultiValue(cls, items)
+
+
+def _c_string(b: bytes) -> Any:
+    return _split(b.decode(DEFAULT_ENCODING).rstrip(" \x00").split("\\"), str)
+
+
+def _c_ae(b: bytes) -> Any:
+    values = [s.strip() for s in b.decode(DEFAULT_ENCODING).split("\\")]
+    return values[0] if len(values) == 1 else MultiValue(str, values)
+
+
+def _c_ur(b: bytes) -> Any:
+    return b.decode(DEFAULT_ENCODING).rstrip()
+
+
+def _c_ui(b: bytes) -> Any:
+    return _split(b.decode(DEFAULT_ENCODING).rstrip("\0 ").split("\\"), _fast_uid)
+
+
+def _c_text(b: bytes) -> Any:
+    values = [v.rstrip("\0 ") for v in b.decode(DEFAULT_ENCODING).split("\\")]
+    return values[0] if len(values) == 1 else MultiValue(str, values)
+
+
+def _c_single_text(b: bytes) -> Any:
+    return b.decode(DEFAULT_ENCODING).rstrip("\0 ")
+
+
+def _c_pn(b: bytes) -> Any:
+    return _split(b.rstrip(b"\x00 ").decode(DEFAULT_ENCODING).split("\\"), _fast_pn)
+
+
+def _c_ds(b: bytes) -> Any:
+    return _split(b.decode(DEFAULT_ENCODING).strip().rstrip(" \x00").split("\\"), DSfloat)
+
+
+def _c_is(b: bytes) -> Any:
+    return _split(b.decode(DEFAULT_ENCODING).rstrip(" \x00").split("\\"), _fast_is)
+
+
+def _c_bytes(b: bytes) -> Any:
+    return b
+
+
+_CONVERTERS: dict[str, Callable[[bytes], Any]] = {
+    "AE": _c_ae, "AS": _c_string, "CS": _c_string, "DA": _c_string, "DT": _c_string,
+    "TM": _c_string, "UR": _c_ur, "UI": _c_ui, "LO": _c_text, "SH": _c_text, "UC": _c_text,
+    "LT": _c_single_text, "ST": _c_single_text, "UT": _c_single_text, "PN": _c_pn,
+    "DS": _c_ds, "IS": _c_is,
+    **{vr: _c_bytes for vr in ("OB", "OD", "OF", "OL", "OV", "OW", "UN") + tuple(AMBIGUOUS_VRS)},
+}
+_NUMBERS = {vr: (code, size) for vr, (code, size) in NUMBER_VRS.items()}
+
+
+def _empty(vr: str) -> Any:
+    if vr == "PN" and default_config():
+        return _fast_pn("")
+    return empty_value_for_VR(vr)
+
+
+class _Parser:
+    """One decode call over an immutable buffer."""
+
+    __slots__ = ("buf", "fast", "little", "e", "u16", "u32", "hdr", "ambiguous")
+
+    def __init__(self, buf: bytes, little: bool, fast: bool) -> None:
+        self.buf = buf
+        self.little = little
+        self.fast = fast
+        self.e = "<" if little else ">"
+        self.u16 = struct.Struct(self.e + "H").unpack_from
+        self.u32 = struct.Struct(self.e + "L").unpack_from
+        self.hdr = struct.Struct(self.e + "HHL").unpack_from
+        self.ambiguous: list[tuple[Dataset, DataElement, list[Dataset]]] = []
+
+    def dataset(
+        self, pos: int, end: int, implicit: bool, enc: tuple[str, ...],
+        parents: list[Dataset], item_undefined: bool,
+    ) -> tuple[Dataset, int]:
+        """Decode elements from ``pos`` to ``end`` (or to an item delimiter)."""
+        if len(parents) > MAX_DEPTH:
+            raise DataSetDecodeError("sequences nested too deeply", offset=pos)
+        ds = Dataset(parent_encoding=list(enc))
+        d = ds._dict
+        buf, hdr = self.buf, self.hdr
+        while pos < end:
+            if pos + 8 > end:
+                raise DataSetDecodeError("truncated element header", offset=pos)
+            group, elno, length = hdr(buf, pos)
+            tag = group << 16 | elno
+            if tag == ITEM_DELIM_TAG:
+                if item_undefined:
+                    break
+                raise DataSetDecodeError("unexpected item delimiter", tag=tag, offset=pos)
+            if group == 0xFFFE:
+                raise DataSetDecodeError("unexpected item or sequence delimiter",
+                                         tag=tag, offset=pos)
+            vpos = pos + 8
+            if implicit:
+                vr = self.implicit_vr(tag, d)
+            else:
+                vr_raw = _VR_FROM_BYTES.get(buf[pos + 4:pos + 6])
+                if vr_raw is None:
+                    raise DataSetDecodeError(f"invalid VR {buf[pos + 4:pos + 6]!r}",
+                                             tag=tag, offset=pos + 4)
+                vr = vr_raw
+                if vr in LONG_VRS:
+                    if pos + 12 > end:
+                        raise DataSetDecodeError("truncated element header", tag=tag, offset=pos)
+                    length = self.u32(buf, pos + 8)[0]
+                    vpos = pos + 12
+                else:
+                    length = self.u16(buf, pos + 6)[0]
+            elem, pos = self.element(tag, vr, length, vpos, end, implicit, enc, ds, parents)
+            d[elem.tag] = elem
+            if tag == CHARSET_TAG:
+                enc = python_encodings(elem.value) if elem.value else DEFAULT_ENCODINGS
+        else:
+            if item_undefined:
+                raise DataSetDecodeError("missing item delimiter", offset=pos)
+            if pos != end:
+                raise DataSetDecodeError("element overruns its item", offset=pos)
+            return self._finish(ds, implicit, enc), pos
+        return self._finish(ds, implicit, enc), pos + 8
+
+    def _finish(self, ds: Dataset, implicit: bool, enc: tuple[str, ...]) -> Dataset:
+        ds.set_original_encoding(implicit, self.little, list(enc))
+        return ds
+
+    def implicit_vr(self, tag: int, d: Any) -> str:
+        """VR of an implicit-VR element as pydicom derives it."""
+        if tag >> 16 & 1:
+            creator = d.get(tag & 0xFFFF0000 | (tag & 0xFFFF) >> 8)
+            value = creator.value if creator is not None else None
+            return private_vr(tag, value if isinstance(value, str) else None)
+        vr = public_vr(tag)
+        if vr is None:
+            return "UL" if not tag & 0xFFFF else "UN"
+        return vr
+
+    def element(
+        self, tag: int, vr: str, length: int, vpos: int, end: int, implicit: bool,
+        enc: tuple[str, ...], ds: Dataset, parents: list[Dataset],
+    ) -> tuple[DataElement, int]:
+        """Decode one element's value; return it and the offset after it."""
+        if vr == "UN" and not implicit and config.replace_un_with_known_vr:
+            vr = self.known_vr(tag, length, ds)
+            implicit = vr == "SQ"  # a UN-encoded sequence is implicit VR little endian
+        undefined = length == UNDEFINED
+        if undefined and vr not in ("SQ", "UN"):
+            stop = self.buf.find(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" if self.little
+                                 else b"\xff\xfe\xe0\xdd\x00\x00\x00\x00", vpos, end)
+            if stop < 0:
+                raise DataSetDecodeError("missing sequence delimiter", tag=tag, offset=vpos)
+            value = self.value(tag, vr, self.buf[vpos:stop], enc, vpos)
+            return DataElement(BaseTag(tag), vr, value, vpos, True, True), stop + 8
+        if undefined or vr == "SQ":
+            if vr == "UN":
+                vr, implicit = "SQ", True
+            seq, nxt = self.sequence(tag, length, vpos, end, implicit, enc, [ds, *parents])
+            return DataElement(BaseTag(tag), "SQ", seq, vpos, undefined, True), nxt
+        vend = vpos + length
+        if vend > end:
+            raise DataSetDecodeError(f"value length {length} overruns the data",
+                                     tag=tag, offset=vpos)
+        value = self.value(tag, vr, self.buf[vpos:vend], enc, vpos)
+        if value.__class__ is tuple:  # wrong-length number converted to UN
+            vr, value = value
+        elem = DataElement(BaseTag(tag), vr, value, vpos, False, True)
+        if tag >> 16 & 1 and tag & 0xFF00:
+            creator = ds._dict.get(BaseTag(tag & 0xFFFF0000 | (tag & 0xFFFF) >> 8))
+            if creator is not None:
+                elem.private_creator = creator.value  # type: ignore[assignment]
+        if vr in AMBIGUOUS_VRS:
+            self.ambiguous.append((ds, elem, parents))
+        return elem, vend
+
+    def known_vr(self, tag: int, length: int, ds: Dataset) -> str:
+        """The VR pydicom puts in place of an explicit 'UN' (PS3.5 6.2.2)."""
+        if length == UNDEFINED:
+            return "SQ"
+        if tag >> 16 & 1:
+            return self.implicit_vr(tag, ds._dict)
+        if length < 0xFFFF:
+            return public_vr(tag) or "UN"
+        return "UN"
+
+    def sequence(
+        self, tag: int, length: int, pos: int, end: int, implicit: bool,
+        enc: tuple[str, ...], parents: list[Dataset],
+    ) -> tuple[Sequence, int]:
+        """Decode SQ items (defined or undefined lengths)."""
+        undefined = length == UNDEFINED
+        if not undefined:
+            if pos + length > end:
+                raise DataSetDecodeError(f"sequence length {length} overruns the data",
+                                         tag=tag, offset=pos)
+            end = pos + length
+        items: list[Dataset] = []
+        while True:
+            if not undefined and pos == end:
+                break
+            if pos + 8 > end:
+                raise DataSetDecodeError("truncated sequence item header", tag=tag, offset=pos)
+            group, elno, ilen = self.hdr(self.buf, pos)
+            itag = group << 16 | elno
+            if itag == SEQ_DELIM_TAG and undefined:
+                pos += 8
+                break
+            if itag != ITEM_TAG:
+                raise DataSetDecodeError(f"expected an item tag, found {itag:08X}",
+                                         tag=tag, offset=pos)
+            start = pos + 8
+            if ilen == UNDEFINED:
+                item, pos = self.dataset(start, end, implicit, enc, parents, True)
+            else:
+                if start + ilen > end:
+                    raise DataSetDecodeError(f"item length {ilen} overruns its sequence",
+                                             tag=tag, offset=pos)
+                item, pos = self.dataset(start, start + ilen, implicit, enc, parents, False)
+            item.is_undefined_length_sequence_item = ilen == UNDEFINED
+            item.seq_item_tell = start
+            items.append(item)
+        seq = Sequence(items)
+        seq.is_undefined_length = undefined
+        return seq, pos
+
+    def value(self, tag: int, vr: str, raw: bytes, enc: tuple[str, ...], offset: int) -> Any:
+        """Convert value bytes the way pydicom does."""
+        if not raw:
+            return _empty(vr)
+        if self.fast and (vr not in CHARSET_VRS or enc == DEFAULT_ENCODINGS) and b"\x1b" not in raw:
+            conv = _CONVERTERS.get(vr)
+            if conv is not None:
+                return conv(raw)
+            num = _NUMBERS.get(vr)
+            if num is not None:
+                return self.numbers(tag, vr, raw, num, offset)
+            if vr == "AT" and len(raw) == 4:
+                g, e = struct.unpack(self.e + "HH", raw)
+                return BaseTag(g << 16 | e)
+        return self.pydicom_value(tag, vr, raw, enc, offset)
+
+    def numbers(self, tag: int, vr: str, raw: bytes, num: tuple[str, int], offset: int) -> Any:
+        code, size = num
+        n, rest = divmod(len(raw), size)
+        if rest:
+            if config.convert_wrong_length_to_UN:
+                return ("UN", raw)
+            raise DataSetDecodeError(f"{vr} value length {len(raw)} is not a multiple of {size}",
+                                     tag=tag, offset=offset)
+        values = struct.unpack(f"{self.e}{n}{code}", raw)
+        if n == 1:
+            return values[0]
+        result = list(values)
+        if tag in LUT_DESCRIPTOR_TAGS and result[0] < 0:
+            result[0] += 65536
+        return result
+
+    def pydicom_value(self, tag: int, vr: str, raw: bytes, enc: tuple[str, ...],
+                      offset: int) -> Any:
+        """Slow path: pydicom's converter (non-default charset or settings)."""
+        if vr in _NUMBERS:
+            return self.numbers(tag, vr, raw, _NUMBERS[vr], offset)
+        rde = RawDataElement(BaseTag(tag), vr, len(raw), raw, offset, False, self.little)
+        try:
+            if vr == "AT":
+                return convert_ATvalue(raw, self.little)
+            return convert_value(vr, rde, list(enc))
+        except Exception as exc:
+            raise DataSetDecodeError(f"cannot convert {vr} value: {exc}",
+                                     tag=tag, offset=offset) from None
+
+    def fix_ambiguous(self) -> None:
+        """Resolve 'US or SS' & co. once each data set is complete (pydicom's rules)."""
+        for ds, elem, parents in self.ambiguous:
+            try:
+                fixed = correct_ambiguous_vr_element(elem, ds, self.little, [ds, *parents])
+            except Exception:  # pydicom would fail on access too: keep the raw bytes
+                continue
+            ds._dict[elem.tag] = fixed
+
+
+def decode(data: bytes | bytearray | memoryview, transfer_syntax_uid: str, *,
+           max_inflated: int | None = None) -> Dataset:
+    """Decode a data set (no file meta, no preamble) in the given transfer syntax."""
+    syn: Syntax = syntax_for_decode(transfer_syntax_uid)
+    buf = data if isinstance(data, bytes) else bytes(data)
+    if syn.deflated:
+        buf = inflate(buf, max_inflated)
+    parser = _Parser(buf, syn.little, default_config())
+    try:
+        ds, _ = parser.dataset(0, len(buf), syn.implicit, DEFAULT_ENCODINGS, [], False)
+        parser.fix_ambiguous()
+    except DataSetDecodeError:
+        raise
+    except RecursionError:
+        raise DataSetDecodeError("sequences nested too deeply") from None
+    except Exception as exc:  # defensive: never leak another exception type
+        raise DataSetDecodeError(f"cannot decode data set: {exc!r}") from None
+    return ds

@@ -1,0 +1,398 @@
+"""Data set encoder: pydicom ``Dataset`` -> bytes, byte-identical to pydicom's writer.
+
+The common VRs are encoded inline from the element values with precompiled structs; rare
+cases (date objects, buffered values, LUT descriptors, ambiguous VRs that stay ambiguous) are
+handed to pydicom's own value writer so the bytes still match it. Pieces are collected in one
+list and joined once.
+"""
+
+from __future__ import annotations
+
+import copy
+import struct
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
+from io import BufferedIOBase
+from typing import Any
+
+from pydicom.charset import encode_string
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr_element, writers
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+from pydicom.valuerep import PersonName
+
+from dimse._vr import (
+    ALL_VRS,
+    AMBIGUOUS_VRS,
+    BYTES_VRS,
+    CHARSET_TAG,
+    DEFAULT_ENCODING,
+    DEFAULT_ENCODINGS,
+    HDR_IMPLICIT,
+    HDR_LONG,
+    HDR_SHORT,
+    LONG_VRS,
+    LUT_DESCRIPTOR_TAGS,
+    NUMBER_STRUCTS,
+    NUMBER_VRS,
+    TAG_LEN,
+    UNDEFINED,
+    Syntax,
+    python_encodings,
+    syntax_for_encode,
+)
+from dimse.errors import DataSetEncodeError
+
+__all__ = ["encode", "encode_text", "pad_text"]
+
+_MULTI = (list, tuple, MultiValue)
+_VR_BYTES = {vr: vr.encode("ascii") for vr in ALL_VRS}
+
+
+class _Fallback(Exception):
+    """Internal: let pydicom's own value writer handle this element."""
+
+
+def encode_text(value: str, encodings: tuple[str, ...]) -> bytes:
+    """Encode one text value as pydicom does for charset-aware VRs."""
+    if encodings is DEFAULT_ENCODINGS or encodings == DEFAULT_ENCODINGS:
+        try:
+            return value.encode(DEFAULT_ENCODING)
+        except UnicodeEncodeError:
+            pass
+    return encode_string(value, list(encodings))
+
+
+def pad_text(data: bytes, pad: bytes = b" ") -> bytes:
+    """Pad to even length."""
+    return data + pad if len(data) & 1 else data
+
+
+def _default_text(value: Any, pad: str) -> bytes:
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, _MULTI):
+        text = "\\".join(value)
+    else:
+        raise _Fallback
+    if len(text) & 1:
+        text += pad
+    return text.encode(DEFAULT_ENCODING)
+
+
+def _string(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
+    return _default_text(value, " ")
+
+
+def _uid(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
+    return _default_text(value, "\0")
+
+
+def _date(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
+    if isinstance(value, str) or (
+        isinstance(value, _MULTI) and all(isinstance(v, str) for v in value)
+    ):
+        return _default_text(value, " ")
+    raise _Fallback
+
+
+def _number_string(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
+    if isinstance(value, _MULTI):
+        text = "\\".join(getattr(x, "original_string", None) or str(x) for x in value)
+    else:
+        text = getattr(value, "original_string", None) or str(value)
+    if len(text) & 1:
+        text += " "
+    return text.encode(DEFAULT_ENCODING)
+
+
+def _text(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
+    if isinstance(value, str):
+        data = encode_text(value, enc)
+    elif isinstance(value, bytes):
+        data = value
+    elif isinstance(value, _MULTI) and value:
+        if isinstance(value[0], str):
+            data = b"\\".join([encode_text(v, enc) for v in value])
+        else:
+            data = b"\\".join(value)
+    else:
+        raise _Fallback
+    return data + b" " if len(data) & 1 else data
+
+
+def _pn(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
+    values = value if isinstance(value, _MULTI) else (value,)
+    data = b"\\".join([v.encode(enc) for v in values])
+    return data + b" " if len(data) & 1 else data
+
+
+def _bytes(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, bytearray | memoryview):
+        data = bytes(value)
+    else:
+        raise _Fallback
+    return data + b"\0" if len(data) & 1 else data
+
+
+def _tag_values(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
+    try:
+        tags = [Tag(t) for t in value]
+    except TypeError:
+        tags = [Tag(value)]
+    flat: list[int] = []
+    for t in tags:
+        flat.append(t >> 16)
+        flat.append(t & 0xFFFF)
+    return struct.pack(f"{e}{len(flat)}H", *flat)
+
+
+def _numbers(vr: str) -> Callable[[Any, tuple[str, ...], int, str], bytes]:
+    code = NUMBER_VRS[vr][0]
+    packers = {e: NUMBER_STRUCTS[(vr, e)].pack for e in "<>"}
+
+    def encode_numbers(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
+        if not hasattr(value, "append"):
+            return packers[e](value)
+        if code == "h" and tag in LUT_DESCRIPTOR_TAGS:
+            raise _Fallback
+        return struct.pack(f"{e}{len(value)}{code}", *value)
+
+    return encode_numbers
+
+
+_ValueEncoder = Callable[[Any, tuple[str, ...], int, str], bytes]
+_ENCODERS: dict[str, _ValueEncoder] = {
+    **{vr: _string for vr in ("AE", "AS", "CS", "UR")},
+    **{vr: _date for vr in ("DA", "DT", "TM")},
+    "DS": _number_string, "IS": _number_string, "UI": _uid,
+    **{vr: _text for vr in ("LO", "LT", "SH", "ST", "UC", "UT")},
+    "PN": _pn, "AT": _tag_values,
+    **{vr: _bytes for vr in BYTES_VRS | AMBIGUOUS_VRS},
+    **{vr: _numbers(vr) for vr in NUMBER_VRS},
+}
+
+
+def _is_empty(vr: str, value: Any) -> bool:
+    """Mirror ``DataElement.is_empty`` without the property machinery."""
+    if value is None:
+        return True
+    cls = value.__class__
+    if cls is str or cls is bytes or isinstance(value, str | bytes | PersonName):
+        return not value
+    if cls is int or cls is float:
+        return False
+    if isinstance(value, BufferedIOBase):
+        return False
+    try:
+        return len(value) == 0
+    except TypeError:
+        return False
+
+
+def _pydicom_value(elem: DataElement, enc: tuple[str, ...], syn: Syntax) -> bytes:
+    """Encode one value with pydicom's own writer (rare cases only)."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = syn.little
+    fp.is_implicit_VR = syn.implicit
+    fn, param = writers[elem.VR]  # type: ignore[index]
+    if elem.VR in ("LO", "LT", "PN", "SH", "ST", "UC", "UT"):
+        fn(fp, elem, encodings=list(enc))  # type: ignore[operator]
+    elif param is not None:
+        fn(fp, elem, param)  # type: ignore[operator]
+    else:
+        fn(fp, elem)  # type: ignore[operator]
+    return fp.getvalue()
+
+
+class _Writer:
+    """One encode call: syntax-specific packers and the output list."""
+
+    __slots__ = ("e", "hdr_implicit", "hdr_long", "hdr_short", "out", "syn", "tag_len")
+
+    def __init__(self, syn: Syntax) -> None:
+        self.syn = syn
+        self.e = syn.endian
+        self.hdr_implicit = HDR_IMPLICIT[self.e].pack
+        self.hdr_short = HDR_SHORT[self.e].pack
+        self.hdr_long = HDR_LONG[self.e].pack
+        self.tag_len = TAG_LEN[self.e].pack
+        self.out: list[bytes] = []
+
+    def header(self, tag: int, vr: str, length: int, undefined: bool = False) -> bytes:
+        """Element header for this syntax; ``length`` is ignored when undefined."""
+        if undefined:
+            length = UNDEFINED
+        if self.syn.implicit:
+            return self.hdr_implicit(tag >> 16, tag & 0xFFFF, length)
+        vr_bytes = _VR_BYTES.get(vr)
+        if vr_bytes is None:
+            raise DataSetEncodeError(f"cannot write VR {vr!r} in explicit VR", tag=tag)
+        if vr in LONG_VRS or undefined:
+            return self.hdr_long(tag >> 16, tag & 0xFFFF, vr_bytes, length)
+        return self.hdr_short(tag >> 16, tag & 0xFFFF, vr_bytes, length)
+
+    def dataset(self, ds: Dataset, parent: tuple[str, ...], ancestors: list[Dataset]) -> int:
+        """Append ``ds``'s elements in tag order; return the number of bytes appended."""
+        d = ds._dict
+        enc = parent
+        if CHARSET_TAG in d:
+            charset = ds[CHARSET_TAG].value
+            enc = python_encodings(charset) if charset else DEFAULT_ENCODINGS
+        total = 0
+        raw_ok: bool | None = None
+        for tag in sorted(d):
+            if not tag & 0xFFFF and tag >> 16 > 6:
+                continue  # retired group lengths are not written (PS3.5 7.2)
+            elem = d[tag]
+            if isinstance(elem, RawDataElement):
+                if raw_ok is None:
+                    raw_ok = self._raw_writable(ds)
+                if raw_ok and elem.value is not None:
+                    total += self._raw(elem)
+                    continue
+                elem = ds[tag]
+            total += self.element(elem, enc, ancestors)
+        return total
+
+    def _raw_writable(self, ds: Dataset) -> bool:
+        syn = self.syn
+        return bool(
+            ds.original_encoding == (syn.implicit, syn.little)
+            and ds.original_character_set == ds._character_set
+        )
+
+    def _raw(self, elem: RawDataElement) -> int:
+        value = elem.value or b""
+        undefined = elem.length == UNDEFINED
+        vr = elem.VR or "UN"
+        if not self.syn.implicit and vr not in LONG_VRS and len(value) > 0xFFFF and not undefined:
+            vr = "UN"
+        head = self.header(elem.tag, vr, len(value), undefined)
+        self.out += (head, value)
+        n = len(head) + len(value)
+        if undefined:
+            self.out.append(self.tag_len(0xFFFE, 0xE0DD, 0))
+            n += 8
+        return n
+
+    def element(self, elem: DataElement, enc: tuple[str, ...], ancestors: list[Dataset]) -> int:
+        """Append one element (header + value); return its byte count."""
+        vr = elem.VR
+        tag = elem.tag
+        if vr in AMBIGUOUS_VRS:
+            elem = _corrected(elem, ancestors, self.syn.little)
+            vr = elem.VR
+        if vr == "SQ":
+            return self.sequence(elem, enc, ancestors)
+        value = elem._value
+        if _is_empty(vr, value):
+            data = b""
+        else:
+            try:
+                data = self.value(elem, vr, value, enc)
+            except DataSetEncodeError:
+                raise
+            except Exception as exc:
+                raise DataSetEncodeError(f"cannot encode {vr} value: {exc}", tag=tag) from exc
+        undefined = elem.is_undefined_length
+        if not self.syn.implicit and vr not in LONG_VRS and not undefined and len(data) > 0xFFFF:
+            warnings.warn(f"value of {tag} longer than 64 KiB: VR changed to UN", stacklevel=4)
+            vr = "UN"
+        head = self.header(tag, vr, len(data), undefined)
+        self.out += (head, data)
+        if undefined:
+            self.out.append(self.tag_len(0xFFFE, 0xE0DD, 0))
+            return len(head) + len(data) + 8
+        return len(head) + len(data)
+
+    def value(self, elem: DataElement, vr: str, value: Any, enc: tuple[str, ...]) -> bytes:
+        """Encoded, padded value bytes for a non-SQ element."""
+        fn = _ENCODERS.get(vr)
+        if fn is None:
+            raise DataSetEncodeError(f"unknown VR {vr!r}", tag=elem.tag)
+        try:
+            return fn(value, enc, elem.tag, self.e)
+        except _Fallback:
+            data = _pydicom_value(elem, enc, self.syn)
+            if vr in BYTES_VRS and len(data) & 1:
+                data += b"\0"
+            return data
+
+    def sequence(self, elem: DataElement, enc: tuple[str, ...], ancestors: list[Dataset]) -> int:
+        """Append a SQ element with its items; item lengths are defined unless flagged."""
+        tag = elem.tag
+        out = self.out
+        at = len(out)
+        out.append(b"")  # placeholder for the header
+        body = 0
+        for item in elem._value or ():
+            if not isinstance(item, Dataset):
+                raise DataSetEncodeError("sequence item is not a Dataset", tag=tag)
+            head_at = len(out)
+            out.append(b"")
+            n = self.dataset(item, enc, [item, *ancestors])
+            if getattr(item, "is_undefined_length_sequence_item", False):
+                out[head_at] = self.tag_len(0xFFFE, 0xE000, UNDEFINED)
+                out.append(self.tag_len(0xFFFE, 0xE00D, 0))
+                n += 8
+            else:
+                out[head_at] = self.tag_len(0xFFFE, 0xE000, n)
+            body += n + 8
+        undefined = elem.is_undefined_length
+        out[at] = self.header(tag, "SQ", body, undefined)
+        if undefined:
+            out.append(self.tag_len(0xFFFE, 0xE0DD, 0))
+            body += 8
+        return len(out[at]) + body
+
+
+def _corrected(elem: DataElement, ancestors: list[Dataset], little: bool) -> DataElement:
+    """A corrected copy of an ambiguous-VR element (pydicom's rules, the input is untouched)."""
+    fixed = copy.copy(elem)
+    try:
+        result = correct_ambiguous_vr_element(fixed, ancestors[0], little, list(ancestors))
+    except Exception as exc:
+        raise DataSetEncodeError(f"cannot resolve ambiguous VR {elem.VR!r}: {exc}",
+                                 tag=elem.tag) from exc
+    return result  # type: ignore[return-value]
+
+
+def encode(ds: Dataset, transfer_syntax_uid: str) -> bytes:
+    """Encode ``ds`` (no file meta, no preamble) in the given transfer syntax."""
+    syn = syntax_for_encode(transfer_syntax_uid)
+    if not isinstance(ds, Dataset):
+        raise DataSetEncodeError(f"expected a pydicom Dataset, got {type(ds).__name__}")
+    writer = _Writer(syn)
+    try:
+        writer.dataset(ds, DEFAULT_ENCODINGS, [ds])
+    except DataSetEncodeError:
+        raise
+    except Exception as exc:  # pydicom conversion of raw elements, charset look-ups...
+        raise DataSetEncodeError(f"cannot encode data set: {exc}") from exc
+    data = b"".join(writer.out)
+    if syn.deflated:
+        return deflate(data)
+    return data
+
+
+def deflate(data: bytes) -> bytes:
+    """Raw deflate (no zlib header), as PS3.5 A.5 requires."""
+    comp = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return comp.compress(data) + comp.flush()
+
+
+def header_pieces(syn: Syntax, tag: int, vr: str, length: int) -> bytes:
+    """One element header (used by the identifier template)."""
+    return _Writer(syn).header(tag, vr, length)
+
+
+def sequence_types() -> Sequence[type]:
+    """Types accepted as multi-values (exported for the template)."""
+    return _MULTI

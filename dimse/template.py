@@ -1,0 +1,286 @@
+"""``IdentifierTemplate``: compile an identifier layout once, fill it from plain values.
+
+A gateway answers C-FIND with thousands of matches that all carry the same keys. The template
+resolves tags and VRs, sorts the keys into tag order, precomputes every element header and the
+empty-value bytes, and then encodes one match from a list of plain Python values without
+building a pydicom Dataset. The bytes equal ``dimse.codec.encode`` (and so pydicom's writer)
+for the equivalent data set: ``ds.add_new(tag, vr, value)`` for each key.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+from pydicom.valuerep import DSfloat
+
+from dimse._codec_encode import _Writer, deflate, encode_text
+from dimse._vr import (
+    AMBIGUOUS_VRS,
+    BYTES_VRS,
+    CHARSET_VRS,
+    DEFAULT_ENCODING,
+    DEFAULT_ENCODINGS,
+    HDR_IMPLICIT,
+    HDR_LONG,
+    HDR_SHORT,
+    LONG_VRS,
+    NUMBER_STRUCTS,
+    NUMBER_VRS,
+    Syntax,
+    public_vr,
+    python_encodings,
+    syntax_for_encode,
+)
+from dimse.errors import DataSetEncodeError
+
+__all__ = ["IdentifierTemplate", "KeySpec", "Value"]
+
+Value = str | bytes | int | float | list[Any] | tuple[Any, ...] | None
+KeySpec = str | int | tuple[str | int, str]
+_Encoder = Callable[[Any], bytes]
+_SPLIT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UC",
+                        "UI"})
+
+
+def _resolve(key: KeySpec) -> tuple[int, str]:
+    """(tag, VR) for a keyword, a tag or a (keyword-or-tag, VR) pair."""
+    explicit: str | None = None
+    if isinstance(key, tuple):
+        key, explicit = key
+    if isinstance(key, str):
+        tag = tag_for_keyword(key)
+        if tag is None:
+            try:
+                tag = int(Tag(key))
+            except Exception:
+                raise ValueError(f"unknown keyword {key!r}") from None
+    else:
+        tag = int(Tag(key))
+    vr = explicit or public_vr(tag)
+    if vr is None:
+        raise ValueError(f"no dictionary VR for {tag:08X}: give it explicitly")
+    if vr in AMBIGUOUS_VRS:
+        raise ValueError(f"ambiguous VR {vr!r} for {tag:08X}: give it explicitly")
+    return tag, vr
+
+
+class IdentifierTemplate:
+    """A compiled identifier layout: ``encode(values)`` -> data set bytes.
+
+    ``keys`` are keywords, tags (int) or ``(keyword_or_tag, VR)`` pairs; values passed to
+    :meth:`encode` follow the same order. ``None``, ``""`` and ``[]`` give an empty element
+    (universal matching). Strings with a backslash are multi-valued, as in pydicom; lists give
+    several values; ``bytes`` are written as already encoded. SQ keys take ``None``/``[]`` or a
+    list of pydicom Datasets.
+    """
+
+    __slots__ = ("_count", "_deflated", "_encoders", "_order", "keys", "syntax", "tags",
+                 "transfer_syntax_uid", "vrs", "_charset_bytes")
+
+    def __init__(
+        self,
+        keys: Sequence[KeySpec],
+        transfer_syntax_uid: str,
+        *,
+        specific_character_set: str | Sequence[str] | None = None,
+    ) -> None:
+        syn = syntax_for_encode(transfer_syntax_uid)
+        resolved = [_resolve(k) for k in keys]
+        tags = [t for t, _ in resolved]
+        if len(set(tags)) != len(tags):
+            raise ValueError("duplicate key in identifier template")
+        for tag in tags:
+            if tag == 0x00080005:
+                raise ValueError("pass SpecificCharacterSet as specific_character_set=")
+            if not tag & 0xFFFF and tag >> 16 > 6:
+                raise ValueError(f"group length {tag:08X} is never written")
+        self.keys = tuple(keys)
+        self.tags = tuple(tags)
+        self.vrs = tuple(vr for _, vr in resolved)
+        self.syntax = syn
+        self.transfer_syntax_uid = syn.uid
+        self._deflated = syn.deflated
+        enc = DEFAULT_ENCODINGS
+        self._charset_bytes: bytes | None = None
+        if specific_character_set:
+            enc = python_encodings(specific_character_set)
+            cs = Dataset()
+            cs.SpecificCharacterSet = specific_character_set
+            writer = _Writer(Syntax(syn.uid, syn.implicit, syn.little, False))
+            writer.element(cs["SpecificCharacterSet"], DEFAULT_ENCODINGS, [cs])
+            self._charset_bytes = b"".join(writer.out)
+        # Output slots in tag order; the charset element (if any) sits at its own place.
+        sorted_idx = sorted(range(len(tags)), key=tags.__getitem__)
+        self._order = tuple(sorted_idx)
+        self._encoders = tuple(_compile(tags[i], self.vrs[i], syn, enc) for i in sorted_idx)
+        self._count = len(tags)
+
+    def encode(self, values: Sequence[Value]) -> bytes:
+        """Encode one identifier from values given in key order."""
+        if len(values) != self._count:
+            raise DataSetEncodeError(f"expected {self._count} values, got {len(values)}")
+        try:
+            pieces = [fn(values[i]) for fn, i in zip(self._encoders, self._order, strict=True)]
+        except DataSetEncodeError:
+            raise
+        except Exception as exc:
+            raise DataSetEncodeError(f"cannot encode identifier value: {exc}") from exc
+        if self._charset_bytes is not None:
+            pos = 0
+            while pos < len(pieces) and self.tags[self._order[pos]] < 0x00080005:
+                pos += 1
+            pieces.insert(pos, self._charset_bytes)
+        data = b"".join(pieces)
+        return deflate(data) if self._deflated else data
+
+    def dataset(self, values: Sequence[Value]) -> Dataset:
+        """The equivalent pydicom Dataset (for tests and for slow paths)."""
+        ds = Dataset()
+        if self._charset_bytes is not None:
+            from dimse._codec_decode import decode
+
+            cs = decode(self._charset_bytes, self.transfer_syntax_uid.replace(".99", ""))
+            ds.SpecificCharacterSet = cs.SpecificCharacterSet
+        for tag, vr, value in zip(self.tags, self.vrs, values, strict=True):
+            ds.add(DataElement(tag, vr, [] if vr == "SQ" and value is None else value))
+        return ds
+
+
+def _compile(tag: int, vr: str, syn: Syntax, enc: tuple[str, ...]) -> _Encoder:
+    """A closure encoding one element (header + padded value) from a plain value."""
+    e = syn.endian
+    group, element = tag >> 16, tag & 0xFFFF
+    if syn.implicit:
+        pack = HDR_IMPLICIT[e].pack
+
+        def header(n: int) -> bytes:
+            return pack(group, element, n)
+    else:
+        vrb = vr.encode("ascii")
+        pack2 = (HDR_LONG if vr in LONG_VRS else HDR_SHORT)[e].pack
+
+        def header(n: int) -> bytes:
+            return pack2(group, element, vrb, n)
+    empty = header(0)
+    if vr == "SQ":
+        return _sq_encoder(tag, syn, enc, empty)
+    value_fn = _value_encoder(tag, vr, e, enc)
+    short = not syn.implicit and vr not in LONG_VRS
+
+    def encode_element(value: Any) -> bytes:
+        if value is None or value == "" or value == [] or value == ():
+            return empty
+        data = value_fn(value)
+        if short and len(data) > 0xFFFF:
+            raise DataSetEncodeError("value longer than 64 KiB", tag=tag)
+        return header(len(data)) + data
+
+    return encode_element
+
+
+def _sq_encoder(tag: int, syn: Syntax, enc: tuple[str, ...], empty: bytes) -> _Encoder:
+    def encode_sequence(value: Any) -> bytes:
+        if not value:
+            return empty
+        writer = _Writer(Syntax(syn.uid, syn.implicit, syn.little, False))
+        writer.sequence(DataElement(tag, "SQ", value), enc, [Dataset()])
+        return b"".join(writer.out)
+
+    return encode_sequence
+
+
+def _join(value: Any, norm: Callable[[str], str] | None) -> str:
+    """Multi-valued text, split and normalised as pydicom's DataElement would."""
+    if isinstance(value, str):
+        if norm is None:
+            return value
+        return "\\".join([norm(v) for v in value.split("\\")]) if "\\" in value else norm(value)
+    if isinstance(value, list | tuple):
+        return "\\".join([norm(str(v)) if norm else str(v) for v in value])
+    return str(value) if norm is None else norm(str(value))
+
+
+def _pn_norm(s: str) -> str:
+    return s.rstrip("=") if s.endswith("=") else s
+
+
+def _number_norm(s: str) -> str:
+    return s.strip()
+
+
+def _ds_value(v: Any) -> str:
+    if isinstance(v, str):
+        return v.strip()
+    return str(DSfloat(v))
+
+
+def _value_encoder(tag: int, vr: str, e: str, enc: tuple[str, ...]) -> Callable[[Any], bytes]:
+    """Padded value bytes from a plain value, per VR."""
+    if vr in NUMBER_VRS:
+        single = NUMBER_STRUCTS[(vr, e)].pack
+        code = NUMBER_VRS[vr][0]
+
+        def numbers(value: Any) -> bytes:
+            if isinstance(value, list | tuple):
+                return struct.pack(f"{e}{len(value)}{code}", *value)
+            return single(value)
+
+        return numbers
+    if vr in BYTES_VRS:
+        def raw(value: Any) -> bytes:
+            data = bytes(value)
+            return data + b"\0" if len(data) & 1 else data
+
+        return raw
+    if vr == "AT":
+        def tags(value: Any) -> bytes:
+            items = value if isinstance(value, list | tuple) else [value]
+            flat = [x for t in items for x in (int(Tag(t)) >> 16, int(Tag(t)) & 0xFFFF)]
+            return struct.pack(f"{e}{len(flat)}H", *flat)
+
+        return tags
+    return _text_encoder(vr, enc)
+
+
+def _text_encoder(vr: str, enc: tuple[str, ...]) -> Callable[[Any], bytes]:
+    pad = b"\0" if vr == "UI" else b" "
+    norm: Callable[[str], str] | None = None
+    if vr == "UI" or vr in ("IS", "DS"):
+        norm = _number_norm
+    elif vr == "PN":
+        norm = _pn_norm
+    charset = vr in CHARSET_VRS and enc != DEFAULT_ENCODINGS
+    split = vr in _SPLIT_VRS
+
+    def text(value: Any) -> bytes:
+        if isinstance(value, bytes):
+            data = value
+        else:
+            if vr == "DS" and not isinstance(value, str):
+                items = value if isinstance(value, list | tuple) else [value]
+                value = [_ds_value(v) for v in items]
+            s = _join(value, norm) if (split or not isinstance(value, str)) else value
+            data = _encode_str(s, enc, charset, vr)
+        return data + pad if len(data) & 1 else data
+
+    return text
+
+
+def _encode_str(s: str, enc: tuple[str, ...], charset: bool, vr: str) -> bytes:
+    if not charset:
+        if vr in CHARSET_VRS:
+            return encode_text(s, enc)
+        return s.encode(DEFAULT_ENCODING)
+    if vr == "PN":
+        from pydicom.valuerep import PersonName
+
+        return b"\\".join(PersonName(v).encode(list(enc)) for v in s.split("\\"))
+    if vr in ("LT", "ST", "UT"):
+        return encode_text(s, enc)
+    return b"\\".join(encode_text(v, enc) for v in s.split("\\"))
