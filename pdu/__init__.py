@@ -1,5 +1,6 @@
 """DICOM Upper Layer (PS3.8): PDUs, items, framing, the state machine. Sans-IO."""
 
+from .errors import PduDecodeError, PduEncodeError
 from .framer import PduFramer
 from .items import (
     ApplicationContextItem,
@@ -38,7 +39,7 @@ __all__ = [
     "AAbort", "AAssociateAC", "AAssociateRJ", "AAssociateRQ", "AReleaseRP", "AReleaseRQ",
     "ApplicationContextItem", "AssociateItem", "AsynchronousOperationsWindow",
     "ImplementationClassUID", "ImplementationVersionName", "MaximumLength", "PDataTF", "Pdu",
-    "PduFramer", "PresentationContextAC", "PresentationContextRQ", "PresentationDataValue",
+    "PduDecodeError", "PduEncodeError", "PduFramer", "PresentationContextAC", "PresentationContextRQ", "PresentationDataValue",
     "RoleSelection", "SOPClassCommonExtendedNegotiation", "SOPClassExtendedNegotiation",
     "UnknownItem", "UserIdentityAC", "UserIdentityRQ", "UserInformation", "UserSubItem",
     "check_header", "decode", "encode",

@@ -1,4 +1,5 @@
-"""Bounds-checked big-endian reader over a memoryview: the one place where PDU bytes are indexed.
+"""Bounds-checked big-endian reader over a memoryview (the one place where PDU bytes are indexed),
+and the small field checks shared by the item and PDU encoders.
 
 Every read checks that the bytes exist inside the current item; a failure raises ``PduDecodeError``
 naming the offset (from the first byte of the PDU), the item being decoded and the field. A child
@@ -8,10 +9,12 @@ cursor (``sub``) covers exactly one item's value, so an item can never read beyo
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 from .constants import AbortReason
-from .errors import PduDecodeError
+from .errors import PduDecodeError, PduEncodeError
 
+_HDR = struct.Struct(">BBH")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _INVALID = AbortReason.INVALID_PDU_PARAMETER_VALUE
@@ -119,3 +122,94 @@ def uid(raw: memoryview | bytes) -> str:
     if data[-1:] == b"\x00":
         data = data[:-1]
     return data.decode("latin-1")
+
+
+# ----------------------------------------------------------------- item helpers (decode and encode)
+ITEM_NAMES: dict[int, str] = {
+    0x10: "ApplicationContextItem", 0x20: "PresentationContextRQ", 0x21: "PresentationContextAC",
+    0x30: "AbstractSyntax", 0x40: "TransferSyntax", 0x50: "UserInformation",
+    0x51: "MaximumLength", 0x52: "ImplementationClassUID", 0x53: "AsynchronousOperationsWindow",
+    0x54: "RoleSelection", 0x55: "ImplementationVersionName",
+    0x56: "SOPClassExtendedNegotiation", 0x57: "SOPClassCommonExtendedNegotiation",
+    0x58: "UserIdentityRQ", 0x59: "UserIdentityAC",
+}
+
+
+def item_bytes(item_type: int, value: bytes, name: str, first: int = 0) -> bytes:
+    """Item header (type, reserved/version byte, 2-byte length) followed by the value."""
+    if len(value) > 0xFFFF:
+        raise PduEncodeError(f"{name} value is {len(value)} bytes; an item holds at most 65535")
+    return _HDR.pack(item_type, first, len(value)) + value
+
+
+def ascii_bytes(value: object, name: str, max_len: int, min_len: int = 0) -> bytes:
+    """``value`` as ASCII bytes of ``min_len``..``max_len`` characters, else PduEncodeError."""
+    if not isinstance(value, str):
+        raise PduEncodeError(f"{name} must be a str, not {type(value).__name__}")
+    try:
+        data = value.encode("ascii")
+    except UnicodeEncodeError:
+        raise PduEncodeError(f"{name} {value!r} is not ASCII") from None
+    if not min_len <= len(data) <= max_len:
+        raise PduEncodeError(f"{name} {value!r} must have {min_len} to {max_len} characters")
+    return data
+
+
+def uid_bytes(value: object, name: str, allow_empty: bool = False) -> bytes:
+    """A UID as ASCII, at most 64 characters (PS3.8 Annex F: no padding inside items)."""
+    return ascii_bytes(value, name, 64, 0 if allow_empty else 1)
+
+
+def check_int(value: object, name: str, high: int, low: int = 0) -> int:
+    if not isinstance(value, int) or not low <= value <= high:
+        raise PduEncodeError(f"{name} must be an integer in {low}..{high}, not {value!r}")
+    return value
+
+
+def check_context_id(value: object, name: str) -> int:
+    if not isinstance(value, int) or not 1 <= value <= 255 or value % 2 == 0:
+        raise PduEncodeError(f"{name} must be an odd integer in 1..255, not {value!r}")
+    return value
+
+
+def check_bytes(value: object, name: str, max_len: int = 0xFFFF) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise PduEncodeError(f"{name} must be bytes, not {type(value).__name__}")
+    data = bytes(value)
+    if len(data) > max_len:
+        raise PduEncodeError(f"{name} is {len(data)} bytes, at most {max_len} allowed")
+    return data
+
+
+def prefixed(data: bytes) -> bytes:
+    """A 2-byte length followed by the data (lengths already checked)."""
+    return _U16.pack(len(data)) + data
+
+
+def iter_items(cur: Cursor) -> Iterator[tuple[int, int, Cursor]]:
+    """Yield (item type, first reserved byte, cursor over the value) for each item in ``cur``."""
+    while cur.pos < cur.end:
+        start = cur.pos
+        if cur.end - start < 4:
+            raise cur.error(f"{cur.end - start} bytes left in {cur.item}, too few for an item "
+                            "header (4)", "item-header")
+        item_type, first, length = _HDR.unpack_from(cur.view, start)
+        cur.pos = start + 4
+        name = ITEM_NAMES.get(item_type, f"Item0x{item_type:02X}")
+        yield item_type, first, cur.sub(length, name, "item-length", offset=start + 2)
+
+
+def prefixed_field(cur: Cursor, field: str) -> memoryview:
+    """A 2-byte length followed by that many bytes, inside ``cur``."""
+    at = cur.pos
+    length = cur.u16(f"{field}-length")
+    if cur.end - cur.pos < length:
+        raise cur.error(f"{field}-length {length} overruns {cur.item} ({cur.end - cur.pos} "
+                        "bytes left)", f"{field}-length", offset=at)
+    return cur.take(length, field)
+
+
+def expect_length(cur: Cursor, size: int) -> None:
+    if cur.end - cur.pos != size:
+        raise cur.error(f"{cur.item} item-length is {cur.end - cur.pos}, must be {size}",
+                        "item-length", offset=cur.pos - 2)

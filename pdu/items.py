@@ -4,18 +4,33 @@ Each item is a frozen, slotted dataclass with ``check()`` (raises ``PduEncodeErr
 and a ``decode(cursor)`` classmethod taking a cursor over the item's value. Items that the codec
 does not know are kept as ``UnknownItem`` in their original position, so decoding and re-encoding
 what a peer sent gives back the same bytes. Known deviations from byte-exactness: one trailing NUL
-is stripped from UIDs, and reserved bytes are re-encoded as zero (except the A-ASSOCIATE fixed part
-and the first byte of unknown items, which are kept).
+is stripped from UIDs, and the reserved byte of PDU and item headers is re-encoded as zero. The
+reserved bytes that real peers do fill are kept: the A-ASSOCIATE fixed part (the AC echoes the RQ),
+the presentation context items' reserved bytes (DCMTK and pynetdicom send 0xFF in byte 6 of an RQ
+context) and the second byte of unknown items.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
-from ._cursor import Cursor, text
+from ._cursor import (
+    Cursor,
+    ascii_bytes,
+    check_bytes,
+    check_context_id,
+    check_int,
+    expect_length,
+    item_bytes,
+    iter_items,
+    prefixed,
+    prefixed_field,
+    text,
+    uid_bytes,
+)
 from ._cursor import uid as _uid_text
 from .constants import AbortReason, ItemType
 from .errors import PduEncodeError
@@ -25,98 +40,6 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _PC_FIXED = struct.Struct(">BBBB")
 _UNEXPECTED = AbortReason.UNEXPECTED_PDU_PARAMETER
-
-ITEM_NAMES: dict[int, str] = {
-    0x10: "ApplicationContextItem", 0x20: "PresentationContextRQ", 0x21: "PresentationContextAC",
-    0x30: "AbstractSyntax", 0x40: "TransferSyntax", 0x50: "UserInformation",
-    0x51: "MaximumLength", 0x52: "ImplementationClassUID", 0x53: "AsynchronousOperationsWindow",
-    0x54: "RoleSelection", 0x55: "ImplementationVersionName",
-    0x56: "SOPClassExtendedNegotiation", 0x57: "SOPClassCommonExtendedNegotiation",
-    0x58: "UserIdentityRQ", 0x59: "UserIdentityAC",
-}
-
-
-# --------------------------------------------------------------------------- encode helpers
-def item_bytes(item_type: int, value: bytes, name: str, first: int = 0) -> bytes:
-    """Item header (type, reserved/version byte, 2-byte length) followed by the value."""
-    if len(value) > 0xFFFF:
-        raise PduEncodeError(f"{name} value is {len(value)} bytes; an item holds at most 65535")
-    return _HDR.pack(item_type, first, len(value)) + value
-
-
-def ascii_bytes(value: object, name: str, max_len: int, min_len: int = 0) -> bytes:
-    """``value`` as ASCII bytes of ``min_len``..``max_len`` characters, else PduEncodeError."""
-    if not isinstance(value, str):
-        raise PduEncodeError(f"{name} must be a str, not {type(value).__name__}")
-    try:
-        data = value.encode("ascii")
-    except UnicodeEncodeError:
-        raise PduEncodeError(f"{name} {value!r} is not ASCII") from None
-    if not min_len <= len(data) <= max_len:
-        raise PduEncodeError(f"{name} {value!r} must have {min_len} to {max_len} characters")
-    return data
-
-
-def uid_bytes(value: object, name: str, allow_empty: bool = False) -> bytes:
-    """A UID as ASCII, at most 64 characters (PS3.8 Annex F: no padding inside items)."""
-    return ascii_bytes(value, name, 64, 0 if allow_empty else 1)
-
-
-def check_int(value: object, name: str, high: int, low: int = 0) -> int:
-    if not isinstance(value, int) or not low <= value <= high:
-        raise PduEncodeError(f"{name} must be an integer in {low}..{high}, not {value!r}")
-    return value
-
-
-def check_context_id(value: object, name: str) -> int:
-    if not isinstance(value, int) or not 1 <= value <= 255 or value % 2 == 0:
-        raise PduEncodeError(f"{name} must be an odd integer in 1..255, not {value!r}")
-    return value
-
-
-def check_bytes(value: object, name: str, max_len: int = 0xFFFF) -> bytes:
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise PduEncodeError(f"{name} must be bytes, not {type(value).__name__}")
-    data = bytes(value)
-    if len(data) > max_len:
-        raise PduEncodeError(f"{name} is {len(data)} bytes, at most {max_len} allowed")
-    return data
-
-
-def _prefixed(data: bytes) -> bytes:
-    """A 2-byte length followed by the data (lengths already checked)."""
-    return _U16.pack(len(data)) + data
-
-
-# --------------------------------------------------------------------------- decode helpers
-def iter_items(cur: Cursor) -> Iterator[tuple[int, int, Cursor]]:
-    """Yield (item type, first reserved byte, cursor over the value) for each item in ``cur``."""
-    while cur.pos < cur.end:
-        start = cur.pos
-        if cur.end - start < 4:
-            raise cur.error(f"{cur.end - start} bytes left in {cur.item}, too few for an item "
-                            "header (4)", "item-header")
-        item_type, first, length = _HDR.unpack_from(cur.view, start)
-        cur.pos = start + 4
-        name = ITEM_NAMES.get(item_type, f"Item0x{item_type:02X}")
-        yield item_type, first, cur.sub(length, name, "item-length", offset=start + 2)
-
-
-def _prefixed_field(cur: Cursor, field: str) -> memoryview:
-    """A 2-byte length followed by that many bytes, inside ``cur``."""
-    at = cur.pos
-    length = cur.u16(f"{field}-length")
-    if cur.end - cur.pos < length:
-        raise cur.error(f"{field}-length {length} overruns {cur.item} ({cur.end - cur.pos} "
-                        "bytes left)", f"{field}-length", offset=at)
-    return cur.take(length, field)
-
-
-def _expect_length(cur: Cursor, size: int) -> None:
-    if cur.end - cur.pos != size:
-        raise cur.error(f"{cur.item} item-length is {cur.end - cur.pos}, must be {size}",
-                        "item-length", offset=cur.pos - 2)
-
 
 # --------------------------------------------------------------------------- generic items
 @dataclass(frozen=True, slots=True)
@@ -186,6 +109,7 @@ class PresentationContextRQ:
     abstract_syntax: str
     transfer_syntaxes: tuple[str, ...]
     extra_sub_items: tuple[tuple[int, UnknownItem], ...] = ()
+    reserved: bytes = bytes(3)  # bytes 5-7 as received (DCMTK and pynetdicom send 00 FF 00)
 
     def check(self) -> None:
         self.encode()
@@ -199,7 +123,8 @@ class PresentationContextRQ:
                             "AbstractSyntax")]
         for ts in self.transfer_syntaxes:
             parts.append(_TS_CACHE.get(ts) or _ts_item(ts, "PresentationContextRQ.transfer_syntax"))
-        value = _PC_FIXED.pack(cid, 0, 0, 0) + b"".join(_with_extras(parts, self.extra_sub_items))
+        reserved = _reserved(self.reserved, 3, "PresentationContextRQ.reserved")
+        value = bytes((cid,)) + reserved + b"".join(_with_extras(parts, self.extra_sub_items))
         return item_bytes(0x20, value, "PresentationContextRQ")
 
     @classmethod
@@ -208,6 +133,7 @@ class PresentationContextRQ:
             raise cur.error(f"item-length {cur.end - cur.pos} is shorter than 4", "item-length",
                             offset=cur.pos - 2)
         cid = cur.view[cur.pos]
+        reserved = bytes(cur.view[cur.pos + 1:cur.pos + 4])
         cur.pos += 4
         abstract: str | None = None
         syntaxes: list[str] = []
@@ -225,10 +151,16 @@ class PresentationContextRQ:
         if abstract is None:
             raise cur.error(f"presentation context {cid} has no abstract syntax sub-item",
                             "abstract-syntax", offset=cur.end)
-        return cls(cid, abstract, tuple(syntaxes), tuple(extras))
+        return cls(cid, abstract, tuple(syntaxes), tuple(extras), reserved)
 
 
 _TS_CACHE: dict[str, bytes] = {}
+
+
+def _reserved(value: object, size: int, name: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise PduEncodeError(f"{name} must be {size} bytes, not {value!r}")
+    return value
 
 
 def _ts_item(ts: str, name: str, allow_empty: bool = False) -> bytes:
@@ -251,6 +183,7 @@ class PresentationContextAC:
     result: int
     transfer_syntax: str | None
     extra_sub_items: tuple[tuple[int, UnknownItem], ...] = ()
+    reserved: bytes = bytes(2)  # bytes 5 and 7 as received
 
     def check(self) -> None:
         self.encode()
@@ -264,8 +197,9 @@ class PresentationContextAC:
                                   allow_empty=result != 0))
         elif result == 0:
             raise PduEncodeError("an accepted PresentationContextAC needs a transfer_syntax")
-        value = _PC_FIXED.pack(cid, 0, result, 0) + b"".join(_with_extras(parts,
-                                                                           self.extra_sub_items))
+        reserved = _reserved(self.reserved, 2, "PresentationContextAC.reserved")
+        value = (_PC_FIXED.pack(cid, reserved[0], result, reserved[1])
+                 + b"".join(_with_extras(parts, self.extra_sub_items)))
         return item_bytes(0x21, value, "PresentationContextAC")
 
     @classmethod
@@ -275,6 +209,7 @@ class PresentationContextAC:
                             offset=cur.pos - 2)
         cid = cur.view[cur.pos]
         result = cur.view[cur.pos + 2]
+        reserved = bytes((cur.view[cur.pos + 1], cur.view[cur.pos + 3]))
         cur.pos += 4
         syntax: str | None = None
         extras: list[tuple[int, UnknownItem]] = []
@@ -283,7 +218,7 @@ class PresentationContextAC:
                 syntax = _uid_text(sub.take_rest())
             else:
                 extras.append((index, UnknownItem.decode(item_type, first, sub)))
-        return cls(cid, result, syntax, tuple(extras))
+        return cls(cid, result, syntax, tuple(extras), reserved)
 
 
 # --------------------------------------------------------------------------- user information sub-items
@@ -303,7 +238,7 @@ class MaximumLength:
 
     @classmethod
     def decode(cls, cur: Cursor) -> MaximumLength:
-        _expect_length(cur, 4)
+        expect_length(cur, 4)
         return cls(cur.u32("maximum-length-received"))
 
 
@@ -363,7 +298,7 @@ class AsynchronousOperationsWindow:
 
     @classmethod
     def decode(cls, cur: Cursor) -> AsynchronousOperationsWindow:
-        _expect_length(cur, 4)
+        expect_length(cur, 4)
         return cls(cur.u16("maximum-number-operations-invoked"),
                    cur.u16("maximum-number-operations-performed"))
 
@@ -384,11 +319,11 @@ class RoleSelection:
         sop = uid_bytes(self.sop_class_uid, "RoleSelection.sop_class_uid")
         scu = check_int(self.scu_role, "RoleSelection.scu_role", 255)
         scp = check_int(self.scp_role, "RoleSelection.scp_role", 255)
-        return item_bytes(0x54, _prefixed(sop) + bytes((scu, scp)), "RoleSelection")
+        return item_bytes(0x54, prefixed(sop) + bytes((scu, scp)), "RoleSelection")
 
     @classmethod
     def decode(cls, cur: Cursor) -> RoleSelection:
-        sop = _uid_text(_prefixed_field(cur, "uid"))
+        sop = _uid_text(prefixed_field(cur, "uid"))
         scu = cur.u8("scu-role")
         scp = cur.u8("scp-role")
         cur.expect_end("item-length")
@@ -409,11 +344,11 @@ class SOPClassExtendedNegotiation:
     def encode(self) -> bytes:
         sop = uid_bytes(self.sop_class_uid, "SOPClassExtendedNegotiation.sop_class_uid")
         info = check_bytes(self.application_info, "SOPClassExtendedNegotiation.application_info")
-        return item_bytes(0x56, _prefixed(sop) + info, "SOPClassExtendedNegotiation")
+        return item_bytes(0x56, prefixed(sop) + info, "SOPClassExtendedNegotiation")
 
     @classmethod
     def decode(cls, cur: Cursor) -> SOPClassExtendedNegotiation:
-        sop = _uid_text(_prefixed_field(cur, "sop-class-uid"))
+        sop = _uid_text(prefixed_field(cur, "sop-class-uid"))
         return cls(sop, bytes(cur.take_rest()))
 
 
@@ -434,24 +369,24 @@ class SOPClassCommonExtendedNegotiation:
         name = "SOPClassCommonExtendedNegotiation"
         sop = uid_bytes(self.sop_class_uid, f"{name}.sop_class_uid")
         service = uid_bytes(self.service_class_uid, f"{name}.service_class_uid")
-        related = b"".join(_prefixed(uid_bytes(u, f"{name}.related_general_sop_classes"))
+        related = b"".join(prefixed(uid_bytes(u, f"{name}.related_general_sop_classes"))
                            for u in self.related_general_sop_classes)
         if len(related) > 0xFFFF:
             raise PduEncodeError(f"{name}.related_general_sop_classes is too long")
         version = check_int(self.version, f"{name}.version", 255)
-        return item_bytes(0x57, _prefixed(sop) + _prefixed(service) + _prefixed(related), name,
+        return item_bytes(0x57, prefixed(sop) + prefixed(service) + prefixed(related), name,
                           version)
 
     @classmethod
     def decode_versioned(cls, cur: Cursor, version: int) -> SOPClassCommonExtendedNegotiation:
-        sop = _uid_text(_prefixed_field(cur, "sop-class-uid"))
-        service = _uid_text(_prefixed_field(cur, "service-class-uid"))
+        sop = _uid_text(prefixed_field(cur, "sop-class-uid"))
+        service = _uid_text(prefixed_field(cur, "service-class-uid"))
         start = cur.pos
-        listing = _prefixed_field(cur, "related-general-sop-class-identification")
+        listing = prefixed_field(cur, "related-general-sop-class-identification")
         sub = Cursor(cur.view, start + 2, start + 2 + len(listing), cur.item)
         related: list[str] = []
         while sub.pos < sub.end:
-            related.append(_uid_text(_prefixed_field(sub, "related-general-sop-class-uid")))
+            related.append(_uid_text(prefixed_field(sub, "related-general-sop-class-uid")))
         cur.expect_end("item-length")
         return cls(sop, service, tuple(related), version)
 
@@ -476,7 +411,7 @@ class UserIdentityRQ:
         primary = check_bytes(self.primary_field, "UserIdentityRQ.primary_field")
         secondary = check_bytes(self.secondary_field, "UserIdentityRQ.secondary_field")
         value = (bytes((kind, 1 if self.positive_response_requested else 0))
-                 + _prefixed(primary) + _prefixed(secondary))
+                 + prefixed(primary) + prefixed(secondary))
         return item_bytes(0x58, value, "UserIdentityRQ")
 
     @classmethod
@@ -487,8 +422,8 @@ class UserIdentityRQ:
         if wanted > 1:
             raise cur.error(f"positive-response-requested must be 0 or 1, not {wanted}",
                             "positive-response-requested", offset=at)
-        primary = bytes(_prefixed_field(cur, "primary-field"))
-        secondary = bytes(_prefixed_field(cur, "secondary-field"))
+        primary = bytes(prefixed_field(cur, "primary-field"))
+        secondary = bytes(prefixed_field(cur, "secondary-field"))
         cur.expect_end("item-length")
         return cls(kind, bool(wanted), primary, secondary)
 
@@ -505,11 +440,11 @@ class UserIdentityAC:
 
     def encode(self) -> bytes:
         response = check_bytes(self.server_response, "UserIdentityAC.server_response", 0xFFFF - 2)
-        return item_bytes(0x59, _prefixed(response), "UserIdentityAC")
+        return item_bytes(0x59, prefixed(response), "UserIdentityAC")
 
     @classmethod
     def decode(cls, cur: Cursor) -> UserIdentityAC:
-        response = bytes(_prefixed_field(cur, "server-response"))
+        response = bytes(prefixed_field(cur, "server-response"))
         cur.expect_end("item-length")
         return cls(response)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
-from ._cursor import Cursor
+from ._cursor import Cursor, check_context_id, check_int, iter_items
 from .constants import (
     DEFAULT_MAX_PDU_LENGTH,
     DICOM_APPLICATION_CONTEXT,
@@ -30,9 +30,6 @@ from .items import (
     PresentationContextRQ,
     UnknownItem,
     UserInformation,
-    check_context_id,
-    check_int,
-    iter_items,
 )
 
 _PDU_HDR = struct.Struct(">BBI")
@@ -453,6 +450,8 @@ _DECODERS: dict[int, Callable[[memoryview, int], Pdu]] = {
     1: AAssociateRQ.decode, 2: AAssociateAC.decode, 3: AAssociateRJ.decode,
     4: PDataTF.decode, 5: AReleaseRQ.decode, 6: AReleaseRP.decode, 7: AAbort.decode,
 }
+_PDU_CLASSES = frozenset({AAssociateRQ, AAssociateAC, AAssociateRJ, PDataTF, AReleaseRQ,
+                          AReleaseRP, AAbort})
 _NAMES = {1: "AAssociateRQ", 2: "AAssociateAC", 3: "AAssociateRJ", 4: "PDataTF",
           5: "AReleaseRQ", 6: "AReleaseRP", 7: "AAbort"}
 
@@ -509,8 +508,6 @@ def decode(data: bytes | bytearray | memoryview) -> Pdu:
 
 def encode(p: Pdu) -> bytes:
     """Encode a PDU (validating its fields; PduEncodeError if it cannot be encoded)."""
-    try:
-        method = p.encode
-    except AttributeError:
-        raise PduEncodeError(f"not a PDU: {p!r}") from None
-    return method()
+    if type(p) not in _PDU_CLASSES:
+        raise PduEncodeError(f"not a PDU: {p!r}")
+    return p.encode()
