@@ -1,0 +1,711 @@
+"""The asyncio association: DIMSE requests and responses over one upper-layer connection.
+
+One :class:`Association` serves both sides of a connection (requestor or acceptor) and both roles
+of DIMSE at once: it *invokes* operations (``echo()``, ``store()``, ``request()``) and *performs*
+the requests the peer sends (looked up in a :class:`~dimse.services.HandlerRegistry`), so an SCU
+can answer the C-STORE sub-operations of its own C-GET. There is one dispatch point for incoming
+messages: responses resolve the pending operation with the same message ID, requests go to their
+performer in a task of their own.
+
+Operations in flight are bounded by the negotiated asynchronous operations window (a semaphore;
+with the default window (1, 1) operations are serialized). Every response is awaited under the
+DIMSE timeout, which a Pending response or an incoming sub-operation restarts; on expiry the
+association is aborted and :class:`~dimse.errors.DimseTimeout` raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from pdu.constants import AbortSource
+from pdu.errors import ProtocolError
+from pdu.machine import (
+    AbortIndication,
+    AssociateAccepted,
+    AssociateIndication,
+    AssociateRejected,
+    Closed,
+    Output,
+    PDataIndication,
+    ReleaseConfirmation,
+    ReleaseIndication,
+    Role,
+    UpperLayerMachine,
+)
+from pdu.negotiation import AcceptedContext, Negotiated, negotiated_from_ac
+from pdu.pdus import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF
+from pdu.transport import UpperLayerProtocol
+
+from . import commands
+from .assembly import CommandReceived, DataFragment, MessageAssembler, MessageReceived, fragment
+from .errors import (
+    AssociationAborted,
+    AssociationError,
+    AssociationRejected,
+    DimseTimeout,
+    NotNegotiatedError,
+)
+from .messages import (
+    MESSAGE_TYPES,
+    CCancelRQ,
+    CEchoRQ,
+    CStoreRQ,
+    Message,
+    Priority,
+)
+from .services import (
+    VERIFICATION_SOP_CLASS,
+    DataSetSink,
+    HandlerRegistry,
+    ReceivedDataSet,
+    RequestContext,
+)
+from .status import is_pending
+
+__all__ = ["Association", "Response", "instance_transfer_syntax"]
+
+log = logging.getLogger(__name__)
+
+#: A response message and its data set, if any.
+Response = tuple[Message, ReceivedDataSet | None]
+
+_UNCOMPRESSED = (
+    "1.2.840.10008.1.2.1",  # explicit VR little endian
+    "1.2.840.10008.1.2",  # implicit VR little endian
+    "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
+    "1.2.840.10008.1.2.2",  # explicit VR big endian (retired)
+)
+#: How many requests we perform at once when the window says "unlimited" (0).
+_PERFORM_CAP = 64
+#: Requests queued beyond the window before we stop reading from the peer.
+_BACKLOG = 16
+
+
+def encode_instance(ds: Dataset, transfer_syntax: str) -> bytes:
+    """Encode ``ds`` for the network in ``transfer_syntax`` (no file meta, no preamble).
+
+    Uncompressed syntaxes go through ``dimse.codec``; an encapsulated (compressed) instance is
+    explicit VR little endian around its already compressed pixel data, written by pydicom.
+    """
+    from . import codec
+
+    if transfer_syntax in codec.SUPPORTED_TRANSFER_SYNTAXES:
+        return codec.encode(ds, transfer_syntax)
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def instance_transfer_syntax(ds: Dataset) -> str | None:
+    """The transfer syntax an instance is encoded in, when known (file meta or read encoding)."""
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    if ts:
+        return str(ts)
+    encoding = getattr(ds, "original_encoding", None)
+    if encoding and encoding[0] is not None:
+        implicit, little = encoding
+        if implicit:
+            return "1.2.840.10008.1.2"
+        return "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
+    return None
+
+
+class _Operation:
+    """One invoked operation waiting for its response(s)."""
+
+    __slots__ = ("context_id", "error", "responses", "timer", "waiter")
+
+    def __init__(self, context_id: int) -> None:
+        self.context_id = context_id
+        self.responses: deque[Response] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def deliver(self, response: Response) -> None:
+        self.responses.append(response)
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self, loop: asyncio.AbstractEventLoop) -> Response:
+        while not self.responses:
+            if self.error is not None:
+                raise self.error
+            self.waiter = loop.create_future()
+            await self.waiter
+            self.waiter = None
+        return self.responses.popleft()
+
+
+class _Streaming:
+    """A C-STORE request whose data set is being streamed into a sink."""
+
+    __slots__ = ("error", "request", "sink")
+
+    def __init__(self, request: RequestContext, sink: DataSetSink | None,
+                 error: BaseException | None) -> None:
+        self.request = request
+        self.sink = sink
+        self.error = error
+
+
+class Association:
+    """One DICOM association, requestor or acceptor; see the module docstring."""
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        handlers: HandlerRegistry | None = None,
+        max_pdu: int,
+        artim_timeout: float = 30.0,
+        dimse_timeout: float | None = 30.0,
+        idle_timeout: float | None = None,
+        keepalive: bool = False,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.role = role
+        self.handlers = handlers if handlers is not None else HandlerRegistry()
+        self.dimse_timeout = dimse_timeout
+        self.idle_timeout = idle_timeout
+        self.machine = UpperLayerMachine(role, artim_timeout=artim_timeout,
+                                         max_pdata_length=max_pdu)
+        self.protocol = UpperLayerProtocol(self.machine, self._on_indication, keepalive=keepalive)
+        self.rq: AAssociateRQ | None = None
+        self._negotiated: Negotiated | None = None
+        self._established: asyncio.Future[Negotiated] = self._loop.create_future()
+        self._associate_rq: asyncio.Future[AAssociateRQ] = self._loop.create_future()
+        self._released: asyncio.Future[None] = self._loop.create_future()
+        self._closed = asyncio.Event()
+        self._error: AssociationError | None = None
+        self._pending: dict[int, _Operation] = {}
+        self._next_id = 0
+        self._window: asyncio.Semaphore | None = None
+        self._perform_limit = 1
+        self._performing = asyncio.Semaphore(1)
+        self._read_limit = 1 + _BACKLOG
+        self._send_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cancelled: set[int] = set()
+        self._assembler = MessageAssembler(self._should_stream)
+        self._streaming: _Streaming | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_activity = self._loop.time()
+        self._release_due = False
+        for fut in (self._established, self._associate_rq, self._released):
+            fut.add_done_callback(_consume)
+
+    # -- public state --------------------------------------------------------------------------
+    @property
+    def negotiated(self) -> Negotiated:
+        if self._negotiated is None:
+            raise AssociationError("the association is not established")
+        return self._negotiated
+
+    @property
+    def calling_ae(self) -> str:
+        return self.rq.calling_ae if self.rq is not None else ""
+
+    @property
+    def called_ae(self) -> str:
+        return self.rq.called_ae if self.rq is not None else ""
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        return self.protocol.peer
+
+    @property
+    def is_established(self) -> bool:
+        return self._negotiated is not None and self._error is None and not self._released.done()
+
+    @property
+    def error(self) -> AssociationError | None:
+        """Why the association ended abnormally (None while alive or after a normal release)."""
+        return self._error
+
+    def is_cancelled(self, message_id: int) -> bool:
+        """Whether the peer sent a C-CANCEL for the request with this message ID."""
+        return message_id in self._cancelled
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # -- establishment ---------------------------------------------------------------------------
+    async def established(self) -> Negotiated:
+        """Requestor: wait for the A-ASSOCIATE-AC (raises AssociationRejected/Aborted)."""
+        return await asyncio.shield(self._established)
+
+    async def wait_associate_request(self) -> AAssociateRQ:
+        """Acceptor: wait for the peer's A-ASSOCIATE-RQ (raises AssociationAborted)."""
+        return await asyncio.shield(self._associate_rq)
+
+    def accept(self, ac: AAssociateAC, negotiated: Negotiated) -> None:
+        """Acceptor: send the A-ASSOCIATE-AC and start serving."""
+        self._setup(negotiated)
+        self.protocol.call(self.machine.accept, ac)
+        if not self._established.done():
+            self._established.set_result(negotiated)
+
+    def reject(self, rj: AAssociateRJ) -> None:
+        """Acceptor: send the A-ASSOCIATE-RJ (the requestor closes the connection)."""
+        self.protocol.call(self.machine.reject, rj)
+
+    def _setup(self, negotiated: Negotiated) -> None:
+        self._negotiated = negotiated
+        invoked, performed = negotiated.async_window
+        if self.role is Role.ACCEPTOR:
+            invoked, performed = performed, invoked
+        self._window = asyncio.Semaphore(invoked) if invoked > 0 else None
+        self._perform_limit = performed if performed > 0 else _PERFORM_CAP
+        self._performing = asyncio.Semaphore(self._perform_limit)
+        # Reading stops only when the peer queues far more than the window allows: below that
+        # we keep reading so that C-CANCEL and A-ABORT are seen while requests are performed.
+        self._read_limit = self._perform_limit + _BACKLOG
+        if self.idle_timeout:
+            self._arm_idle(self.idle_timeout)
+
+    # -- indications from the upper layer --------------------------------------------------------
+    def _on_indication(self, out: Output) -> None:
+        if isinstance(out, PDataIndication):
+            self._on_pdata(out.pdu)
+        elif isinstance(out, AssociateAccepted):
+            self._on_accepted(out.ac)
+        elif isinstance(out, AssociateIndication):
+            self.rq = out.rq
+            if not self._associate_rq.done():
+                self._associate_rq.set_result(out.rq)
+        elif isinstance(out, AssociateRejected):
+            rj = out.rj
+            self._fail(AssociationRejected(rj.result, rj.source, rj.reason))
+        elif isinstance(out, ReleaseIndication):
+            self._on_release_indication()
+        elif isinstance(out, ReleaseConfirmation):
+            if self.machine.awaiting_release_response:  # acceptor side of a collision
+                self.protocol.call(self.machine.release_response)
+            self._finish_release()
+        elif isinstance(out, AbortIndication):
+            kind = "A-P-ABORT" if out.provider else "A-ABORT"
+            self._fail(AssociationAborted(f"{kind} (source {out.source}, reason {out.reason})",
+                                          source=out.source, reason=out.reason))
+        elif isinstance(out, Closed):
+            self._on_closed()
+
+    def _on_accepted(self, ac: AAssociateAC) -> None:
+        assert self.rq is not None
+        try:
+            negotiated = negotiated_from_ac(self.rq, ac)
+        except ProtocolError as exc:
+            self._fail(AssociationAborted(f"unusable A-ASSOCIATE-AC: {exc}"))
+            self.protocol.abort()
+            return
+        self._setup(negotiated)
+        if not self._established.done():
+            self._established.set_result(negotiated)
+
+    def _on_release_indication(self) -> None:
+        """The peer asked to release: answer once the requests we are performing are done."""
+        if self.machine.state.name == "STA9":  # requestor side of a collision: answer now
+            self.protocol.call(self.machine.release_response)
+            return
+        self._release_due = True
+        self._maybe_release_response()
+
+    def _maybe_release_response(self) -> None:
+        if self._release_due and not self._tasks and self.machine.awaiting_release_response:
+            self._release_due = False
+            self.protocol.call(self.machine.release_response)
+            self._finish_release()
+
+    def _finish_release(self) -> None:
+        if not self._released.done():
+            self._released.set_result(None)
+        for op in self._pending.values():
+            op.fail(AssociationAborted("association released with the operation outstanding"))
+
+    def _on_closed(self) -> None:
+        if not self._released.done() and self._error is None:
+            self._fail(AssociationAborted("connection closed"))
+        self._discard_sinks()
+        self._cancel_idle()
+        self._closed.set()
+
+    def _fail(self, error: AssociationError) -> None:
+        """The association ended abnormally: every waiter gets ``error``; handlers stop."""
+        if self._error is None:
+            self._error = error
+        for fut in (self._established, self._associate_rq, self._released):
+            if not fut.done():
+                fut.set_exception(error)
+        for op in self._pending.values():
+            op.fail(error)
+        for task in self._tasks:
+            task.cancel()
+        self._discard_sinks()
+
+    # -- incoming messages -----------------------------------------------------------------------
+    def _on_pdata(self, pdu: PDataTF) -> None:
+        self._last_activity = self._loop.time()
+        assembler = self._assembler
+        try:
+            for pdv in pdu.pdvs:
+                event = assembler.feed(pdv)
+                if event is None:
+                    continue
+                if type(event) is MessageReceived:
+                    self._dispatch(event.context_id, event.message, event.dataset)
+                elif type(event) is DataFragment:
+                    self._stream_fragment(event)
+                elif type(event) is CommandReceived:
+                    self._stream_start(event)
+        except ProtocolError as exc:
+            log.warning("aborting: %s", exc)
+            self._fail(AssociationAborted(f"protocol error: {exc}"))
+            self.protocol.abort()
+
+    def _dispatch(self, context_id: int, message: Message, data: bytes | None) -> None:
+        if message.command_field & 0x8000:
+            self._on_response(message, context_id, data)
+        elif isinstance(message, CCancelRQ):
+            self._cancelled.add(message.message_id_being_responded_to)
+        else:
+            cx = self._request_context(context_id)
+            if cx is not None:
+                dataset = None if data is None else ReceivedDataSet(cx.transfer_syntax, data)
+                self._on_request(RequestContext(self, cx, message, dataset))
+
+    # -- streamed data sets (C-STORE into a sink) -------------------------------------------------
+    def _should_stream(self, context_id: int, message: Message) -> bool:
+        return isinstance(message, CStoreRQ) and self.handlers.streams(message)
+
+    def _stream_start(self, event: CommandReceived) -> None:
+        cx = self._request_context(event.context_id)
+        if cx is None:
+            return
+        request = RequestContext(self, cx, event.message, None)
+        try:
+            sink = self.handlers.sink_for(event.message, request)
+        except Exception as exc:  # the sink cannot be opened: drop the data, answer failure
+            log.exception("cannot open a sink for %r", event.message)
+            self._streaming = _Streaming(request, None, exc)
+            return
+        self._streaming = _Streaming(request, sink, None)
+
+    def _stream_fragment(self, event: DataFragment) -> None:
+        streaming = self._streaming
+        assert streaming is not None
+        if streaming.sink is not None and streaming.error is None:
+            try:
+                streaming.sink.write(event.data)  # type: ignore[arg-type]
+                if event.last:
+                    streaming.sink.finish()
+            except Exception as exc:  # a full disk: keep reading, answer failure
+                log.exception("sink write failed")
+                streaming.error = exc
+                streaming.sink.discard()
+        if not event.last:
+            return
+        self._streaming = None
+        request = streaming.request
+        dataset = ReceivedDataSet(request.context.transfer_syntax, None, streaming.sink,
+                                  streaming.error)
+        self._on_request(RequestContext(self, request.context, request.message, dataset))
+
+    def _on_response(self, message: Message, context_id: int, data: Any) -> None:
+        op = self._pending.get(getattr(message, "message_id_being_responded_to", -1))
+        if op is None:
+            log.warning("response to no outstanding request: %r", message)
+            return
+        cx = self.negotiated.contexts.get(context_id)
+        ts = cx.transfer_syntax if cx is not None else "1.2.840.10008.1.2"
+        dataset = None if data is None else ReceivedDataSet(ts, data)
+        if is_pending(getattr(message, "status", 0)):
+            self._restart_timer(op)
+        else:
+            self._stop_timer(op)
+        op.deliver((message, dataset))
+
+    def _request_context(self, context_id: int) -> AcceptedContext | None:
+        """The accepted context a request arrived on; aborts when there is none."""
+        cx = self.negotiated.contexts.get(context_id)
+        if cx is None:
+            self._fail(AssociationAborted(f"request on unaccepted context {context_id}"))
+            self.protocol.abort()
+        return cx
+
+    def _on_request(self, request: RequestContext) -> None:
+        for op in self._pending.values():  # a sub-operation shows the peer is working
+            self._restart_timer(op)
+        task = self._loop.create_task(self._perform(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._performed)
+        if len(self._tasks) >= self._read_limit:
+            self.protocol.pause_reading()
+
+    async def _perform(self, request: RequestContext) -> None:
+        message = request.message
+        performer = self.handlers.get(message.command_field)
+        try:
+            async with self._performing:
+                if performer is None:
+                    await self._unsupported(request)
+                else:
+                    await performer(request)
+        except AssociationError:
+            pass  # the association is gone; nothing to answer
+        except Exception:
+            log.exception("performer for %r failed", message)
+
+    def _performed(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if len(self._tasks) < self._read_limit:
+            self.protocol.resume_reading()
+        self._maybe_release_response()
+
+    async def _unsupported(self, request: RequestContext) -> None:
+        rq = request.message
+        rsp_type: Any = MESSAGE_TYPES.get(rq.command_field | 0x8000)
+        if rsp_type is None:
+            return
+        rsp = rsp_type(
+            message_id_being_responded_to=getattr(rq, "message_id", 0),
+            affected_sop_class_uid=getattr(rq, "affected_sop_class_uid", None),
+            status=0x0211,  # unrecognized operation
+        )
+        await request.respond(rsp)
+
+    def _discard_sinks(self) -> None:
+        """Drop a partly received message; a half-written sink leaves no trace."""
+        self._assembler.discard()
+        streaming, self._streaming = self._streaming, None
+        if streaming is not None and streaming.sink is not None:
+            streaming.sink.discard()
+
+    # -- sending -------------------------------------------------------------------------------
+    async def send_message(self, context_id: int, message: Message,
+                           dataset: bytes | memoryview | None = None) -> None:
+        """Send one DIMSE message (command + optional data set) on ``context_id``."""
+        if self._error is not None:
+            raise self._error
+        command = commands.encode(message)
+        peer_max = self.negotiated.peer_max_pdu
+        protocol = self.protocol
+        async with self._send_lock:
+            for pdu_bytes in fragment(context_id, command, dataset, peer_max):
+                if protocol.writing_paused:
+                    try:
+                        await protocol.drain()
+                    except ConnectionError as exc:
+                        raise self._error or AssociationAborted("connection lost") from exc
+                if self._error is not None:
+                    raise self._error
+                protocol.send_pdata_bytes(pdu_bytes)
+        self._last_activity = self._loop.time()
+
+    def _new_message_id(self) -> int:
+        pending = self._pending
+        while True:
+            self._next_id = self._next_id % 0xFFFF + 1
+            if self._next_id not in pending:
+                return self._next_id
+
+    async def request(self, context: AcceptedContext, build: Any,
+                      dataset: bytes | memoryview | None = None) -> Response:
+        """Invoke one operation with a single final response; ``build(message_id) -> Message``."""
+        async for response in self.request_stream(context, build, dataset):
+            message = response[0]
+            if not is_pending(getattr(message, "status", 0)):
+                return response
+        raise AssociationAborted("no final response")  # pragma: no cover - stream always ends
+
+    async def request_stream(self, context: AcceptedContext, build: Any,
+                             dataset: bytes | memoryview | None = None
+                             ) -> AsyncIterator[Response]:
+        """Invoke one operation and yield every response until the final (non-Pending) one."""
+        window = self._window
+        if window is not None:
+            await window.acquire()
+        message_id = self._new_message_id()
+        op = _Operation(context.context_id)
+        self._pending[message_id] = op
+        try:
+            await self.send_message(context.context_id, build(message_id), dataset)
+            self._restart_timer(op)
+            while True:
+                response = await op.next(self._loop)
+                yield response
+                if not is_pending(getattr(response[0], "status", 0)):
+                    return
+        finally:
+            self._stop_timer(op)
+            del self._pending[message_id]
+            if window is not None:
+                window.release()
+
+    async def cancel(self, context: AcceptedContext, message_id: int) -> None:
+        """Send C-CANCEL for an outstanding C-FIND/C-GET/C-MOVE."""
+        await self.send_message(context.context_id,
+                                CCancelRQ(message_id_being_responded_to=message_id))
+
+    # -- DIMSE timeout and idle timeout ----------------------------------------------------------
+    def _restart_timer(self, op: _Operation) -> None:
+        if self.dimse_timeout is None:
+            return
+        if op.timer is not None:
+            op.timer.cancel()
+        op.timer = self._loop.call_later(self.dimse_timeout, self._dimse_timeout, op)
+
+    @staticmethod
+    def _stop_timer(op: _Operation) -> None:
+        if op.timer is not None:
+            op.timer.cancel()
+            op.timer = None
+
+    def _dimse_timeout(self, op: _Operation) -> None:
+        op.timer = None
+        error = DimseTimeout(f"no response within {self.dimse_timeout} s; association aborted")
+        op.fail(error)
+        self._fail(AssociationAborted("aborted after a DIMSE timeout",
+                                      source=AbortSource.SERVICE_USER, reason=0))
+        self.protocol.abort()
+
+    def _arm_idle(self, delay: float) -> None:
+        self._idle_timer = self._loop.call_later(delay, self._idle_check)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_check(self) -> None:
+        assert self.idle_timeout is not None
+        self._idle_timer = None
+        if self._closed.is_set():
+            return
+        quiet = self._loop.time() - self._last_activity
+        if quiet < self.idle_timeout or self._tasks or self._pending:
+            self._arm_idle(max(self.idle_timeout - quiet, 0.05) if quiet < self.idle_timeout
+                           else self.idle_timeout)
+            return
+        log.info("aborting association idle for %.1f s", quiet)
+        self._fail(AssociationAborted("idle timeout"))
+        self.protocol.abort()
+
+    # -- requestor-side operations ----------------------------------------------------------------
+    def context_for(self, abstract_syntax: str, transfer_syntax: str | None = None
+                    ) -> AcceptedContext:
+        """An accepted context on which we may invoke ``abstract_syntax`` operations."""
+        scp = self.role is Role.ACCEPTOR  # the acceptor invokes where the requestor is SCP
+        cx = self.negotiated.context_for(abstract_syntax, transfer_syntax, scp=scp)
+        if cx is None:
+            extra = f" in {transfer_syntax}" if transfer_syntax else ""
+            raise NotNegotiatedError(f"no accepted presentation context for {abstract_syntax}"
+                                     f"{extra} on which we may invoke operations")
+        return cx
+
+    def storage_context(self, sop_class: str, transfer_syntax: str | None) -> AcceptedContext:
+        """The context to send an instance of ``sop_class`` encoded in ``transfer_syntax``.
+
+        The exact transfer syntax is preferred; an uncompressed instance (or one of unknown
+        encoding) may go on any uncompressed context (the codec transcodes); a compressed one
+        needs its own transfer syntax.
+        """
+        negotiated = self.negotiated
+        if transfer_syntax is not None:
+            cx = negotiated.context_for(sop_class, transfer_syntax,
+                                        scp=self.role is Role.ACCEPTOR)
+            if cx is not None:
+                return cx
+        if transfer_syntax is None or transfer_syntax in _UNCOMPRESSED:
+            for ts in _UNCOMPRESSED:
+                cx = negotiated.context_for(sop_class, ts, scp=self.role is Role.ACCEPTOR)
+                if cx is not None:
+                    return cx
+        return self.context_for(sop_class, transfer_syntax)
+
+    async def echo(self) -> int:
+        """C-ECHO; returns the status."""
+        cx = self.context_for(VERIFICATION_SOP_CLASS)
+        rsp, _ = await self.request(cx, lambda mid: CEchoRQ(message_id=mid))
+        return int(getattr(rsp, "status", 0))
+
+    async def store(self, ds: Dataset, *, priority: int = Priority.MEDIUM,
+                    move_originator: tuple[str, int] | None = None) -> int:
+        """C-STORE ``ds``; returns the status (NotNegotiatedError before sending if no context)."""
+        sop_class, sop_instance = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+        cx = self.storage_context(sop_class, instance_transfer_syntax(ds))
+        data = encode_instance(ds, cx.transfer_syntax)
+        return await self.store_encoded(sop_class, sop_instance, data, cx,
+                                        priority=priority, move_originator=move_originator)
+
+    async def store_encoded(self, sop_class: str, sop_instance: str, data: bytes | memoryview,
+                            context: AcceptedContext, *, priority: int = Priority.MEDIUM,
+                            move_originator: tuple[str, int] | None = None) -> int:
+        """C-STORE a data set already encoded in ``context``'s transfer syntax."""
+        ae, mid_ = move_originator if move_originator is not None else (None, None)
+
+        def build(mid: int) -> CStoreRQ:
+            return CStoreRQ(message_id=mid, affected_sop_class_uid=sop_class,
+                            affected_sop_instance_uid=sop_instance, priority=priority,
+                            move_originator_ae_title=ae, move_originator_message_id=mid_)
+
+        rsp, _ = await self.request(context, build, data)
+        return int(getattr(rsp, "status", 0))
+
+    # -- ending ----------------------------------------------------------------------------------
+    async def release(self, timeout: float | None = None) -> None:
+        """A-RELEASE; aborts if the peer does not answer within ``timeout`` (default: DIMSE)."""
+        if self._error is not None or self._closed.is_set():
+            return
+        with contextlib.suppress(ProtocolError):
+            self.protocol.call(self.machine.release_request)
+        try:
+            async with asyncio.timeout(timeout or self.dimse_timeout):
+                await asyncio.shield(self._released)
+                await self._closed.wait()
+        except TimeoutError as exc:
+            self.abort()
+            raise DimseTimeout("no A-RELEASE-RP in time; association aborted") from exc
+        except AssociationAborted:
+            return  # the peer aborted instead of answering: nothing left to release
+
+    def abort(self) -> None:
+        """A-ABORT (source service-user); safe to call at any time."""
+        if self._error is None and not self._closed.is_set():
+            self._fail(AssociationAborted("aborted by the local user",
+                                          source=AbortSource.SERVICE_USER, reason=0))
+        self.protocol.abort()
+
+    async def aclose(self) -> None:
+        """Abort and wait until the connection is closed (bounded by ARTIM on the peer side)."""
+        self.abort()
+        self.protocol.close_transport()
+        await self._closed.wait()
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as retrieved (nobody may be waiting on it)."""
+    if not fut.cancelled():
+        fut.exception()
+
+

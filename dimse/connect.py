@@ -1,0 +1,155 @@
+"""``dimse.connect(...)``: open an association as requestor, as an async context manager.
+
+    async with connect("127.0.0.1", 11112, called_ae="STORESCP",
+                       sop_classes=[CT_IMAGE_STORAGE]) as assoc:
+        status = await assoc.store(ds)
+
+A normal exit from the ``async with`` block releases the association; an exception aborts it.
+``await connect(...)`` returns the established :class:`~dimse.association.Association` without the
+context manager (the caller then calls ``release()`` or ``abort()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as ssl_module
+from collections.abc import Generator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from pdu.constants import DEFAULT_MAX_PDU_LENGTH
+from pdu.items import UserIdentityRQ
+from pdu.machine import Role
+from pdu.negotiation import build_associate_rq
+
+from .association import Association
+from .errors import AssociationAborted, AssociationError, DimseTimeout
+from .services import VERIFICATION_SOP_CLASS, HandlerRegistry
+
+__all__ = ["DEFAULT_TRANSFER_SYNTAXES", "Connector", "connect"]
+
+#: What we propose for every abstract syntax unless told otherwise.
+DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.1",  # explicit VR little endian
+    "1.2.840.10008.1.2",  # implicit VR little endian
+)
+
+
+def _contexts(
+    contexts: Sequence[tuple[str, Sequence[str]]] | None,
+    sop_classes: Sequence[str] | None,
+    transfer_syntaxes: Sequence[str],
+) -> list[tuple[str, Sequence[str]]]:
+    if contexts is not None:
+        return list(contexts)
+    classes = list(sop_classes) if sop_classes else [VERIFICATION_SOP_CLASS]
+    return [(uid, tuple(transfer_syntaxes)) for uid in classes]
+
+
+class Connector:
+    """Awaitable and async context manager returned by :func:`connect`."""
+
+    def __init__(self, host: str, port: int, options: dict[str, Any]) -> None:
+        self._host = host
+        self._port = port
+        self._options = options
+        self._assoc: Association | None = None
+
+    def __await__(self) -> Generator[Any, None, Association]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Association:
+        self._assoc = await self._open()
+        return self._assoc
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        assoc = self._assoc
+        self._assoc = None
+        if assoc is None:
+            return
+        if exc_type is None:
+            await assoc.release()
+        else:
+            assoc.abort()
+
+    async def _open(self) -> Association:
+        o = self._options
+        assoc = Association(
+            Role.REQUESTOR, handlers=o["handlers"], max_pdu=o["max_pdu"],
+            artim_timeout=o["artim_timeout"], dimse_timeout=o["dimse_timeout"],
+            idle_timeout=o["idle_timeout"], keepalive=o["keepalive"],
+        )
+        rq = build_associate_rq(
+            o["called_ae"], o["calling_ae"], o["contexts"], max_pdu=o["max_pdu"],
+            roles=o["roles"], extended=o["extended"], user_identity=o["user_identity"],
+            async_window=o["async_window"],
+        )
+        assoc.rq = rq
+        assoc.machine.associate_request(rq)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(o["connect_timeout"]):
+                await loop.create_connection(
+                    lambda: assoc.protocol, self._host, self._port, ssl=o["ssl"],
+                    server_hostname=o["server_hostname"] if o["ssl"] is not None else None,
+                )
+                await assoc.established()
+        except TimeoutError as exc:
+            assoc.abort()
+            raise DimseTimeout(f"association with {self._host}:{self._port} not established "
+                               f"within {o['connect_timeout']} s") from exc
+        except OSError as exc:
+            assoc.protocol.connection_lost(exc)  # Evt17 in Sta4: back to Sta1
+            raise AssociationAborted(f"cannot connect to {self._host}:{self._port}: {exc}"
+                                     ) from exc
+        except AssociationError:
+            assoc.abort()
+            raise
+        except BaseException:
+            assoc.abort()
+            raise
+        return assoc
+
+
+def connect(
+    host: str,
+    port: int,
+    *,
+    called_ae: str,
+    calling_ae: str = "DIMSE_PY",
+    contexts: Sequence[tuple[str, Sequence[str]]] | None = None,
+    sop_classes: Sequence[str] | None = None,
+    transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+    roles: Mapping[str, tuple[bool, bool]] | None = None,
+    extended: Mapping[str, bytes] | None = None,
+    user_identity: UserIdentityRQ | None = None,
+    async_window: tuple[int, int] | None = None,
+    max_pdu: int = DEFAULT_MAX_PDU_LENGTH,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
+    connect_timeout: float = 30.0,
+    artim_timeout: float = 30.0,
+    dimse_timeout: float | None = 30.0,
+    idle_timeout: float | None = None,
+    handlers: HandlerRegistry | None = None,
+    keepalive: bool = False,
+) -> Connector:
+    """Associate with ``host:port`` as requestor (see the module docstring).
+
+    ``contexts`` lists (abstract syntax, transfer syntaxes) pairs; or give ``sop_classes`` (each
+    proposed with ``transfer_syntaxes``); with neither, only Verification is proposed.
+    ``handlers`` performs the requests the peer sends on this association (e.g. the C-STORE
+    sub-operations of a C-GET). Errors: AssociationRejected, AssociationAborted, DimseTimeout.
+    """
+    options: dict[str, Any] = {
+        "called_ae": called_ae, "calling_ae": calling_ae,
+        "contexts": _contexts(contexts, sop_classes, transfer_syntaxes),
+        "roles": dict(roles or {}), "extended": dict(extended or {}),
+        "user_identity": user_identity, "async_window": async_window, "max_pdu": max_pdu,
+        "ssl": ssl, "server_hostname": server_hostname or host,
+        "connect_timeout": connect_timeout, "artim_timeout": artim_timeout,
+        "dimse_timeout": dimse_timeout, "idle_timeout": idle_timeout,
+        "handlers": handlers, "keepalive": keepalive,
+    }
+    return Connector(host, port, options)

@@ -1,0 +1,242 @@
+"""The asyncio shell around the sans-IO upper-layer core (``pdu.machine``).
+
+``UpperLayerProtocol`` is an :class:`asyncio.Protocol` (callbacks, not streams: this is the hot
+path). It feeds received bytes to :meth:`UpperLayerMachine.receive_data`, then drains the core's
+outbox: bytes go to ``transport.write``, ARTIM start/stop become ``loop.call_later`` handles,
+``CloseTransport`` closes the socket, and every indication is handed to the owner through the
+``on_indication`` callback (synchronously, in order).
+
+Back-pressure runs both ways: the owner calls :meth:`pause_reading`/:meth:`resume_reading` when
+it falls behind, and awaits :meth:`drain` before sending more P-DATA when the socket's write
+buffer is above its high-water mark (``pause_writing``/``resume_writing``).
+
+This is the only module of ``pdu`` that knows about asyncio and sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from .errors import LocalProtocolError
+from .fsm import State
+from .machine import (
+    CloseTransport,
+    ConnectTransport,
+    Output,
+    SendBytes,
+    StartArtim,
+    StopArtim,
+    UpperLayerMachine,
+)
+
+__all__ = ["UpperLayerProtocol", "configure_socket"]
+
+log = logging.getLogger(__name__)
+
+#: States where a P-DATA request is a plain "send the bytes" (DT-1 in Sta6, AR-7 in Sta8) that
+#: changes nothing in the core: the fast path writes them straight to the socket.
+_PDATA_SEND_STATES = frozenset({State.STA6, State.STA8})
+
+Indication = Callable[[Output], None]
+
+
+def configure_socket(transport: asyncio.BaseTransport, *, keepalive: bool = False) -> None:
+    """Set TCP_NODELAY (DIMSE is request/response: Nagle only adds latency) and SO_KEEPALIVE."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    except OSError:  # pragma: no cover - e.g. a non-TCP socket in tests
+        log.debug("could not set socket options", exc_info=True)
+
+
+class UpperLayerProtocol(asyncio.Protocol):
+    """Bytes <-> ``UpperLayerMachine``; outbox -> socket, timers and the owner's callback."""
+
+    def __init__(
+        self,
+        machine: UpperLayerMachine,
+        on_indication: Indication,
+        *,
+        keepalive: bool = False,
+    ) -> None:
+        self.machine = machine
+        self._on_indication = on_indication
+        self._keepalive = keepalive
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._artim: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._connection_lost = False
+        self._flushing = False
+        #: Resolved when the socket is closed (never raises).
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+
+    # -- asyncio.Protocol callbacks ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        configure_socket(transport, keepalive=self._keepalive)
+        self.machine.transport_connected()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.machine.receive_data(data)
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection_lost = True
+        self._cancel_artim()
+        if self.machine.state != State.STA1:
+            self.machine.transport_closed()
+            self.flush()
+        self._wake_drain(exc)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain(None)
+
+    # -- outbox ------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Carry out everything the core has queued, in order.
+
+        Re-entrant: an indication handler may call a primitive (e.g. ``release_response``);
+        its outputs are queued in the core and carried out by the outer loop, after the
+        outputs that were already taken, so the order of the outbox is kept.
+        """
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while outputs := self.machine.take_outputs():
+                for out in outputs:
+                    self._carry_out(out)
+        finally:
+            self._flushing = False
+
+    def _carry_out(self, out: Output) -> None:
+        if isinstance(out, SendBytes):
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(out.data)
+        elif isinstance(out, StartArtim):
+            self._cancel_artim()
+            self._artim = self._loop.call_later(out.seconds, self._artim_expired)
+        elif isinstance(out, StopArtim):
+            self._cancel_artim()
+        elif isinstance(out, CloseTransport):
+            if self.transport is not None:
+                self.transport.close()
+        elif not isinstance(out, ConnectTransport):  # the owner opens the connection itself
+            self._on_indication(out)
+
+    def _artim_expired(self) -> None:
+        self._artim = None
+        self.machine.artim_expired()
+        self.flush()
+
+    def _cancel_artim(self) -> None:
+        if self._artim is not None:
+            self._artim.cancel()
+            self._artim = None
+
+    # -- the owner's primitives --------------------------------------------------------------
+    def send_pdata_bytes(self, data: bytes | memoryview) -> None:
+        """Send one encoded P-DATA-TF PDU (Evt9), without a dataclass per PDU when possible."""
+        transport = self.transport
+        if transport is not None and self.machine.state in _PDATA_SEND_STATES:
+            if not transport.is_closing():
+                transport.write(data)
+            return
+        self.machine.send_pdata_bytes(data)  # raises LocalProtocolError in other states
+        self.flush()
+
+    def call(self, primitive: Callable[..., Any], *args: Any) -> None:
+        """Run a local primitive of the core (accept, release_request...) and flush its outputs."""
+        try:
+            primitive(*args)
+        finally:
+            self.flush()
+
+    def abort(self) -> None:
+        """A-ABORT (Evt15); harmless when there is nothing to abort."""
+        try:
+            self.machine.abort()
+        except LocalProtocolError:
+            pass
+        self.flush()
+        if self.machine.state == State.STA1 and self.transport is not None:
+            self.transport.close()
+
+    def close_transport(self) -> None:
+        """Close the socket right away (after a local error or when the server stops)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def connection_is_lost(self) -> bool:
+        return self._connection_lost
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        """The peer's (host, port), when connected over IP."""
+        if self.transport is None:
+            return None
+        addr = self.transport.get_extra_info("peername")
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return str(addr[0]), int(addr[1])
+        return None
+
+    # -- back-pressure -----------------------------------------------------------------------
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._write_paused
+
+    async def drain(self) -> None:
+        """Wait until the socket's write buffer is below its low-water mark."""
+        if not self._write_paused:
+            return
+        if self._connection_lost:
+            raise ConnectionResetError("connection lost")
+        if self._drain_waiter is None or self._drain_waiter.done():
+            self._drain_waiter = self._loop.create_future()
+        await asyncio.shield(self._drain_waiter)
+
+    def _wake_drain(self, exc: Exception | None) -> None:
+        waiter = self._drain_waiter
+        self._drain_waiter = None
+        if waiter is None or waiter.done():
+            return
+        if exc is None and not self._connection_lost:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(exc or ConnectionResetError("connection lost"))
+            waiter.exception()  # mark retrieved: nobody may be waiting any more

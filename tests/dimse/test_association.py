@@ -1,0 +1,253 @@
+"""Our SCU against our server, in process over 127.0.0.1: echo, store, window, timeouts, aborts."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+
+from dimse.association import Association
+from dimse.connect import connect
+from dimse.errors import AssociationAborted, DimseTimeout, NotNegotiatedError
+from dimse.messages import CEchoRQ, CStoreRQ
+from dimse.server import Server
+from dimse.services import HandlerRegistry, ReceivedDataSet, RequestContext, file_sink_factory
+from pdu.machine import Role
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+pytestmark = pytest.mark.timeout(60)
+
+
+def make_ds(n: int = 1, size: int = 64, sop_class: str = CT) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = f"1.2.826.0.1.3680043.2.1143.9.{n}"
+    ds.PatientName = "Test^Store"
+    ds.PatientID = f"P{n}"
+    ds.Rows = 1
+    ds.Columns = min(size // 2, 1024)
+    ds.BitsAllocated = 16
+    ds.PixelData = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    return ds
+
+
+class Recorder:
+    """A C-STORE handler that keeps what it received."""
+
+    def __init__(self, delay: float = 0.0, status: int = 0) -> None:
+        self.received: list[tuple[CStoreRQ, Dataset | None, Path | None]] = []
+        self.delay = delay
+        self.status = status
+        self.running = 0
+        self.max_running = 0
+
+    async def __call__(self, rq: CStoreRQ, dataset: ReceivedDataSet, ctx: RequestContext) -> int:
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            path = getattr(dataset.sink, "temp_path", None)
+            decoded = dataset.decode() if dataset.sink is None else None
+            self.received.append((rq, decoded, path))
+            return self.status
+        finally:
+            self.running -= 1
+
+
+async def test_echo_and_release() -> None:
+    async with Server("SRV") as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV", calling_ae="ME") as assoc:
+            assert await assoc.echo() == 0
+            assert await assoc.echo() == 0
+            assert assoc.negotiated.context_for("1.2.840.10008.1.1") is not None
+        assert assoc.error is None
+        await asyncio.wait_for(assoc.wait_closed(), 5)
+        assert not server.associations or all(not a.is_established for a in server.associations)
+
+
+async def test_store_many_instances() -> None:
+    registry = HandlerRegistry()
+    recorder = Recorder()
+    registry.on_store(recorder)
+    async with Server("SRV", handlers=registry) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV",
+                           sop_classes=[CT, "1.2.840.10008.1.1"], max_pdu=16384) as assoc:
+            statuses = [await assoc.store(make_ds(i, size=40_000)) for i in range(20)]
+    assert statuses == [0] * 20
+    assert len(recorder.received) == 20
+    rq, ds, _ = recorder.received[7]
+    assert rq.affected_sop_instance_uid == "1.2.826.0.1.3680043.2.1143.9.7"
+    assert ds is not None and ds.PatientID == "P7"
+    assert ds.PixelData == make_ds(7, size=40_000).PixelData
+
+
+async def test_store_streamed_to_file_sink(tmp_path: Path) -> None:
+    registry = HandlerRegistry()
+    recorder = Recorder()
+    registry.on_store(recorder, sink=file_sink_factory(tmp_path))
+    async with Server("SRV", handlers=registry, max_pdu=4096) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV", sop_classes=[CT]) as assoc:
+            for i in range(3):
+                assert await assoc.store(make_ds(i, size=100_000)) == 0
+    import pydicom
+
+    files = sorted(tmp_path.iterdir())
+    assert [f.name for f in files] == [f"1.2.826.0.1.3680043.2.1143.9.{i}.dcm" for i in range(3)]
+    back = pydicom.dcmread(files[1])
+    assert back.SOPInstanceUID == "1.2.826.0.1.3680043.2.1143.9.1"
+    assert back.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert back.PixelData == make_ds(1, size=100_000).PixelData
+    assert all(path is not None and path.name.endswith(".part") for _, _, path in
+               recorder.received)
+
+
+async def test_failed_store_handler_leaves_no_file(tmp_path: Path) -> None:
+    registry = HandlerRegistry()
+
+    async def broken(rq: CStoreRQ, dataset: ReceivedDataSet, ctx: RequestContext) -> int:
+        raise RuntimeError("boom")
+
+    registry.on_store(broken, sink=file_sink_factory(tmp_path))
+    async with Server("SRV", handlers=registry) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV", sop_classes=[CT]) as assoc:
+            assert await assoc.store(make_ds(1)) == 0x0110
+            assert await assoc.store(make_ds(2)) == 0x0110  # the association survived
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_async_window_several_outstanding_stores() -> None:
+    registry = HandlerRegistry()
+    recorder = Recorder(delay=0.05)
+    registry.on_store(recorder)
+    async with Server("SRV", handlers=registry, async_window=(4, 4)) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV", sop_classes=[CT],
+                           async_window=(8, 8)) as assoc:
+            assert assoc.negotiated.async_window == (4, 4)
+            statuses = await asyncio.gather(*(assoc.store(make_ds(i)) for i in range(12)))
+    assert statuses == [0] * 12
+    assert recorder.max_running == 4  # never more than the window, and really concurrent
+
+
+async def test_default_window_serializes() -> None:
+    registry = HandlerRegistry()
+    recorder = Recorder(delay=0.01)
+    registry.on_store(recorder)
+    async with Server("SRV", handlers=registry) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV", sop_classes=[CT]) as assoc:
+            assert assoc.negotiated.async_window == (1, 1)
+            await asyncio.gather(*(assoc.store(make_ds(i)) for i in range(5)))
+    assert recorder.max_running == 1
+
+
+async def test_not_negotiated_before_sending() -> None:
+    async with Server("SRV") as server:  # no store handler: storage contexts are refused
+        async with connect("127.0.0.1", server.port, called_ae="SRV",
+                           sop_classes=["1.2.840.10008.1.1", CT]) as assoc:
+            with pytest.raises(NotNegotiatedError):
+                await assoc.store(make_ds())
+            assert await assoc.echo() == 0
+
+
+async def test_zero_accepted_contexts_is_accepted() -> None:
+    """Decision: an RQ with no acceptable context gets an AC rejecting every context."""
+    async with Server("SRV") as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV", sop_classes=[MR]) as assoc:
+            assert dict(assoc.negotiated.contexts) == {}
+            assert assoc.negotiated.rejected == {1: 3}
+            with pytest.raises(NotNegotiatedError):
+                await assoc.echo()
+
+
+async def test_handler_exception_gives_failure_not_crash() -> None:
+    registry = HandlerRegistry()
+
+    async def bad_echo(rq: CEchoRQ, ctx: RequestContext) -> int:
+        raise ValueError("nope")
+
+    registry.on_echo(bad_echo)
+    async with Server("SRV", handlers=registry) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV") as assoc:
+            assert await assoc.echo() == 0x0110
+            assert await assoc.echo() == 0x0110
+
+
+async def _silent_server() -> Server:
+    """A server that accepts the association and then never answers a DIMSE request."""
+    registry = HandlerRegistry()
+    never = asyncio.Event()
+
+    async def hang(rq: CEchoRQ, ctx: RequestContext) -> int:
+        await never.wait()
+        return 0
+
+    registry.on_echo(hang)
+    server = Server("SRV", handlers=registry)
+    return await server.start()
+
+
+async def test_dimse_timeout_aborts() -> None:
+    server = await _silent_server()
+    port = server.port
+    try:
+        assoc = await connect("127.0.0.1", port, called_ae="SRV", dimse_timeout=0.3)
+        with pytest.raises(DimseTimeout):
+            await assoc.echo()
+        await asyncio.wait_for(assoc.wait_closed(), 5)
+        assert isinstance(assoc.error, AssociationAborted)
+        with pytest.raises(AssociationAborted):
+            await assoc.echo()
+        # the server side saw the abort and its handler task was cancelled
+        for _ in range(50):
+            if not server.associations:
+                break
+            await asyncio.sleep(0.02)
+        assert not server.associations
+    finally:
+        await server.close()
+
+
+async def test_abort_mid_transfer_leaves_nothing(tmp_path: Path) -> None:
+    registry = HandlerRegistry()
+    recorder = Recorder(delay=10)  # if the data set arrived whole, the handler never commits
+    registry.on_store(recorder, sink=file_sink_factory(tmp_path))
+    async with Server("SRV", handlers=registry, max_pdu=4096) as server:
+        assoc = await connect("127.0.0.1", server.port, called_ae="SRV", sop_classes=[CT])
+        ds = make_ds(1, size=20_000_000)
+        store = asyncio.ensure_future(assoc.store(ds))
+        for _ in range(500):  # until the server has started writing the temp file
+            if any(tmp_path.iterdir()):
+                break
+            await asyncio.sleep(0.01)
+        assert any(p.name.endswith(".part") for p in tmp_path.iterdir())
+        assoc.abort()
+        with pytest.raises(AssociationAborted):
+            await asyncio.wait_for(store, 5)
+        await asyncio.wait_for(assoc.wait_closed(), 5)
+        for _ in range(100):
+            if not server.associations:
+                break
+            await asyncio.sleep(0.02)
+        assert not server.associations
+    assert list(tmp_path.iterdir()) == []
+    assert recorder.received == []
+    gc.collect()
+    leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert leftovers == []
+    assert not [o for o in gc.get_objects() if isinstance(o, Association)
+                and o.role is Role.ACCEPTOR]
+
+
+async def test_peer_closes_connection_fails_pending() -> None:
+    server = await _silent_server()
+    port = server.port
+    assoc = await connect("127.0.0.1", port, called_ae="SRV", dimse_timeout=10)
+    echo = asyncio.ensure_future(assoc.echo())
+    await asyncio.sleep(0.05)
+    await server.close()
+    with pytest.raises(AssociationAborted):
+        await asyncio.wait_for(echo, 5)
