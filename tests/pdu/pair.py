@@ -119,6 +119,8 @@ class Endpoint:
     eof_pending: bool = False
     #: Bytes this side put on the wire.
     sent: int = 0
+    #: An unresponsive side: bytes towards it wait, it reads nothing and never sees a close.
+    stalled: bool = False
 
     def of_type(self, kind: type[Output]) -> list[Output]:
         return [o for o in self.indications if type(o) is kind]
@@ -155,6 +157,8 @@ class Pair:
         self.requestor = Endpoint("requestor", UpperLayerMachine(Role.REQUESTOR, **kwargs))
         self.acceptor = Endpoint("acceptor", UpperLayerMachine(Role.ACCEPTOR, **kwargs))
         self._connect_pending = False
+        #: Every PDU put on the wire, in order: (sender name, bytes).
+        self.wire: list[tuple[str, bytes]] = []
 
     def peer(self, ep: Endpoint) -> Endpoint:
         return self.acceptor if ep is self.requestor else self.requestor
@@ -184,6 +188,13 @@ class Pair:
         """Put raw bytes on the wire towards ``ep`` (a misbehaving peer)."""
         ep.inbound += data
 
+    def disconnect(self) -> None:
+        """The network drops the connection: both sides see the transport close."""
+        for ep in (self.requestor, self.acceptor):
+            ep.inbound.clear()
+            ep.eof_pending = ep.open
+        self.pump()
+
     # -- internals -------------------------------------------------------------------------------
     def _drain_all(self) -> bool:
         moved = False
@@ -203,6 +214,7 @@ class Pair:
             if ep.open:
                 peer.inbound += out.data
                 ep.sent += len(out.data)
+                self.wire.append((ep.name, bytes(out.data)))
         elif type(out) is StartArtim:
             ep.artim = out.seconds
         elif type(out) is StopArtim:
@@ -241,6 +253,8 @@ class Pair:
         self.requestor.machine.transport_connected()
 
     def _deliver(self, ep: Endpoint) -> bool:
+        if ep.stalled:
+            return False
         if ep.inbound:
             if self.rng is None:
                 size = len(ep.inbound)
