@@ -338,7 +338,7 @@ class UpperLayerMachine:
             message = f"no transition for {event!s} in {state!s} (PS3.8 Table 9-10 has no cell)"
             if event in LOCAL_EVENTS:
                 raise LocalProtocolError(message)
-            log.info("ignored: %s", message)
+            log.debug("ignored: %s", message)
             return
         action, nxt = cell
         if self._actions[action](event, payload):
