@@ -12,8 +12,10 @@ Local choices (documented here because the standard leaves them open):
   :func:`check_association_rq` rejects such an RQ with RJ (1, 1, 1), and :func:`negotiate` /
   :func:`negotiated_from_ac` raise :class:`~pdu.errors.RemoteProtocolError` (the caller aborts).
   A missing Maximum Length sub-item is read as :data:`MISSING_MAX_PDU` (a conservative value).
-* Presentation contexts whose ID is even or used more than once in the RQ are all answered with
-  result 2 (no-reason), so the requestor never sees two different answers for one ID.
+* Presentation contexts whose ID is used more than once in the RQ are all answered with result 2
+  (no-reason), so the requestor never sees two different answers for one ID. Contexts with an
+  even ID (or 0) are recorded as rejected with result 2 but get no AC item: PS3.8 gives an even
+  ID no valid encoding, so the AC answers every context that can be answered, in order.
 * A context after whose role selection the requestor has neither the SCU nor the SCP role is
   unusable: the acceptor answers it with result 1 (user-rejection); a requestor that receives such
   an acceptance records it in ``rejected`` with result 1 as well.
@@ -439,7 +441,7 @@ def negotiate(
 ) -> tuple[AAssociateAC, Negotiated]:
     """Answer ``rq`` under ``policy``: the A-ASSOCIATE-AC to send and the negotiated outcome.
 
-    Every proposed context is answered, in order. For each, the chosen transfer syntax is the
+    Every proposed context is answered, in order (except even IDs, which cannot be encoded). For each, the chosen transfer syntax is the
     first of OUR preference order that the requestor proposed. Results: 0 accepted, 1 the
     requestor would have no role left, 2 even or duplicate ID, 3 abstract syntax not supported,
     4 no acceptable transfer syntax. Role selection and extended negotiation are answered only for
@@ -531,7 +533,8 @@ def _answer_contexts(
             answers.append(PresentationContextAC(cid, int(ContextResult.ACCEPTANCE), chosen))
             continue
         rejected.setdefault(cid, int(result))
-        answers.append(PresentationContextAC(cid, int(result), _first_ts(pc)))
+        if cid % 2 and 1 <= cid <= 255:  # an even ID has no valid AC encoding: left unanswered
+            answers.append(PresentationContextAC(cid, int(result), _first_ts(pc)))
     return tuple(answers), accepted, rejected
 
 
