@@ -272,16 +272,8 @@ def build_associate_rq(
     without transfer syntax, a role or extended negotiation for a SOP class not proposed, or an
     out-of-range number.
     """
-    if not contexts or len(contexts) > MAX_CONTEXTS:
-        raise PduEncodeError(f"1..{MAX_CONTEXTS} presentation contexts needed, got {len(contexts)}")
+    items = _rq_context_items(contexts)
     _check_uint(max_pdu, _MAX_UINT32, "max_pdu")
-    items = []
-    for index, (abstract_syntax, transfer_syntaxes) in enumerate(contexts):
-        if isinstance(transfer_syntaxes, str) or not transfer_syntaxes:
-            raise PduEncodeError(f"context {abstract_syntax}: a sequence of transfer syntaxes needed")
-        items.append(
-            PresentationContextRQ(2 * index + 1, abstract_syntax, tuple(transfer_syntaxes))
-        )
     abstract = {_uid(pc.abstract_syntax) for pc in items}
     for uid in (*roles, *extended):
         if _uid(uid) not in abstract:
@@ -308,9 +300,25 @@ def build_associate_rq(
     return AAssociateRQ.build(
         called_ae=called_ae,
         calling_ae=calling_ae,
-        presentation_contexts=tuple(items),
+        presentation_contexts=items,
         user_information=user_information,
     )
+
+
+def _rq_context_items(
+    contexts: Sequence[tuple[str, Sequence[str]]],
+) -> tuple[PresentationContextRQ, ...]:
+    """Presentation context items with IDs 1, 3, 5...; PduEncodeError for a bad list."""
+    if not contexts or len(contexts) > MAX_CONTEXTS:
+        raise PduEncodeError(f"1..{MAX_CONTEXTS} presentation contexts needed, got {len(contexts)}")
+    items = []
+    for index, (abstract_syntax, transfer_syntaxes) in enumerate(contexts):
+        if isinstance(transfer_syntaxes, str) or not transfer_syntaxes:
+            raise PduEncodeError(f"context {abstract_syntax}: a sequence of transfer syntaxes needed")
+        items.append(
+            PresentationContextRQ(2 * index + 1, abstract_syntax, tuple(transfer_syntaxes))
+        )
+    return tuple(items)
 
 
 def negotiated_from_ac(rq: AAssociateRQ, ac: AAssociateAC) -> Negotiated:
@@ -458,6 +466,42 @@ def negotiate(
     accepted_classes = {cx.abstract_syntax for cx in contexts.values()}
     role_answers = _role_answers(info.role_selections, policy, accepted_classes)
     extended = _extended_answers(info.extended_negotiations, policy, accepted_classes)
+    user_information, identity = _ac_user_information(
+        info, policy, role_answers, extended, identity_response
+    )
+    ac = AAssociateAC.build(
+        called_ae=rq.called_ae,
+        calling_ae=rq.calling_ae,
+        presentation_contexts=answers,
+        user_information=user_information,
+        reserved=rq.reserved,
+    )
+    # echo the AE fields byte for byte (PS3.8 9.3.3: the AC repeats the RQ's values)
+    ac = replace(ac, called_ae_raw=rq.called_ae_raw, calling_ae_raw=rq.calling_ae_raw)
+    negotiated = Negotiated(
+        contexts=MappingProxyType(contexts),
+        rejected=MappingProxyType(rejected),
+        proposed=MappingProxyType(_proposed(rq)),
+        peer_max_pdu=peer_max,
+        own_max_pdu=policy.max_pdu,
+        peer_implementation_class_uid=info.implementation_class_uid,
+        peer_implementation_version_name=info.implementation_version_name,
+        async_window=_agreed_window(info.async_ops_window, user_information.async_ops_window),
+        extended=MappingProxyType(extended),
+        user_identity_response=None if identity is None else identity.server_response,
+        common_extended=_common_map(info.common_extended_negotiations),
+    )
+    return ac, negotiated
+
+
+def _ac_user_information(
+    info: UserInformation,
+    policy: AcceptorPolicy,
+    role_answers: tuple[RoleSelection, ...],
+    extended: Mapping[str, bytes],
+    identity_response: bytes | None,
+) -> tuple[UserInformation, UserIdentityAC | None]:
+    """The AC's user information item and the User Identity AC it carries, if any."""
     window = None
     if info.async_ops_window is not None and policy.async_window is not None:
         theirs, ours = info.async_ops_window, policy.async_window
@@ -480,29 +524,7 @@ def negotiate(
         ),
         user_identity=identity,
     )
-    ac = AAssociateAC.build(
-        called_ae=rq.called_ae,
-        calling_ae=rq.calling_ae,
-        presentation_contexts=answers,
-        user_information=user_information,
-        reserved=rq.reserved,
-    )
-    # echo the AE fields byte for byte (PS3.8 9.3.3: the AC repeats the RQ's values)
-    ac = replace(ac, called_ae_raw=rq.called_ae_raw, calling_ae_raw=rq.calling_ae_raw)
-    negotiated = Negotiated(
-        contexts=MappingProxyType(contexts),
-        rejected=MappingProxyType(rejected),
-        proposed=MappingProxyType(_proposed(rq)),
-        peer_max_pdu=peer_max,
-        own_max_pdu=policy.max_pdu,
-        peer_implementation_class_uid=info.implementation_class_uid,
-        peer_implementation_version_name=info.implementation_version_name,
-        async_window=_agreed_window(info.async_ops_window, window),
-        extended=MappingProxyType(extended),
-        user_identity_response=None if identity is None else identity.server_response,
-        common_extended=_common_map(info.common_extended_negotiations),
-    )
-    return ac, negotiated
+    return user_information, identity
 
 
 def _answer_contexts(

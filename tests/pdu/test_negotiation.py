@@ -727,3 +727,20 @@ def test_same_outcome_as_pynetdicom(
     ours = {a.context_id: (a.result, a.transfer_syntax if a.result == 0 else None)
             for a in ac.presentation_contexts}
     assert ours == expected
+
+
+@pytest.mark.parametrize("proposed", ROLE_CHOICES)
+@pytest.mark.parametrize("supported", ROLE_CHOICES)
+def test_role_matrix_same_as_pynetdicom(
+    proposed: tuple[bool, bool] | None, supported: tuple[bool, bool] | None
+) -> None:
+    proposals = [(GET, [IMPLICIT]), (CT, [EXPLICIT, IMPLICIT]), (CT, [JPEG])]
+    rq_roles = {} if proposed is None else {CT: proposed}
+    ac_roles = {} if supported is None else {CT: supported}
+    supported_syntaxes = {CT: [IMPLICIT, EXPLICIT], GET: [IMPLICIT]}
+    expected = pynetdicom_outcome(proposals, supported_syntaxes, rq_roles, ac_roles)
+    rq = build_associate_rq("SCP", "SCU", proposals, roles=rq_roles)
+    ac, _ = negotiate(rq, AcceptorPolicy(contexts=supported_syntaxes, scp_roles=ac_roles))
+    ours = {a.context_id: (a.result, a.transfer_syntax if a.result == 0 else None)
+            for a in ac.presentation_contexts}
+    assert ours == expected
