@@ -1,0 +1,523 @@
+"""Embedded archive: a folder of DICOM Part 10 files indexed in SQLite, with Q/R matching.
+
+Tables patient -> study -> series -> instance hold the attributes of
+:data:`dimse.matching.ATTRIBUTES`; counts, ModalitiesInStudy and SOPClassesInStudy are computed
+by SQL. One connection per archive, guarded by a lock (``check_same_thread=False``) so that
+the server may call it from ``asyncio.to_thread`` workers. Query results stream in pages
+(keyset pagination on the row id): the lock is never held while the caller consumes a match,
+so an iterator may be advanced from any thread and interleaved with writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pydicom
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from dimse.errors import IdentifierError
+from dimse.matching import (
+    ATTRIBUTES,
+    DATETIME_PAIRS,
+    Attr,
+    Cond,
+    Kind,
+    date_norm,
+    datetime_bounds,
+    fold_pn,
+    match_column,
+    match_datetime_pair,
+    match_sequence,
+    time_bounds,
+)
+from dimse.qr import MODELS, QR_LEVEL, SPECIFIC_CHARACTER_SET, UNIQUE_KEYS, Level, QueryModel
+
+__all__ = ["Archive", "FindResult", "IndexStats", "InstanceRecord"]
+
+PAGE_SIZE: Final = 256
+TABLES: Final = ("patient", "study", "series", "instance")
+ALIAS: Final = {"patient": "p", "study": "st", "series": "se", "instance": "i"}
+LEVEL_TABLE: Final = {Level.PATIENT: "patient", Level.STUDY: "study", Level.SERIES: "series",
+                      Level.IMAGE: "instance"}
+_PARENT: Final = {"study": ("patient_ref", "patient"), "series": ("study_ref", "study"),
+                  "instance": ("series_ref", "series")}
+_NOT_KEYS: Final = frozenset({QR_LEVEL, SPECIFIC_CHARACTER_SET, 0x00080201, 0x00080053})
+_KEY_COLUMNS: Final = frozenset({"patient_id", "issuer", "study_uid", "series_uid", "sop_uid"})
+_UID_OF: Final = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
+                  "instance": "SOPInstanceUID"}
+_UNSAFE: Final = re.compile(r"[^0-9A-Za-z._-]")
+
+_STRUCTURE: Final = {
+    "patient": "id INTEGER PRIMARY KEY, patient_id TEXT NOT NULL, issuer TEXT NOT NULL",
+    "study": "id INTEGER PRIMARY KEY, patient_ref INTEGER NOT NULL REFERENCES patient(id), "
+             "study_uid TEXT NOT NULL UNIQUE",
+    "series": "id INTEGER PRIMARY KEY, study_ref INTEGER NOT NULL REFERENCES study(id), "
+              "series_uid TEXT NOT NULL UNIQUE",
+    "instance": "id INTEGER PRIMARY KEY, series_ref INTEGER NOT NULL REFERENCES series(id), "
+                "sop_uid TEXT NOT NULL UNIQUE, path TEXT NOT NULL UNIQUE, "
+                "transfer_syntax TEXT, size INTEGER, mtime_ns INTEGER",
+}
+_EXTRA_DDL: Final = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS patient_key ON patient(patient_id, issuer)",
+    "CREATE INDEX IF NOT EXISTS study_parent ON study(patient_ref)",
+    "CREATE INDEX IF NOT EXISTS series_parent ON series(study_ref)",
+    "CREATE INDEX IF NOT EXISTS instance_parent ON instance(series_ref)",
+    "CREATE INDEX IF NOT EXISTS study_date ON study(study_date)",
+    "CREATE INDEX IF NOT EXISTS patient_name ON patient(patient_name_f)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """What C-MOVE/C-GET need to send one stored instance."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    """Outcome of :meth:`Archive.index`: files added, re-read, dropped, unreadable."""
+
+    added: int
+    updated: int
+    removed: int
+    failed: tuple[Path, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FindResult:
+    """Matches plus the requested keys the archive does not index (returned empty; the SCP may
+    answer Pending with FF01 when ``unsupported`` is not empty)."""
+
+    matches: Iterator[Dataset]
+    unsupported: tuple[int, ...]
+
+
+def _columns(table: str) -> list[tuple[str, Attr]]:
+    """(column, attr) of a table's stored attributes, with the derived _f/_n columns."""
+    out: list[tuple[str, Attr]] = []
+    for attr in ATTRIBUTES.values():
+        if attr.table != table or attr.computed or attr.column in _KEY_COLUMNS:
+            continue
+        out.append((attr.column, attr))
+        if attr.kind is Kind.PN:
+            out.append((attr.column + "_f", attr))
+        elif attr.kind is Kind.TIME:
+            out.append((attr.column + "_n", attr))
+    return out
+
+
+def _elem(ds: Dataset, keyword: str) -> DataElement | None:
+    tag = tag_for_keyword(keyword)
+    return None if tag is None or tag not in ds else ds[tag]
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    elem = _elem(ds, keyword)
+    if elem is None or elem.is_empty:
+        return None
+    if elem.VM > 1:
+        return "\\".join(str(v).strip(" \0") for v in elem.value)
+    return str(elem.value).strip(" \0")
+
+
+def _stored(ds: Dataset, column: str, attr: Attr) -> object:
+    """The value to store in ``column`` for ``attr`` of ``ds``."""
+    if attr.kind is Kind.SEQ:
+        seq = _elem(ds, attr.keyword)
+        if seq is None or seq.VR != "SQ" or not seq.value:
+            return None
+        items = [{k: _text(item, k) or "" for k in attr.items} for item in seq.value]
+        return json.dumps(items, ensure_ascii=False)
+    value = _text(ds, attr.keyword)
+    if value is None:
+        return None
+    if column.endswith("_f"):
+        return fold_pn(value)
+    if column.endswith("_n"):
+        return time_bounds(value)[0]
+    if attr.kind is Kind.DATE:
+        return date_norm(value)
+    if attr.kind is Kind.DATETIME:
+        return datetime_bounds(value)[0]
+    if attr.kind is Kind.INT:
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return value
+
+
+def _response_value(attr: Attr, raw: object, request: object) -> object:
+    """DB value -> pydicom element value."""
+    if raw is None or raw == "":
+        return None
+    if attr.kind is Kind.SEQ:
+        wanted = [e.keyword for e in request[0]] if isinstance(request, Sequence) and \
+            len(request) and len(request[0]) else list(attr.items)
+        items = []
+        for stored in json.loads(str(raw)):
+            item = Dataset()
+            for k in wanted:
+                setattr(item, k, stored.get(k, "") or None)
+            items.append(item)
+        return Sequence(items)
+    if attr.kind is Kind.DATETIME:
+        return str(raw).rstrip("0").rstrip(".") or None
+    if isinstance(raw, str) and "\\" in raw:
+        return raw.split("\\")
+    return raw
+
+
+class Archive:
+    """A folder of DICOM files indexed in SQLite (``<storage_dir>/.archive.sqlite`` default)."""
+
+    def __init__(self, storage_dir: str | os.PathLike[str],
+                 db_path: str | os.PathLike[str] | None = None) -> None:
+        self.storage_dir = Path(storage_dir).resolve()
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = Path(db_path) if db_path is not None else \
+            self.storage_dir / ".archive.sqlite"
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.db_path, check_same_thread=False)
+        self._db.execute("PRAGMA foreign_keys = ON")
+        if str(self.db_path) != ":memory:":
+            self._db.execute("PRAGMA journal_mode = WAL")
+        self._create_schema()
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _create_schema(self) -> None:
+        with self._lock, self._db:
+            for table in TABLES:
+                cols = ", ".join(f"{c} {'INTEGER' if a.kind is Kind.INT else 'TEXT'}"
+                                 for c, a in _columns(table))
+                self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_STRUCTURE[table]}, "
+                                 f"{cols})")
+            for ddl in _EXTRA_DDL:
+                self._db.execute(ddl)
+
+    # -- indexing -------------------------------------------------------------------------
+
+    def _relative(self, path: Path) -> str:
+        path = Path(path).resolve()
+        try:
+            return path.relative_to(self.storage_dir).as_posix()
+        except ValueError:
+            raise ValueError(f"{path} is outside the archive folder {self.storage_dir}") from None
+
+    def add_file(self, path: str | os.PathLike[str]) -> None:
+        """Index one file inside the folder (re-index if known). ValueError if it is not a
+        composite instance with Study/Series/SOP Instance UIDs."""
+        path = Path(path)
+        rel = self._relative(path)
+        stat = path.stat()
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as exc:
+            raise ValueError(f"{path}: not a readable DICOM file: {exc}") from exc
+        for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            if not _text(ds, kw):
+                raise ValueError(f"{path}: no {kw}")
+        meta = getattr(ds, "file_meta", None)
+        ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+        with self._lock, self._db:
+            self._upsert(ds, rel, ts, stat.st_size, stat.st_mtime_ns)
+            self._prune()
+
+    def _upsert_row(self, table: str, key: tuple[str, ...], values: dict[str, object]) -> int:
+        cols = list(values)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
+        sql = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+               f"ON CONFLICT({', '.join(key)}) DO UPDATE SET {updates} RETURNING id")
+        row = self._db.execute(sql, list(values.values())).fetchone()
+        return int(row[0])
+
+    def _upsert(self, ds: Dataset, rel: str, ts: str, size: int, mtime_ns: int) -> None:
+        ref: int | None = None
+        for table in TABLES:
+            values: dict[str, object] = {c: _stored(ds, c, a) for c, a in _columns(table)}
+            if table == "patient":
+                values = {"patient_id": _text(ds, "PatientID") or "",
+                          "issuer": _text(ds, "IssuerOfPatientID") or "", **values}
+                key: tuple[str, ...] = ("patient_id", "issuer")
+            else:
+                key = (ATTRIBUTES[_UID_OF[table]].column,)
+                values = {key[0]: _text(ds, _UID_OF[table]), _PARENT[table][0]: ref, **values}
+            if table == "instance":
+                self._db.execute("DELETE FROM instance WHERE path = ? AND sop_uid <> ?",
+                                 (rel, values["sop_uid"]))
+                values.update(path=rel, transfer_syntax=ts, size=size, mtime_ns=mtime_ns)
+            ref = self._upsert_row(table, key, values)
+
+    def _prune(self) -> None:
+        """Drop series/studies/patients left without instances."""
+        self._db.execute("DELETE FROM series WHERE NOT EXISTS "
+                         "(SELECT 1 FROM instance WHERE series_ref = series.id)")
+        self._db.execute("DELETE FROM study WHERE NOT EXISTS "
+                         "(SELECT 1 FROM series WHERE study_ref = study.id)")
+        self._db.execute("DELETE FROM patient WHERE NOT EXISTS "
+                         "(SELECT 1 FROM study WHERE patient_ref = patient.id)")
+
+    def index(self) -> IndexStats:
+        """Scan the folder: (re)index new and changed files (by mtime and size), drop the
+        entries of removed files."""
+        with self._lock:
+            known = {p: (m, s) for p, m, s in
+                     self._db.execute("SELECT path, mtime_ns, size FROM instance")}
+        added = updated = 0
+        failed: list[Path] = []
+        seen: set[str] = set()
+        for path in self._files():
+            rel = path.relative_to(self.storage_dir).as_posix()
+            seen.add(rel)
+            stat = path.stat()
+            old = known.get(rel)
+            if old == (stat.st_mtime_ns, stat.st_size):
+                continue
+            try:
+                self.add_file(path)
+            except (ValueError, OSError):
+                failed.append(path)
+                continue
+            added, updated = (added + 1, updated) if old is None else (added, updated + 1)
+        gone = [p for p in known if p not in seen]
+        with self._lock, self._db:
+            self._db.executemany("DELETE FROM instance WHERE path = ?", [(p,) for p in gone])
+            self._prune()
+        return IndexStats(added, updated, len(gone), tuple(failed))
+
+    def _files(self) -> Iterator[Path]:
+        skip = {self.db_path.name, self.db_path.name + "-wal", self.db_path.name + "-shm"}
+        for root, dirs, files in os.walk(self.storage_dir):
+            dirs.sort()
+            for name in sorted(files):
+                if name.startswith(".tmp-") or (Path(root) == self.db_path.parent and name in skip):
+                    continue
+                yield Path(root, name)
+
+    def remove(self, path: str | os.PathLike[str], *, delete_file: bool = True) -> bool:
+        """Drop a file from the index (and from disk); False if it was not indexed."""
+        rel = self._relative(Path(path))
+        with self._lock, self._db:
+            gone = self._db.execute("DELETE FROM instance WHERE path = ?", (rel,)).rowcount
+            self._prune()
+        if delete_file:
+            Path(path).unlink(missing_ok=True)
+        return gone > 0
+
+    def store(self, ds: Dataset, *, transfer_syntax: str | None = None) -> Path:
+        """Write ``ds`` as a Part 10 file named from its UIDs and index it.
+
+        The file is written to a temporary name in the target folder, flushed to disk and then
+        renamed, so a crash never leaves a partial file under the final name.
+        """
+        uids = [_text(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID",
+                                       "SOPInstanceUID", "SOPClassUID")]
+        if not all(uids):
+            raise ValueError("store() needs Study/Series/SOP Instance UID and SOP Class UID")
+        study, series, sop, sop_class = (str(u) for u in uids)
+        folder = self.storage_dir / _safe(study) / _safe(series)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / (_safe(sop) + ".dcm")
+        out = copy.copy(ds)
+        meta = FileMetaDataset(getattr(ds, "file_meta", FileMetaDataset()))
+        meta.MediaStorageSOPClassUID = UID(sop_class)
+        meta.MediaStorageSOPInstanceUID = UID(sop)
+        meta.TransferSyntaxUID = UID(transfer_syntax or meta.get("TransferSyntaxUID") or
+                                     ExplicitVRLittleEndian)
+        out.file_meta = meta
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                pydicom.dcmwrite(fh, out, enforce_file_format=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.add_file(target)
+        return target
+
+    # -- queries --------------------------------------------------------------------------
+
+    def find(self, identifier: Dataset, model: QueryModel, level: Level, *,
+             datetime_matching: bool = False) -> Iterator[Dataset]:
+        """Stream one response identifier per matching entity at ``level``."""
+        return self.find_with_status(identifier, model, level,
+                                     datetime_matching=datetime_matching).matches
+
+    def find_with_status(self, identifier: Dataset, model: QueryModel, level: Level, *,
+                         datetime_matching: bool = False) -> FindResult:
+        """Like :meth:`find`, also telling which requested keys are not indexed."""
+        plan = _Plan(identifier, model, level, datetime_matching)
+        rows = self._pages(plan, plan.select_sql())
+        return FindResult((plan.response(row) for row in rows), plan.unsupported)
+
+    def instances(self, identifier: Dataset, model: QueryModel,
+                  level: Level) -> Iterator[InstanceRecord]:
+        """Every stored instance at and below the entities the identifier selects."""
+        plan = _Plan(identifier, model, level, False, table="instance")
+        sql = plan.from_where("i.path, i.sop_class, i.sop_uid, i.transfer_syntax, i.size")
+        for row in self._pages(plan, sql):
+            yield InstanceRecord(self.storage_dir / row[1], row[2] or "", row[3], row[4] or "",
+                                 row[5] or 0)
+
+    def _pages(self, plan: _Plan, sql: tuple[str, list[object]]) -> Iterator[tuple[Any, ...]]:
+        """Run ``sql`` page by page (id > last id), holding the lock only per page."""
+        text, params = sql
+        alias = ALIAS[plan.table]
+        paged = f"{text} AND {alias}.id > ? ORDER BY {alias}.id LIMIT {PAGE_SIZE}"
+        last = -1
+        while True:
+            with self._lock:
+                cur = self._db.execute(paged, [*params, last])
+                rows = cur.fetchmany(PAGE_SIZE)
+                cur.close()
+            yield from rows
+            if len(rows) < PAGE_SIZE:
+                return
+            last = int(rows[-1][0])
+
+
+def _safe(uid: str) -> str:
+    """A file-name-safe form of a UID (anything odd replaced; never empty, '.' or '..')."""
+    name = _UNSAFE.sub("_", uid.strip())[:120]
+    return name if name.strip(".") else "_"
+
+
+class _Plan:
+    """One query: the tables joined, the WHERE conditions and the columns returned."""
+
+    def __init__(self, identifier: Dataset, model: QueryModel, level: Level,
+                 datetime_matching: bool, table: str | None = None) -> None:
+        info = MODELS[model]
+        if level not in info.levels or level not in LEVEL_TABLE:
+            raise IdentifierError(f"{model.name} has no {level.value} level in the archive",
+                                  offending=(QR_LEVEL,))
+        self.identifier, self.model, self.level = identifier, model, level
+        self.level_table = LEVEL_TABLE[level]
+        self.table = table or self.level_table
+        depth = TABLES.index(self.level_table)
+        self.available = set(TABLES[: depth + 1])
+        self.unique_tags = [UNIQUE_KEYS[lv] for lv in info.levels[: info.levels.index(level) + 1]]
+        self.conds: list[Cond] = []
+        self.unsupported: tuple[int, ...] = ()
+        self.out: list[tuple[int, Attr | None]] = []  # (tag, attr) in response order
+        self._analyse(datetime_matching)
+
+    def _analyse(self, datetime_matching: bool) -> None:
+        ds = self.identifier
+        keys = [e for e in ds if int(e.tag) not in _NOT_KEYS]
+        paired: set[str] = set()
+        if datetime_matching:
+            paired = self._datetime_pairs()
+        unsupported = []
+        for elem in keys:
+            attr = ATTRIBUTES.get(elem.keyword or "")
+            if attr is None or attr.table not in self.available:
+                unsupported.append(int(elem.tag))
+                self.out.append((int(elem.tag), None))
+                continue
+            self.out.append((int(elem.tag), attr))
+            if attr.keyword in paired:
+                continue
+            alias = ALIAS[attr.table]
+            if attr.kind is Kind.SEQ:
+                item = elem.value[0] if elem.value else Dataset()
+                cond = match_sequence(attr, alias, ((e.keyword, e.value) for e in item))
+            else:
+                cond = match_column(attr, alias, elem.value)
+            if cond is not None:
+                self.conds.append(cond)
+        present = {t for t, _ in self.out}
+        for tag in self.unique_tags:
+            if tag not in present:
+                kw = keyword_for_tag(tag)
+                self.out.append((tag, ATTRIBUTES[kw]))
+        self.unsupported = tuple(unsupported)
+
+    def _datetime_pairs(self) -> set[str]:
+        used: set[str] = set()
+        for d_kw, t_kw in DATETIME_PAIRS:
+            d, t = ATTRIBUTES.get(d_kw), ATTRIBUTES.get(t_kw)
+            if d is None or t is None or d.table not in self.available:
+                continue
+            if d_kw not in self.identifier or t_kw not in self.identifier:
+                continue
+            alias = ALIAS[d.table]
+            cond = match_datetime_pair(f"{alias}.{d.column}", f"{alias}.{t.column}_n",
+                                       self.identifier[d_kw].value, self.identifier[t_kw].value)
+            if cond is not None:
+                self.conds.append(cond)
+                used.update((d_kw, t_kw))
+        return used
+
+    def _joins(self) -> str:
+        depth = TABLES.index(self.table)
+        sql = f"{self.table} {ALIAS[self.table]}"
+        for child in reversed(TABLES[1: depth + 1]):
+            col, parent = _PARENT[child]
+            sql += f" JOIN {parent} {ALIAS[parent]} ON {ALIAS[child]}.{col} = {ALIAS[parent]}.id"
+        return sql
+
+    def from_where(self, columns: str) -> tuple[str, list[object]]:
+        where = " AND ".join(c for c, _ in self.conds) or "1"
+        params = [p for _, ps in self.conds for p in ps]
+        return f"SELECT {ALIAS[self.table]}.id, {columns} FROM {self._joins()} WHERE {where}", \
+            params
+
+    def select_sql(self) -> tuple[str, list[object]]:
+        exprs = []
+        for _, attr in self.out:
+            if attr is None:
+                exprs.append("NULL")
+            elif attr.computed:
+                exprs.append(attr.expr)
+            else:
+                exprs.append(f"{ALIAS[attr.table]}.{attr.column}")
+        return self.from_where(", ".join(exprs))
+
+    def response(self, row: tuple[object, ...]) -> Dataset:
+        """One response identifier: requested keys, unique keys, level, character set."""
+        ds = Dataset()
+        ds.QueryRetrieveLevel = self.level.value
+        non_ascii = False
+        for (tag, attr), raw in zip(self.out, row[1:], strict=True):
+            request = self.identifier.get(tag)
+            vr = request.VR if request is not None else dictionary_VR(tag)
+            value = None if attr is None else _response_value(attr, raw, request.value
+                                                              if request is not None else None)
+            ds.add_new(tag, vr, value)
+            if isinstance(value, str) and not value.isascii():
+                non_ascii = True
+        ds.SpecificCharacterSet = "ISO_IR 192" if non_ascii else None
+        return ds

@@ -1,0 +1,349 @@
+"""C-FIND attribute matching (PS3.4 C.2.2.2) translated to parameterised SQLite conditions.
+
+The :data:`ATTRIBUTES` table says, for every key the embedded archive indexes, where it lives
+(table, column or SQL expression) and how it matches (:class:`Kind`). The same table drives the
+schema, indexing, matching and the values returned, in :mod:`dimse.archive`.
+
+Choices (conformance statement material):
+
+* Values are stripped of padding (leading and trailing spaces for all string VRs indexed here,
+  NUL for UI); a zero-length key, or ``*`` alone, is universal matching.
+* Wildcards ``*``/``?`` apply to AE, CS, LO, LT, PN, SH, ST, UC, UR, UT keys only; elsewhere they
+  are literal characters (so a UI key with ``*`` matches nothing).
+* Matching is case-sensitive (SQLite GLOB) except PN: patient and physician names match
+  case-insensitively (Unicode upper-case of both sides, then LIKE ... ESCAPE), ``^`` and ``=``
+  are literal, no accent or phonetic folding.
+* DA/TM/DT single values and ranges (``A-B``, ``A-``, ``-B``) compare as normalised strings; a
+  partial time or datetime stands for its whole span (``10`` = 10:00:00 to 10:59:59.999999).
+  DT timezone offsets are ignored. With combined date-time matching, a DA+TM key pair such as
+  StudyDate+StudyTime matches as one datetime range.
+* A key with several values (VR other than UI) matches if any value matches.
+* Sequence keys: one request item; its non-empty keys must all match within one item of the
+  entity's sequence (only the item keys listed in the table are indexed; no nesting).
+* Values are always SQL parameters; the only SQL text built from the request is the fixed set
+  of column names and dictionary keywords (validated) from this table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.multival import MultiValue
+
+__all__ = [
+    "ATTRIBUTES",
+    "DATETIME_PAIRS",
+    "Attr",
+    "Cond",
+    "Kind",
+    "date_norm",
+    "datetime_bounds",
+    "fold_pn",
+    "match",
+    "match_datetime_pair",
+    "match_sequence",
+    "time_bounds",
+]
+
+Cond = tuple[str, list[object]]
+
+WILDCARD_VRS: Final = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+_KEYWORD_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+_TZ_RE: Final = re.compile(r"[+-]\d{4}$")
+
+
+class Kind(Enum):
+    """How an attribute is stored and matched."""
+
+    STR = "str"  # text, case-sensitive, wildcards if the VR allows
+    PN = "pn"  # text plus an upper-cased copy, case-insensitive
+    UID = "uid"  # single value or list of UIDs
+    DATE = "date"  # YYYYMMDD
+    TIME = "time"  # raw text plus normalised HHMMSS.ffffff copy
+    DATETIME = "datetime"  # normalised YYYYMMDDHHMMSS.ffffff, offsets dropped
+    INT = "int"  # IS, stored as INTEGER
+    SEQ = "seq"  # JSON array of {keyword: text} items
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """One indexed (or computed) attribute.
+
+    ``expr``: SQL value expression for computed attributes (aliases p, st, se, i).
+    ``exists``: for multi-valued computed attributes, (FROM...WHERE clause, column) so that a key
+    matches if any related row matches.
+    """
+
+    keyword: str
+    table: str
+    column: str
+    kind: Kind
+    vr: str
+    items: tuple[str, ...] = ()
+    expr: str = ""
+    exists: tuple[str, str] | None = None
+
+    @property
+    def computed(self) -> bool:
+        return bool(self.expr)
+
+
+def _a(keyword: str, table: str, column: str, kind: Kind, **kw: object) -> Attr:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return Attr(keyword, table, column, kind, dictionary_VR(tag), **kw)  # type: ignore[arg-type]
+
+
+_S, _PN, _U, _D, _T, _I = Kind.STR, Kind.PN, Kind.UID, Kind.DATE, Kind.TIME, Kind.INT
+_SERIES_OF_STUDY = "series s2 WHERE s2.study_ref = st.id"
+_INST_OF_STUDY = "instance i2 JOIN series s2 ON i2.series_ref = s2.id WHERE s2.study_ref = st.id"
+
+_CODE_ITEMS = ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")
+
+#: Keyword -> where and how it is indexed. Order within a table = column order.
+ATTRIBUTES: Final[Mapping[str, Attr]] = {
+    a.keyword: a
+    for a in (
+        _a("PatientID", "patient", "patient_id", _S),
+        _a("IssuerOfPatientID", "patient", "issuer", _S),
+        _a("PatientName", "patient", "patient_name", _PN),
+        _a("PatientBirthDate", "patient", "birth_date", _D),
+        _a("PatientBirthTime", "patient", "birth_time", _T),
+        _a("PatientSex", "patient", "sex", _S),
+        _a("OtherPatientNames", "patient", "other_names", _PN),
+        _a("PatientComments", "patient", "comments", _S),
+        _a("OtherPatientIDsSequence", "patient", "other_ids_seq", Kind.SEQ,
+           items=("PatientID", "IssuerOfPatientID")),
+        _a("StudyInstanceUID", "study", "study_uid", _U),
+        _a("StudyDate", "study", "study_date", _D),
+        _a("StudyTime", "study", "study_time", _T),
+        _a("AccessionNumber", "study", "accession", _S),
+        _a("StudyID", "study", "study_id", _S),
+        _a("StudyDescription", "study", "description", _S),
+        _a("ReferringPhysicianName", "study", "referring", _PN),
+        _a("NameOfPhysiciansReadingStudy", "study", "reading", _PN),
+        _a("PatientAge", "study", "patient_age", _S),
+        _a("ProcedureCodeSequence", "study", "procedure_seq", Kind.SEQ, items=_CODE_ITEMS),
+        _a("SeriesInstanceUID", "series", "series_uid", _U),
+        _a("Modality", "series", "modality", _S),
+        _a("SeriesNumber", "series", "series_number", _I),
+        _a("SeriesDescription", "series", "description", _S),
+        _a("SeriesDate", "series", "series_date", _D),
+        _a("SeriesTime", "series", "series_time", _T),
+        _a("BodyPartExamined", "series", "body_part", _S),
+        _a("RequestAttributesSequence", "series", "request_seq", Kind.SEQ,
+           items=("RequestedProcedureID", "ScheduledProcedureStepID", "AccessionNumber")),
+        _a("SOPInstanceUID", "instance", "sop_uid", _U),
+        _a("SOPClassUID", "instance", "sop_class", _U),
+        _a("InstanceNumber", "instance", "instance_number", _I),
+        _a("ContentDate", "instance", "content_date", _D),
+        _a("ContentTime", "instance", "content_time", _T),
+        _a("AcquisitionDateTime", "instance", "acq_datetime", Kind.DATETIME),
+        _a("ConceptNameCodeSequence", "instance", "concept_seq", Kind.SEQ, items=_CODE_ITEMS),
+        # computed from the hierarchy
+        _a("NumberOfPatientRelatedStudies", "patient", "", _I,
+           expr="(SELECT COUNT(*) FROM study t2 WHERE t2.patient_ref = p.id)"),
+        _a("NumberOfPatientRelatedSeries", "patient", "", _I,
+           expr="(SELECT COUNT(*) FROM series s2 JOIN study t2 ON s2.study_ref = t2.id"
+                " WHERE t2.patient_ref = p.id)"),
+        _a("NumberOfPatientRelatedInstances", "patient", "", _I,
+           expr="(SELECT COUNT(*) FROM instance i2 JOIN series s2 ON i2.series_ref = s2.id"
+                " JOIN study t2 ON s2.study_ref = t2.id WHERE t2.patient_ref = p.id)"),
+        _a("NumberOfStudyRelatedSeries", "study", "", _I,
+           expr="(SELECT COUNT(*) FROM series s2 WHERE s2.study_ref = st.id)"),
+        _a("NumberOfStudyRelatedInstances", "study", "", _I,
+           expr=f"(SELECT COUNT(*) FROM {_INST_OF_STUDY})"),
+        _a("NumberOfSeriesRelatedInstances", "series", "", _I,
+           expr="(SELECT COUNT(*) FROM instance i2 WHERE i2.series_ref = se.id)"),
+        _a("ModalitiesInStudy", "study", "", _S,
+           expr="(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT s2.modality AS m FROM "
+                f"{_SERIES_OF_STUDY} AND s2.modality <> '' ORDER BY m))",
+           exists=(_SERIES_OF_STUDY, "s2.modality")),
+        _a("SOPClassesInStudy", "study", "", _U,
+           expr="(SELECT group_concat(c, '\\') FROM (SELECT DISTINCT i2.sop_class AS c FROM "
+                f"{_INST_OF_STUDY} ORDER BY c))",
+           exists=(_INST_OF_STUDY, "i2.sop_class")),
+    )
+}
+
+#: DA+TM key pairs matched as one datetime range when combined matching is on.
+DATETIME_PAIRS: Final = (("StudyDate", "StudyTime"), ("SeriesDate", "SeriesTime"),
+                         ("ContentDate", "ContentTime"))
+
+
+def fold_pn(value: str) -> str:
+    """The case-folded form PN matching compares (Unicode upper case)."""
+    return value.upper()
+
+
+def date_norm(value: str) -> str:
+    """DA value (also the old ``YYYY.MM.DD`` form) -> ``YYYYMMDD``."""
+    return value.strip().replace(".", "")
+
+
+def time_bounds(value: str) -> tuple[str, str]:
+    """TM value (possibly partial, old ``HH:MM:SS`` form) -> (first, last) ``HHMMSS.ffffff``."""
+    main, _, frac = value.strip().replace(":", "").partition(".")
+    main = main[:6]
+    lo = (main + "000000")[:6] + "." + (frac + "000000")[:6]
+    hi_main = main + "595959"[len(main):] if len(main) < 6 else main
+    hi = hi_main + "." + (frac + "999999")[:6]
+    return lo, hi
+
+
+def datetime_bounds(value: str) -> tuple[str, str]:
+    """DT value (possibly partial; offset dropped) -> (first, last) ``YYYYMMDDHHMMSS.ffffff``."""
+    value = _TZ_RE.sub("", value.strip())
+    main, _, frac = value.partition(".")
+    main = main[:14]
+    lo = main + "00000101000000"[len(main):]
+    hi = main + "99991231235959"[len(main):]
+    return lo + "." + (frac + "000000")[:6], hi + "." + (frac + "999999")[:6]
+
+
+def _values(value: object) -> list[str]:
+    """Key value (str, number, MultiValue, PersonName...) -> stripped strings."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple | MultiValue):
+        return [str(v).strip(" \0") for v in value]
+    text = str(value)
+    return [v.strip(" \0") for v in text.split("\\")] if text.strip(" \0") else []
+
+
+def _range(col: str, lo: str | None, hi: str | None) -> Cond:
+    col = f"NULLIF({col}, '')"
+    if lo and hi:
+        return f"{col} BETWEEN ? AND ?", [lo, hi]
+    if lo:
+        return f"{col} >= ?", [lo]
+    if hi:
+        return f"{col} <= ?", [hi]
+    return "1", []
+
+
+def _wild_glob(value: str) -> str:
+    return value.replace("[", "[[]")
+
+
+def _wild_like(value: str) -> str:
+    out = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return out.replace("*", "%").replace("?", "_")
+
+
+def _match_one(kind: Kind, vr: str, col: str, v: str) -> Cond:
+    """One non-empty value against one column."""
+    wild = vr in WILDCARD_VRS and ("*" in v or "?" in v)
+    if kind is Kind.PN:
+        if wild:
+            return f"{col} LIKE ? ESCAPE '\\'", [_wild_like(fold_pn(v))]
+        return f"{col} = ?", [fold_pn(v)]
+    if kind is Kind.DATE:
+        if "-" in v:
+            lo, _, hi = v.partition("-")
+            return _range(col, date_norm(lo) or None, date_norm(hi) or None)
+        return f"{col} = ?", [date_norm(v)]
+    if kind in (Kind.TIME, Kind.DATETIME):
+        bounds = time_bounds if kind is Kind.TIME else datetime_bounds
+        lo, sep, hi = v.partition("-")
+        if not sep:
+            hi = lo
+        return _range(col, bounds(lo)[0] if lo else None, bounds(hi)[1] if hi else None)
+    if kind is Kind.INT:
+        try:
+            return f"{col} = ?", [int(v)]
+        except ValueError:
+            return "0", []
+    if wild:
+        return f"{col} GLOB ?", [_wild_glob(v)]
+    return f"{col} = ?", [v]
+
+
+def match(attr_kind: Kind, vr: str, col: str, value: object) -> Cond | None:
+    """The condition a key value puts on ``col`` (None: universal matching)."""
+    values = [v for v in _values(value) if v]
+    if not values or values == ["*"] and vr in WILDCARD_VRS:
+        return None
+    if attr_kind is Kind.UID or len(values) > 1 and attr_kind is not Kind.PN:
+        if attr_kind in (Kind.UID, Kind.STR, Kind.INT) and not any(
+            "*" in v or "?" in v for v in values
+        ):
+            params: list[object] = [int(v) if attr_kind is Kind.INT and v.lstrip("-+").isdigit()
+                                    else v for v in values]
+            return f"{col} IN ({', '.join('?' * len(values))})", params
+    conds = [_match_one(attr_kind, vr, col, v) for v in values]
+    if len(conds) == 1:
+        return conds[0]
+    return "(" + " OR ".join(c for c, _ in conds) + ")", [p for _, ps in conds for p in ps]
+
+
+def match_column(attr: Attr, alias: str, value: object) -> Cond | None:
+    """The condition for a key on an :data:`ATTRIBUTES` entry of the table aliased ``alias``."""
+    if attr.exists is not None:
+        inner = match(attr.kind, attr.vr, attr.exists[1], value)
+        if inner is None:
+            return None
+        return f"EXISTS (SELECT 1 FROM {attr.exists[0]} AND {inner[0]})", inner[1]
+    if attr.computed:
+        return match(attr.kind, attr.vr, attr.expr, value)
+    col = f"{alias}.{attr.column}"
+    if attr.kind is Kind.PN:
+        col += "_f"
+    elif attr.kind is Kind.TIME:
+        col += "_n"
+    return match(attr.kind, attr.vr, col, value)
+
+
+def _item_kind(keyword: str) -> tuple[Kind, str]:
+    tag = tag_for_keyword(keyword)
+    vr = dictionary_VR(tag) if tag is not None else "LO"
+    kind = {"PN": Kind.STR, "UI": Kind.UID, "DA": Kind.DATE}.get(vr, Kind.STR)
+    return kind, vr
+
+
+def match_sequence(attr: Attr, alias: str, item: Iterable[tuple[str, object]]) -> Cond | None:
+    """Sequence matching: every non-universal (keyword, value) of the request item must match
+    within one item of the stored JSON array. PN item keys use LIKE's ASCII case folding."""
+    conds: list[Cond] = []
+    for keyword, value in item:
+        if keyword not in attr.items or not _KEYWORD_RE.match(keyword):
+            continue  # not indexed: ignored (reported as unsupported by the archive)
+        kind, vr = _item_kind(keyword)
+        col = f"json_extract(j.value, '$.{keyword}')"
+        if vr == "PN":
+            vals = [v for v in _values(value) if v]
+            cond: Cond | None = (f"{col} LIKE ? ESCAPE '\\'", [_wild_like(vals[0])]) if vals and \
+                vals != ["*"] else None
+        else:
+            cond = match(kind, vr, col, value)
+        if cond is not None:
+            conds.append(cond)
+    if not conds:
+        return None
+    where = " AND ".join(c for c, _ in conds)
+    return (f"EXISTS (SELECT 1 FROM json_each({alias}.{attr.column}) j WHERE {where})",
+            [p for _, ps in conds for p in ps])
+
+
+def match_datetime_pair(date_col: str, time_col: str, date_value: object,
+                        time_value: object) -> Cond | None:
+    """Combined date-time range matching of a DA+TM key pair (None if either is universal)."""
+    dv = [v for v in _values(date_value) if v]
+    tv = [v for v in _values(time_value) if v]
+    if len(dv) != 1 or len(tv) != 1:
+        return None
+    d_lo, d_sep, d_hi = dv[0].partition("-")
+    t_lo, t_sep, t_hi = tv[0].partition("-")
+    if not d_sep:
+        d_hi = d_lo
+    if not t_sep:
+        t_hi = t_lo
+    lo = date_norm(d_lo) + (time_bounds(t_lo)[0] if t_lo else "000000.000000") if d_lo else None
+    hi = date_norm(d_hi) + (time_bounds(t_hi)[1] if t_hi else "235959.999999") if d_hi else None
+    col = f"{date_col} || COALESCE(NULLIF({time_col}, ''), '000000.000000')"
+    return _range(f"({col})", lo, hi)
