@@ -23,7 +23,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr_element, writers
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
-from pydicom.valuerep import PersonName
+from pydicom.uid import UID
+from pydicom.valuerep import IS, DSfloat, PersonName
 
 from dimse._vr import (
     ALL_VRS,
@@ -42,6 +43,7 @@ from dimse._vr import (
     TAG_LEN,
     UNDEFINED,
     Syntax,
+    plain_codec,
     python_encodings,
     syntax_for_encode,
 )
@@ -59,9 +61,10 @@ class _Fallback(Exception):
 
 def encode_text(value: str, encodings: tuple[str, ...]) -> bytes:
     """Encode one text value as pydicom does for charset-aware VRs."""
-    if encodings is DEFAULT_ENCODINGS or encodings == DEFAULT_ENCODINGS:
+    codec = plain_codec(encodings)
+    if codec is not None:
         try:
-            return value.encode(DEFAULT_ENCODING)
+            return value.encode(codec)
         except UnicodeEncodeError:
             pass
     return encode_string(value, list(encodings))
@@ -125,9 +128,21 @@ def _text(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
     return data + b" " if len(data) & 1 else data
 
 
+def _pn_bytes(pn: Any, enc: tuple[str, ...]) -> bytes:
+    """``PersonName.encode(enc)`` with its cached-bytes shortcut inlined."""
+    if isinstance(pn, PersonName):
+        cached = pn.original_string
+        if cached is not None and (pn.encodings is None or pn.encodings == enc):
+            return cached
+        return pn.encode(enc)
+    return PersonName(pn).encode(enc)
+
+
 def _pn(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
-    values = value if isinstance(value, _MULTI) else (value,)
-    data = b"\\".join([v.encode(enc) for v in values])
+    if isinstance(value, _MULTI):
+        data = b"\\".join([_pn_bytes(v, enc) for v in value])
+    else:
+        data = _pn_bytes(value, enc)
     return data + b" " if len(data) & 1 else data
 
 
@@ -177,6 +192,12 @@ _ENCODERS: dict[str, _ValueEncoder] = {
     **{vr: _bytes for vr in BYTES_VRS | AMBIGUOUS_VRS},
     **{vr: _numbers(vr) for vr in NUMBER_VRS},
 }
+
+
+#: Value classes the inline loop handles (others go through ``_Writer.element``).
+_SIMPLE = frozenset({str, bytes, int, float, PersonName, UID, DSfloat, IS, MultiValue, list})
+_NUMERIC = frozenset({int, float, DSfloat, IS})
+_FAST_ENCODERS = {vr: fn for vr, fn in _ENCODERS.items() if vr not in AMBIGUOUS_VRS}
 
 
 def _is_empty(vr: str, value: Any) -> bool:
@@ -247,18 +268,49 @@ class _Writer:
             enc = python_encodings(charset) if charset else DEFAULT_ENCODINGS
         total = 0
         raw_ok: bool | None = None
-        for tag in sorted(d):
+        implicit = self.syn.implicit
+        out = self.out
+        e = self.e
+        hdr_i, hdr_s, hdr_l = self.hdr_implicit, self.hdr_short, self.hdr_long
+        for tag, elem in sorted(zip(map(int, d), d.values(), strict=True)):
             if not tag & 0xFFFF and tag >> 16 > 6:
                 continue  # retired group lengths are not written (PS3.5 7.2)
-            elem = d[tag]
-            if isinstance(elem, RawDataElement):
-                if raw_ok is None:
-                    raw_ok = self._raw_writable(ds)
-                if raw_ok and elem.value is not None:
-                    total += self._raw(elem)
+            if elem.__class__ is not DataElement:
+                if isinstance(elem, RawDataElement):
+                    if raw_ok is None:
+                        raw_ok = self._raw_writable(ds)
+                    if raw_ok and elem.value is not None:
+                        total += self._raw(elem)
+                        continue
+                    elem = ds[tag]
+                total += self.element(elem, enc, ancestors)
+                continue
+            vr = elem.VR
+            value = elem._value
+            fn = _FAST_ENCODERS.get(vr)
+            if fn is None or elem.is_undefined_length or value.__class__ not in _SIMPLE:
+                total += self.element(elem, enc, ancestors)
+                continue
+            if not value and value.__class__ not in _NUMERIC:
+                data = b""
+            else:
+                try:
+                    data = fn(value, enc, tag, e)
+                except Exception:
+                    total += self.element(elem, enc, ancestors)
                     continue
-                elem = ds[tag]
-            total += self.element(elem, enc, ancestors)
+            n = len(data)
+            if implicit:
+                head = hdr_i(tag >> 16, tag & 0xFFFF, n)
+            elif vr in LONG_VRS:
+                head = hdr_l(tag >> 16, tag & 0xFFFF, _VR_BYTES[vr], n)
+            elif n <= 0xFFFF:
+                head = hdr_s(tag >> 16, tag & 0xFFFF, _VR_BYTES[vr], n)
+            else:
+                total += self.element(elem, enc, ancestors)
+                continue
+            out += (head, data)
+            total += len(head) + n
         return total
 
     def _raw_writable(self, ds: Dataset) -> bool:

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from pydicom import config
-from pydicom.charset import convert_encodings, default_encoding
+from pydicom.charset import (
+    convert_encodings,
+    custom_encoders,
+    default_encoding,
+    need_tail_escape_sequence_encodings,
+)
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
 
 from dimse.errors import DataSetDecodeError, DataSetEncodeError
@@ -179,3 +184,30 @@ def default_config() -> bool:
         or not config.replace_un_with_known_vr
         or config.settings.reading_validation_mode == config.RAISE
     )
+
+
+_PLAIN_CACHE: dict[tuple[str, ...], str | None] = {}
+
+
+def plain_codec(encodings: tuple[str, ...]) -> str | None:
+    """The one Python codec that pydicom would use as-is for these encodings, else None.
+
+    With a single encoding that needs no escape sequences, pydicom encodes with
+    ``str.encode(codec)`` and decodes (absent ESC bytes) with ``bytes.decode(codec)``.
+    """
+    try:
+        return _PLAIN_CACHE[encodings]
+    except KeyError:
+        pass
+    codec: str | None = None
+    if len(encodings) == 1:
+        name = encodings[0]
+        if name not in custom_encoders and name not in need_tail_escape_sequence_encodings:
+            try:
+                "".encode(name)
+                codec = name
+            except LookupError:
+                codec = None
+    if len(_PLAIN_CACHE) < 1024:
+        _PLAIN_CACHE[encodings] = codec
+    return codec

@@ -33,6 +33,7 @@ from dimse._vr import (
     NUMBER_STRUCTS,
     NUMBER_VRS,
     Syntax,
+    plain_codec,
     public_vr,
     python_encodings,
     syntax_for_encode,
@@ -80,8 +81,8 @@ class IdentifierTemplate:
     list of pydicom Datasets.
     """
 
-    __slots__ = ("_count", "_deflated", "_encoders", "_order", "keys", "syntax", "tags",
-                 "transfer_syntax_uid", "vrs", "_charset_bytes")
+    __slots__ = ("_count", "_deflated", "_encoders", "_order", "_slots", "keys", "syntax",
+                 "tags", "transfer_syntax_uid", "vrs", "_charset_bytes")
 
     def __init__(
         self,
@@ -120,23 +121,55 @@ class IdentifierTemplate:
         self._order = tuple(sorted_idx)
         self._encoders = tuple(_compile(tags[i], self.vrs[i], syn, enc) for i in sorted_idx)
         self._count = len(tags)
+        slots: list[_Slot] = []
+        charset_at = 0x00080005 if self._charset_bytes is not None else None
+        for i, fn in zip(sorted_idx, self._encoders, strict=True):
+            if charset_at is not None and tags[i] > charset_at:
+                slots.append((-1, None, b"", None, b"", self._charset_bytes, 0))
+                charset_at = None
+            slots.append(_slot(i, tags[i], self.vrs[i], syn, enc, fn))
+        if charset_at is not None:
+            slots.append((-1, None, b"", None, b"", self._charset_bytes, 0))
+        self._slots = tuple(slots)
 
     def encode(self, values: Sequence[Value]) -> bytes:
         """Encode one identifier from values given in key order."""
         if len(values) != self._count:
             raise DataSetEncodeError(f"expected {self._count} values, got {len(values)}")
+        out: list[bytes] = []
+        append = out.append
         try:
-            pieces = [fn(values[i]) for fn, i in zip(self._encoders, self._order, strict=True)]
+            for index, codec, prefix, length, pad, slow, norm in self._slots:
+                if index < 0:
+                    append(slow)
+                    continue
+                v = values[index]
+                if v.__class__ is str and codec is not None and "\\" not in v:
+                    if norm == 1:
+                        v = v.strip()
+                    elif norm == 2:
+                        v = v.rstrip("=")
+                    if not v:
+                        append(slow(v))
+                        continue
+                    data = v.encode(codec)
+                    n = len(data)
+                    if n & 1:
+                        data += pad
+                        n += 1
+                    if n > 0xFFFF and length is not _LONG:
+                        append(slow(v))
+                        continue
+                    append(prefix)
+                    append(length(n))
+                    append(data)
+                else:
+                    append(slow(v))
         except DataSetEncodeError:
             raise
         except Exception as exc:
             raise DataSetEncodeError(f"cannot encode identifier value: {exc}") from exc
-        if self._charset_bytes is not None:
-            pos = 0
-            while pos < len(pieces) and self.tags[self._order[pos]] < 0x00080005:
-                pos += 1
-            pieces.insert(pos, self._charset_bytes)
-        data = b"".join(pieces)
+        data = b"".join(out)
         return deflate(data) if self._deflated else data
 
     def dataset(self, values: Sequence[Value]) -> Dataset:
@@ -150,6 +183,34 @@ class IdentifierTemplate:
         for tag, vr, value in zip(self.tags, self.vrs, values, strict=True):
             ds.add(DataElement(tag, vr, [] if vr == "SQ" and value is None else value))
         return ds
+
+
+_Slot = tuple[int, Any, bytes, Any, bytes, Any, int]
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UR", "LO", "SH", "LT", "ST", "UC",
+                        "UT"})
+_NORM = {"UI": 1, "IS": 1, "DS": 1, "PN": 2}
+_LONG = struct.Struct("<L").pack
+_LENGTHS = {
+    ("<", False): struct.Struct("<H").pack, (">", False): struct.Struct(">H").pack,
+    ("<", True): _LONG, (">", True): struct.Struct(">L").pack,
+}
+
+
+def _slot(index: int, tag: int, vr: str, syn: Syntax, enc: tuple[str, ...],
+          slow: _Encoder) -> _Slot:
+    """Precomputed fast-path data for one key: plain str values of simple text VRs."""
+    codec: str | None = None
+    if vr in _PLAIN_VRS or vr in _NORM:
+        codec = plain_codec(enc) if vr in CHARSET_VRS else DEFAULT_ENCODING
+    e = syn.endian
+    long = syn.implicit or vr in LONG_VRS
+    prefix = struct.pack(e + "HH", tag >> 16, tag & 0xFFFF)
+    if not syn.implicit:
+        prefix += vr.encode("ascii") + (b"\0\0" if long else b"")
+    length = _LENGTHS[(e, long)]
+    if long and e == "<":
+        length = _LONG
+    return (index, codec, prefix, length, b"\0" if vr == "UI" else b" ", slow, _NORM.get(vr, 0))
 
 
 def _compile(tag: int, vr: str, syn: Syntax, enc: tuple[str, ...]) -> _Encoder:
@@ -255,7 +316,7 @@ def _text_encoder(vr: str, enc: tuple[str, ...]) -> Callable[[Any], bytes]:
         norm = _number_norm
     elif vr == "PN":
         norm = _pn_norm
-    charset = vr in CHARSET_VRS and enc != DEFAULT_ENCODINGS
+    charset = vr in CHARSET_VRS and plain_codec(enc) is None
     split = vr in _SPLIT_VRS
 
     def text(value: Any) -> bytes:
