@@ -1,0 +1,349 @@
+"""Query/Retrieve C-FIND SCP: typed async-iterator handlers, statuses, C-CANCEL, an archive.
+
+A :class:`FindHandler` receives a validated :class:`FindRequest` and yields matches (a
+``Dataset``, or a :class:`Match` to flag unsupported optional keys). The library owns the rest:
+
+* the model comes from the request's SOP class (0122 if we do not serve it as a FIND model);
+* the identifier is decoded (C000 if it cannot be) and checked with :func:`dimse.qr.validate_scp`
+  (A900/Cxxx with OffendingElement and ErrorComment) before the handler runs;
+* each match becomes a Pending response (FF00, or FF01 when optional keys are not supported),
+  always carrying QueryRetrieveLevel and SpecificCharacterSet; sending waits for the socket to
+  drain (back-pressure reaches the handler, which is not advanced meanwhile);
+* C-CANCEL (matched by MessageIDBeingRespondedTo) ends the query with FE00, checked before every
+  response and, for a handler that is slow to produce the next match, by a watchdog;
+* the handler ending gives 0000; :class:`~dimse.errors.ServiceError` its own status; any other
+  exception C001 (logged).
+
+:func:`archive_find_handler` serves a :class:`dimse.archive.Archive`, reading matches in a
+worker thread in bounded chunks; :func:`archive_server` builds a complete Q/R SCP around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, cast
+
+from pydicom.dataset import Dataset
+
+from pdu.negotiation import qr_extended_negotiation
+
+from . import codec
+from .archive import Archive
+from .errors import IdentifierError, ServiceError
+from .messages import DATASET_PRESENT, NO_DATASET, CFindRQ, CFindRSP, CommandField
+from .qr import (
+    DEFAULT_TRANSFER_SYNTAXES,
+    MODELS,
+    QR_LEVEL,
+    SPECIFIC_CHARACTER_SET,
+    Level,
+    Operation,
+    QueryModel,
+    model_for_sop_class,
+    parse_level,
+    relational_accepted,
+    validate_scp,
+)
+from .server import Server, default_contexts
+from .services import HandlerRegistry, ReceivedDataSet, RequestContext
+
+__all__ = [
+    "FIND_SOP_CLASSES",
+    "STATUS_HANDLER_FAILED",
+    "STATUS_UNREADABLE",
+    "FindHandler",
+    "FindRequest",
+    "Match",
+    "archive_find_handler",
+    "archive_server",
+    "archive_store_handler",
+    "find_extended_policy",
+    "qr_server_contexts",
+    "register_find",
+]
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS: Final = 0x0000
+STATUS_PENDING: Final = 0xFF00
+STATUS_PENDING_WARNING: Final = 0xFF01
+STATUS_CANCEL: Final = 0xFE00
+STATUS_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
+#: The identifier could not be decoded.
+STATUS_UNREADABLE: Final = 0xC000
+#: The handler raised something other than ServiceError.
+STATUS_HANDLER_FAILED: Final = 0xC001
+#: Seconds between two looks at the cancel registry while the handler is busy.
+CANCEL_POLL: Final = 0.02
+#: Matches fetched per worker-thread hop by the archive handler.
+ARCHIVE_CHUNK: Final = 64
+
+#: FIND SOP class UIDs of the models that have one.
+FIND_SOP_CLASSES: Final = {info.find: m for m, info in MODELS.items() if info.find is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A match, optionally flagged: some optional keys were not supported (Pending FF01)."""
+
+    identifier: Dataset
+    optional_keys_unsupported: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FindRequest:
+    """A validated C-FIND request as a handler sees it."""
+
+    identifier: Dataset
+    model: QueryModel
+    level: Level
+    relational: bool
+    extended: bytes
+    message: CFindRQ
+    ctx: RequestContext
+
+    @property
+    def datetime_matching(self) -> bool:
+        """Combined date-time matching was negotiated (extended negotiation byte 2)."""
+        return len(self.extended) > 1 and self.extended[1] == 1
+
+
+class FindHandler(Protocol):
+    """``handler(request)`` -> async iterator of matches."""
+
+    def __call__(self, request: FindRequest) -> AsyncIterator[Dataset | Match]: ...
+
+
+def register_find(registry: HandlerRegistry, handler: FindHandler, *,
+                  models: Iterable[QueryModel] = tuple(FIND_SOP_CLASSES.values()),
+                  lenient: bool = False) -> None:
+    """Serve C-FIND for ``models`` with ``handler`` (``lenient``: see :func:`validate_scp`)."""
+    served = frozenset(models)
+    registry.register(CommandField.C_FIND_RQ,
+                      functools.partial(_perform_find, handler, served, lenient))
+
+
+def qr_server_contexts(registry: HandlerRegistry,
+                       models: Iterable[QueryModel] = tuple(FIND_SOP_CLASSES.values()),
+                       transfer_syntaxes: tuple[str, ...] = DEFAULT_TRANSFER_SYNTAXES,
+                       ) -> dict[str, tuple[str, ...]]:
+    """The server's default contexts plus the FIND SOP classes of ``models``."""
+    contexts = default_contexts(registry)
+    for model in models:
+        uid = MODELS[model].find
+        if uid is not None:
+            contexts[uid] = transfer_syntaxes
+    return contexts
+
+
+def find_extended_policy(*, relational: bool = True,
+                         datetime_matching: bool = True) -> Callable[[str, bytes], bytes | None]:
+    """Extended negotiation answers for the FIND SOP classes (relational, date-time bytes)."""
+    flags = bytes((int(relational), int(datetime_matching)))
+    return qr_extended_negotiation({uid: flags for uid in FIND_SOP_CLASSES})
+
+
+# --------------------------------------------------------------------------- the performer
+
+
+def _response(rq: CFindRQ, status: int, *, comment: str = "",
+              offending: tuple[int, ...] = (), dataset: bool = False) -> CFindRSP:
+    return CFindRSP(
+        message_id_being_responded_to=rq.message_id,
+        affected_sop_class_uid=rq.affected_sop_class_uid,
+        status=status,
+        offending_element=offending or None,
+        error_comment=comment[:64] or None,
+        command_data_set_type=DATASET_PRESENT if dataset else NO_DATASET,
+    )
+
+
+def _prepare(served: frozenset[QueryModel], lenient: bool, ctx: RequestContext
+             ) -> FindRequest | CFindRSP:
+    """Decode and validate the request: a FindRequest, or the failure response to send."""
+    rq = ctx.message
+    assert isinstance(rq, CFindRQ)
+    uid = rq.affected_sop_class_uid
+    try:
+        model, op = model_for_sop_class(uid)
+    except KeyError:
+        model, op = QueryModel.STUDY_ROOT, Operation.MOVE
+    if op is not Operation.FIND or model not in served or uid != ctx.context.abstract_syntax:
+        return _response(rq, STATUS_SOP_CLASS_NOT_SUPPORTED,
+                         comment=f"not a served C-FIND model: {uid}")
+    try:
+        received = ctx.dataset or ReceivedDataSet(ctx.context.transfer_syntax, b"")
+        identifier = received.decode()
+    except Exception as exc:
+        log.warning("undecodable C-FIND identifier: %s", exc)
+        return _response(rq, STATUS_UNREADABLE, comment=f"cannot decode identifier: {exc}")
+    extended = ctx.association.negotiated.extended.get(uid, b"")
+    relational = relational_accepted(extended)
+    failure = validate_scp(identifier, model, Operation.FIND,
+                          relational_negotiated=relational, lenient=lenient)
+    if failure is not None:
+        log.info("C-FIND identifier refused (0x%04X): %s", failure.status,
+                 "; ".join(v.message for v in failure.violations))
+        return _response(rq, failure.status, comment=failure.comment,
+                         offending=failure.offending)
+    level = parse_level(identifier[QR_LEVEL].value)
+    assert level is not None
+    return FindRequest(identifier, model, level, relational, bytes(extended), rq, ctx)
+
+
+class _Watch:
+    """Cancels the performing task when a C-CANCEL arrives while the handler is busy."""
+
+    def __init__(self, ctx: RequestContext, message_id: int) -> None:
+        self.ctx, self.message_id = ctx, message_id
+        self.in_handler = False
+        self.fired = False
+        self.task = asyncio.current_task()
+        self.watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def cancelled(self) -> bool:
+        return self.fired or self.ctx.association.is_cancelled(self.message_id)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(CANCEL_POLL)
+            if self.in_handler and self.ctx.association.is_cancelled(self.message_id):
+                self.fired = True
+                assert self.task is not None
+                self.task.cancel()
+                return
+
+    def close(self) -> None:
+        self.watcher.cancel()
+
+
+def _complete(match: Dataset | Match, request: FindRequest) -> tuple[Dataset, int]:
+    """The response identifier (level and character set always present) and its status."""
+    status = STATUS_PENDING
+    if isinstance(match, Match):
+        status = STATUS_PENDING_WARNING if match.optional_keys_unsupported else STATUS_PENDING
+        match = match.identifier
+    if QR_LEVEL not in match:
+        match.QueryRetrieveLevel = request.level.value
+    if SPECIFIC_CHARACTER_SET not in match:
+        charset = request.identifier.get(SPECIFIC_CHARACTER_SET)
+        match.SpecificCharacterSet = charset.value if charset is not None else None
+    return match, status
+
+
+async def _run_handler(handler: FindHandler, request: FindRequest, watch: _Watch) -> int:
+    """Send one Pending response per match; the final status (FE00 when cancelled)."""
+    ctx, rq = request.ctx, request.message
+    ts = ctx.context.transfer_syntax
+    iterator = aiter(handler(request))
+    try:
+        while True:
+            if watch.cancelled():
+                return STATUS_CANCEL
+            watch.in_handler = True
+            try:
+                match = await anext(iterator)
+            except StopAsyncIteration:
+                return STATUS_SUCCESS
+            finally:
+                watch.in_handler = False
+            if watch.cancelled():
+                return STATUS_CANCEL
+            identifier, status = _complete(match, request)
+            data = codec.encode(identifier, ts)
+            await ctx.respond(_response(rq, status, dataset=True), data)
+    finally:
+        closer = getattr(iterator, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+async def _perform_find(handler: FindHandler, served: frozenset[QueryModel], lenient: bool,
+                        ctx: RequestContext) -> None:
+    rq = ctx.message
+    assert isinstance(rq, CFindRQ)
+    prepared = _prepare(served, lenient, ctx)
+    if isinstance(prepared, CFindRSP):
+        await ctx.respond(prepared)
+        return
+    watch = _Watch(ctx, rq.message_id)
+    comment, offending = "", cast(tuple[int, ...], ())
+    try:
+        status = await _run_handler(handler, prepared, watch)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not watch.fired or task is None:
+            raise
+        task.uncancel()
+        status = STATUS_CANCEL
+    except ServiceError as exc:
+        status, comment, offending = exc.status, exc.comment, exc.offending_elements
+    except IdentifierError as exc:
+        status, comment, offending = exc.status, str(exc), exc.offending
+    except Exception as exc:
+        log.exception("C-FIND handler failed")
+        status, comment = STATUS_HANDLER_FAILED, f"{type(exc).__name__}: {exc}"
+    finally:
+        watch.close()
+    await ctx.respond(_response(rq, status, comment=comment, offending=tuple(offending)))
+    # The cancel registry is keyed by message ID, which the peer may reuse later.
+    cancelled: Any = getattr(ctx.association, "_cancelled", None)
+    if isinstance(cancelled, set):
+        cancelled.discard(rq.message_id)
+
+
+# --------------------------------------------------------------------------- the archive
+
+
+def _chunk(iterator: Iterator[Dataset], size: int) -> list[Dataset]:
+    return list(itertools.islice(iterator, size))
+
+
+def archive_find_handler(archive: Archive, *, chunk: int = ARCHIVE_CHUNK) -> FindHandler:
+    """A FindHandler over ``archive``: matches read in a worker thread, ``chunk`` at a time."""
+
+    async def handle(request: FindRequest) -> AsyncIterator[Dataset | Match]:
+        result = await asyncio.to_thread(
+            archive.find_with_status, request.identifier, request.model, request.level,
+            datetime_matching=request.datetime_matching)
+        flagged = bool(result.unsupported)
+        while True:
+            batch = await asyncio.to_thread(_chunk, result.matches, chunk)
+            for ds in batch:
+                yield Match(ds, flagged) if flagged else ds
+            if len(batch) < chunk:
+                return
+
+    return handle
+
+
+def archive_store_handler(archive: Archive) -> Any:
+    """A C-STORE handler writing each received instance into ``archive`` (indexed at once)."""
+
+    async def store(request: Any, dataset: ReceivedDataSet, ctx: RequestContext) -> int:
+        ds = dataset.decode()
+        await asyncio.to_thread(archive.store, ds, transfer_syntax=dataset.transfer_syntax)
+        return 0
+
+    return store
+
+
+def archive_server(archive: Archive, ae_title: str, *, host: str = "127.0.0.1", port: int = 0,
+                   lenient: bool = False, store: bool = True, **options: Any) -> Server:
+    """A Q/R SCP on ``archive``: C-ECHO, C-FIND for the three models, C-STORE into the archive."""
+    registry = HandlerRegistry()
+    register_find(registry, archive_find_handler(archive), lenient=lenient)
+    if store:
+        registry.on_store(archive_store_handler(archive))
+    server = Server(ae_title, host=host, port=port, handlers=registry,
+                    contexts=qr_server_contexts(registry), **options)
+    server.policy = dataclasses.replace(server.policy, extended=find_extended_policy())
+    return server
