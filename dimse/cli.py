@@ -1,0 +1,235 @@
+"""Command-line tools: ``dimse echo``, ``dimse find`` and ``dimse qrscp``.
+
+    dimse qrscp --storage DIR --aet ARCHIVE --port 11112 [--bind ADDR] [--db PATH]
+    dimse find -S -k QueryRetrieveLevel=STUDY -k PatientName=SMITH* -k StudyInstanceUID \\
+        -aec ARCHIVE 127.0.0.1 11112 [--json] [--limit N] [--lenient]
+    dimse echo -aec ARCHIVE 127.0.0.1 11112
+
+A user mistake (bad key, unreachable host, rejected association, identifier breaking the
+model's rules, a failure status) prints one line to stderr and exits non-zero; ``-v`` turns on
+debug logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final, TextIO
+
+from pydicom.dataset import Dataset
+
+from .errors import (
+    AssociationRejected,
+    DicomError,
+    IdentifierError,
+    NotNegotiatedError,
+)
+from .keys import KeyError_, apply_keys, parse_key
+from .qr import MODELS, QR_LEVEL, Mode, QueryModel
+
+__all__ = ["main"]
+
+log = logging.getLogger("dimse.cli")
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+
+_REJECT_REASONS: Final = {
+    (1, 1): "no reason given", (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognized", (1, 7): "called AE title not recognized",
+    (2, 1): "no reason given", (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion", (3, 2): "local limit exceeded",
+}
+
+
+class UserError(Exception):
+    """A mistake to report in one line (exit code in ``code``)."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog="dimse", description=__doc__.splitlines()[0],
+                                     parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def network(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-aet", "--calling-aet", default="DIMSE_PY", help="our AE title")
+        p.add_argument("-aec", "--called-aet", default="ANY-SCP", help="the peer's AE title")
+        p.add_argument("--timeout", type=float, default=30.0, help="connect/DIMSE timeout (s)")
+        p.add_argument("host")
+        p.add_argument("port", type=int)
+
+    echo = sub.add_parser("echo", parents=[common], help="C-ECHO a peer")
+    network(echo)
+
+    find = sub.add_parser("find", parents=[common], help="C-FIND query")
+    model = find.add_mutually_exclusive_group()
+    model.add_argument("-P", "--patient", dest="model", action="store_const",
+                       const=QueryModel.PATIENT_ROOT, help="Patient Root model")
+    model.add_argument("-S", "--study", dest="model", action="store_const",
+                       const=QueryModel.STUDY_ROOT, help="Study Root model (default)")
+    model.add_argument("-O", "--psonly", dest="model", action="store_const",
+                       const=QueryModel.PATIENT_STUDY_ONLY, help="Patient/Study Only model")
+    find.add_argument("-k", "--key", action="append", default=[], metavar="KEY[=VALUE]",
+                      help="keyword or tag, with a matching value or empty (return key)")
+    find.add_argument("--json", action="store_true", help="print matches as DICOM JSON")
+    find.add_argument("--lenient", action="store_true",
+                      help="send an identifier that breaks the rules (warn only)")
+    find.add_argument("--relational", action="store_true",
+                      help="propose relational queries and use the relational rules")
+    find.add_argument("--limit", type=int, default=None, help="stop (C-CANCEL) after N matches")
+    network(find)
+
+    qrscp = sub.add_parser("qrscp", parents=[common], help="serve a folder as a Q/R SCP")
+    qrscp.add_argument("--storage", required=True, help="folder of DICOM files (indexed)")
+    qrscp.add_argument("--aet", required=True, help="our AE title")
+    qrscp.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
+    qrscp.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    qrscp.add_argument("--db", default=None, help="index database (default in the folder)")
+    qrscp.add_argument("--lenient", action="store_true",
+                       help="process identifiers with hierarchy violations relationally")
+    return parser
+
+
+def _identifier(keys: Sequence[str], model: QueryModel) -> Dataset:
+    try:
+        ds = apply_keys(parse_key(k) for k in keys)
+    except KeyError_ as exc:
+        raise UserError(f"bad -k key: {exc}", EXIT_USAGE) from None
+    if QR_LEVEL not in ds:
+        ds.QueryRetrieveLevel = MODELS[model].levels[0].value
+    return ds
+
+
+# --------------------------------------------------------------------------- commands
+
+
+async def _echo(args: argparse.Namespace) -> int:
+    from .connect import connect
+
+    async with connect(args.host, args.port, called_ae=args.called_aet,
+                       calling_ae=args.calling_aet, connect_timeout=args.timeout,
+                       dimse_timeout=args.timeout) as assoc:
+        status = await assoc.echo()
+    if status != 0:
+        raise UserError(f"C-ECHO answered with status 0x{status:04X}")
+    print(f"C-ECHO {args.host}:{args.port} ({args.called_aet}): success")
+    return EXIT_OK
+
+
+def _write_match(out: TextIO, ds: Dataset, index: int, as_json: bool) -> None:
+    if as_json:
+        out.write(("[\n" if index == 0 else ",\n") + json.dumps(ds.to_json_dict()))
+    else:
+        out.write(f"# match {index + 1}\n{ds}\n\n")
+
+
+async def _find(args: argparse.Namespace) -> int:
+    from .qr_scu import connect_qr, find
+
+    model: QueryModel = args.model or QueryModel.STUDY_ROOT
+    identifier = _identifier(args.key, model)
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1", EXIT_USAGE)
+    mode = Mode.RELATIONAL if args.relational else Mode.LENIENT if args.lenient else Mode.STRICT
+    out = sys.stdout
+    count = 0
+    async with connect_qr(args.host, args.port, called_ae=args.called_aet,
+                          calling_ae=args.calling_aet, models=[model],
+                          relational=args.relational, connect_timeout=args.timeout,
+                          dimse_timeout=args.timeout) as assoc:
+        async with contextlib.aclosing(find(assoc, identifier, model=model, mode=mode,
+                                            limit=args.limit)) as matches:  # type: ignore[type-var]
+            async for ds in matches:
+                _write_match(out, ds, count, args.json)
+                count += 1
+    if args.json:
+        out.write("\n]\n" if count else "[]\n")
+    out.flush()
+    log.info("%d match(es)", count)
+    return EXIT_OK
+
+
+async def _qrscp(args: argparse.Namespace) -> int:
+    from .archive import Archive
+    from .qr_scp import archive_server
+
+    storage = Path(args.storage)
+    if storage.exists() and not storage.is_dir():
+        raise UserError(f"--storage {storage} is not a folder", EXIT_USAGE)
+    archive = Archive(storage, args.db)
+    try:
+        stats = await asyncio.to_thread(archive.index)
+        for bad in stats.failed:
+            log.warning("not indexed (unreadable or no UIDs): %s", bad)
+        server = archive_server(archive, args.aet, host=args.bind, port=args.port,
+                                lenient=args.lenient)
+        async with server:
+            print(f"dimse qrscp: {args.aet} listening on {args.bind}:{server.port} "
+                  f"({stats.added + stats.updated} new, {stats.removed} removed)", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+    finally:
+        archive.close()
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- errors and main
+
+
+def _describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
+    """One line and an exit code for an error raised by a command."""
+    if isinstance(exc, UserError):
+        return str(exc), exc.code
+    if isinstance(exc, AssociationRejected):
+        why = _REJECT_REASONS.get((exc.source, exc.reason), f"reason {exc.reason}")
+        kind = "permanently" if exc.result == 1 else "transiently"
+        return f"association rejected {kind} by {args.host}:{args.port}: {why}", EXIT_FAILURE
+    if isinstance(exc, NotNegotiatedError):
+        return f"the peer did not accept the presentation context: {exc}", EXIT_FAILURE
+    if isinstance(exc, IdentifierError):
+        return f"identifier breaks the model's rules: {exc} (use --lenient to send it anyway)", \
+            EXIT_USAGE
+    if isinstance(exc, DicomError | OSError | TimeoutError):
+        return f"{exc}", EXIT_FAILURE
+    return f"unexpected {type(exc).__name__}: {exc}", EXIT_FAILURE
+
+
+_COMMANDS: Final = {"echo": _echo, "find": _find, "qrscp": _qrscp}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dimse`` console script and ``python -m dimse``."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return asyncio.run(_COMMANDS[args.command](args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        line, code = _describe(exc, args)
+        if args.verbose:
+            log.debug("details", exc_info=exc)
+        print(f"dimse {args.command}: error: {line}", file=sys.stderr)
+        return code
