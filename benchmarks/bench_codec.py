@@ -7,6 +7,7 @@ Targets (vs pynetdicom): encode >= 10x, decode + reading every value >= 5x, temp
 from __future__ import annotations
 
 from collections.abc import Callable
+from io import BytesIO
 from typing import Any
 
 import pytest
@@ -117,7 +118,7 @@ def test_decode(benchmark: Any, case: tuple[str, list[tuple[str, Any]]], impl: s
     data = codec.encode(make(keys), TS)
     decoders: dict[str, Callable[[bytes], Dataset]] = {
         "ours": lambda b: codec.decode(b, TS),
-        "pynetdicom": lambda b: dsutils.decode(b, False, True),
+        "pynetdicom": lambda b: dsutils.decode(BytesIO(b), False, True),
         "pydicom": pydicom_decode,
     }
     fn = decoders[impl]

@@ -41,6 +41,7 @@ from dimse._vr import (
     UNDEFINED,
     Syntax,
     default_config,
+    plain_codec,
     private_vr,
     public_vr,
     python_encodings,
@@ -75,14 +76,15 @@ def _fast_uid(s: str) -> UID:
     return _UID_NEW(UID, s.strip())
 
 
-def _fast_pn(s: str) -> PersonName:
+def _fast_pn(s: str, codec: str = DEFAULT_ENCODING,
+             enc: tuple[str, ...] = DEFAULT_ENCODINGS) -> PersonName:
     comps = s.split("=")
     while comps and not comps[-1]:
         comps.pop()
     pn: PersonName = object.__new__(PersonName)
     pn._components = tuple(comps)
-    pn.original_string = "=".join(comps).encode(DEFAULT_ENCODING)
-    pn.encodings = DEFAULT_ENCODINGS
+    pn.original_string = "=".join(comps).encode(codec)
+    pn.encodings = enc
     pn.validation_mode = config.settings.reading_validation_mode
     return pn
 
@@ -150,12 +152,37 @@ def _c_bytes(b: bytes) -> Any:
     return b
 
 
+def _t_text(b: bytes, codec: str, enc: tuple[str, ...]) -> Any:
+    values = [v.rstrip("\0 ") for v in b.decode(codec).split("\\")]
+    return values[0] if len(values) == 1 else MultiValue(str, values)
+
+
+def _t_single(b: bytes, codec: str, enc: tuple[str, ...]) -> Any:
+    return b.decode(codec).rstrip("\0 ")
+
+
+def _t_pn(b: bytes, codec: str, enc: tuple[str, ...]) -> Any:
+    items = b.rstrip(b"\x00 ").decode(codec).split("\\")
+    if len(items) == 1:
+        return _fast_pn(items[0], codec, enc)
+    return MultiValue(lambda x: _fast_pn(x, codec, enc), items)
+
+
+_TEXT_CONVERTERS: dict[str, Callable[[bytes, str, tuple[str, ...]], Any]] = {
+    "LO": _t_text, "SH": _t_text, "UC": _t_text, "LT": _t_single, "ST": _t_single,
+    "UT": _t_single, "PN": _t_pn,
+}
+
+
 _CONVERTERS: dict[str, Callable[[bytes], Any]] = {
     "AE": _c_ae, "AS": _c_string, "CS": _c_string, "DA": _c_string, "DT": _c_string,
     "TM": _c_string, "UR": _c_ur, "UI": _c_ui, "LO": _c_text, "SH": _c_text, "UC": _c_text,
     "LT": _c_single_text, "ST": _c_single_text, "UT": _c_single_text, "PN": _c_pn,
     "DS": _c_ds, "IS": _c_is,
     **{vr: _c_bytes for vr in ("OB", "OD", "OF", "OL", "OV", "OW", "UN") + tuple(AMBIGUOUS_VRS)},
+}
+_PLAIN_CONVERTERS = {
+    vr: fn for vr, fn in _CONVERTERS.items() if vr not in CHARSET_VRS and vr not in AMBIGUOUS_VRS
 }
 _NUMBERS = {vr: (code, size) for vr, (code, size) in NUMBER_VRS.items()}
 
@@ -190,7 +217,8 @@ class _Parser:
             raise DataSetDecodeError("sequences nested too deeply", offset=pos)
         ds = Dataset(parent_encoding=list(enc))
         d = ds._dict
-        buf, hdr = self.buf, self.hdr
+        buf, hdr, fast = self.buf, self.hdr, self.fast
+        codec = plain_codec(enc)
         while pos < end:
             if pos + 8 > end:
                 raise DataSetDecodeError("truncated element header", offset=pos)
@@ -219,10 +247,33 @@ class _Parser:
                     vpos = pos + 12
                 else:
                     length = self.u16(buf, pos + 6)[0]
+            if fast and length and length != UNDEFINED and not group & 1:
+                conv = _PLAIN_CONVERTERS.get(vr)
+                text = _TEXT_CONVERTERS.get(vr) if codec is not None else None
+                if conv is not None or (text is not None and codec is not None):
+                    vend = vpos + length
+                    raw = buf[vpos:vend]
+                    if vend <= end and b"\x1b" not in raw:
+                        try:
+                            if conv is not None:
+                                value = conv(raw)
+                            else:
+                                value = text(raw, codec, enc)  # type: ignore[misc,arg-type]
+                        except UnicodeDecodeError:
+                            pass
+                        else:
+                            btag = BaseTag(tag)
+                            d[btag] = DataElement(btag, vr, value, vpos, False, True)
+                            pos = vend
+                            if tag == CHARSET_TAG:
+                                enc = python_encodings(value)
+                                codec = plain_codec(enc)
+                            continue
             elem, pos = self.element(tag, vr, length, vpos, end, implicit, enc, ds, parents)
             d[elem.tag] = elem
             if tag == CHARSET_TAG:
                 enc = python_encodings(elem.value) if elem.value else DEFAULT_ENCODINGS
+                codec = plain_codec(enc)
         else:
             if item_undefined:
                 raise DataSetDecodeError("missing item delimiter", offset=pos)
@@ -337,7 +388,15 @@ class _Parser:
         """Convert value bytes the way pydicom does."""
         if not raw:
             return _empty(vr)
-        if self.fast and (vr not in CHARSET_VRS or enc == DEFAULT_ENCODINGS) and b"\x1b" not in raw:
+        if self.fast and b"\x1b" not in raw:
+            if vr in CHARSET_VRS:
+                codec = plain_codec(enc)
+                if codec is not None:
+                    try:
+                        return _TEXT_CONVERTERS[vr](raw, codec, enc)
+                    except UnicodeDecodeError:
+                        pass
+                return self.pydicom_value(tag, vr, raw, enc, offset)
             conv = _CONVERTERS.get(vr)
             if conv is not None:
                 return conv(raw)
