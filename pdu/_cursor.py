@@ -143,13 +143,12 @@ def item_bytes(item_type: int, value: bytes, name: str, first: int = 0) -> bytes
 
 
 def ascii_bytes(value: object, name: str, max_len: int, min_len: int = 0) -> bytes:
-    """``value`` as ASCII bytes of ``min_len``..``max_len`` characters, else PduEncodeError."""
+    """``value`` as printable ASCII of ``min_len``..``max_len`` characters, else PduEncodeError."""
     if not isinstance(value, str):
         raise PduEncodeError(f"{name} must be a str, not {type(value).__name__}")
-    try:
-        data = value.encode("ascii")
-    except UnicodeEncodeError:
-        raise PduEncodeError(f"{name} {value!r} is not ASCII") from None
+    if not value.isascii() or not value.isprintable():
+        raise PduEncodeError(f"{name} {value!r} is not printable ASCII")
+    data = value.encode("ascii")
     if not min_len <= len(data) <= max_len:
         raise PduEncodeError(f"{name} {value!r} must have {min_len} to {max_len} characters")
     return data
