@@ -111,6 +111,38 @@ class Cursor:
                 "(its length disagrees with its content)", field)
 
 
+def uid_at(view: memoryview, start: int, end: int) -> str:
+    """The UID in ``view[start:end]``, without ONE trailing NUL (see ``uid``)."""
+    if end > start and view[end - 1] == 0:
+        end -= 1
+    return str(view[start:end], "latin-1")
+
+
+def scan_items(cur: Cursor) -> list[tuple[int, int, int, int]]:
+    """(type, first byte, value start, value end) of every item in ``cur``, bounds-checked.
+
+    A flat, allocation-light variant of ``iter_items`` for hot loops; it raises the same errors.
+    """
+    view, pos, end = cur.view, cur.pos, cur.end
+    unpack = _HDR.unpack_from
+    out = []
+    while pos < end:
+        if end - pos < 4:
+            break
+        item_type, first, length = unpack(view, pos)
+        if pos + 4 + length > end:
+            break
+        out.append((item_type, first, pos + 4, pos + 4 + length))
+        pos += 4 + length
+    else:
+        cur.pos = end
+        return out
+    cur.pos = pos
+    for _ in iter_items(cur):  # the malformed item is the next one: this raises the error
+        pass
+    raise cur.error("malformed item", "item-length")  # pragma: no cover - iter_items raised
+
+
 def text(raw: memoryview | bytes) -> str:
     """Decode a text field as sent (Latin-1 never fails; encoding insists on ASCII)."""
     return bytes(raw).decode("latin-1")

@@ -28,7 +28,9 @@ from ._cursor import (
     iter_items,
     prefixed,
     prefixed_field,
+    scan_items,
     text,
+    uid_at,
     uid_bytes,
 )
 from ._cursor import uid as _uid_text
@@ -132,22 +134,24 @@ class PresentationContextRQ:
         if cur.end - cur.pos < 4:
             raise cur.error(f"item-length {cur.end - cur.pos} is shorter than 4", "item-length",
                             offset=cur.pos - 2)
-        cid = cur.view[cur.pos]
-        reserved = bytes(cur.view[cur.pos + 1:cur.pos + 4])
+        view = cur.view
+        cid = view[cur.pos]
+        reserved = bytes(view[cur.pos + 1:cur.pos + 4])
         cur.pos += 4
         abstract: str | None = None
         syntaxes: list[str] = []
         extras: list[tuple[int, UnknownItem]] = []
-        for index, (item_type, first, sub) in enumerate(iter_items(cur)):
-            if item_type == 0x30 and abstract is None:
+        for index, (item_type, first, start, end) in enumerate(scan_items(cur)):
+            if item_type == 0x40:
+                syntaxes.append(uid_at(view, start, end))
+            elif item_type == 0x30 and abstract is None:
                 if syntaxes:
-                    raise sub.error("abstract syntax sub-item after a transfer syntax",
-                                    "item-type", offset=sub.pos - 4, reason=_UNEXPECTED)
-                abstract = _uid_text(sub.take_rest())
-            elif item_type == 0x40:
-                syntaxes.append(_uid_text(sub.take_rest()))
+                    raise cur.error("abstract syntax sub-item after a transfer syntax",
+                                    "item-type", offset=start - 4, reason=_UNEXPECTED,
+                                    item="AbstractSyntax")
+                abstract = uid_at(view, start, end)
             else:
-                extras.append((index, UnknownItem.decode(item_type, first, sub)))
+                extras.append((index, UnknownItem(item_type, bytes(view[start:end]), first)))
         if abstract is None:
             raise cur.error(f"presentation context {cid} has no abstract syntax sub-item",
                             "abstract-syntax", offset=cur.end)
@@ -213,11 +217,12 @@ class PresentationContextAC:
         cur.pos += 4
         syntax: str | None = None
         extras: list[tuple[int, UnknownItem]] = []
-        for index, (item_type, first, sub) in enumerate(iter_items(cur)):
+        view = cur.view
+        for index, (item_type, first, start, end) in enumerate(scan_items(cur)):
             if item_type == 0x40 and syntax is None:
-                syntax = _uid_text(sub.take_rest())
+                syntax = uid_at(view, start, end)
             else:
-                extras.append((index, UnknownItem.decode(item_type, first, sub)))
+                extras.append((index, UnknownItem(item_type, bytes(view[start:end]), first)))
         return cls(cid, result, syntax, tuple(extras), reserved)
 
 

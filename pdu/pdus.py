@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
-from ._cursor import Cursor, check_context_id, check_int, iter_items
+from ._cursor import ITEM_NAMES, Cursor, check_context_id, check_int, scan_items
 from .constants import (
     DEFAULT_MAX_PDU_LENGTH,
     DICOM_APPLICATION_CONTEXT,
@@ -87,6 +87,15 @@ class PDataTF:
         pdvs = self.pdvs
         if len(pdvs) == 1:
             pdv = pdvs[0]
+            if type(pdv) is PresentationDataValue:  # fast path: valid fields, bytes data
+                data = pdv.data
+                cid = pdv.context_id
+                control = pdv.control
+                if type(data) is bytes and type(cid) is int and type(control) is int and \
+                        cid & 1 and 0 < cid < 256 and 0 <= control < 256:
+                    size = len(data)
+                    return b"".join((_PDATA_ONE.pack(4, 0, size + 6, size + 2, cid, control),
+                                     data))
             data = _pdv_data(pdv)
             size = len(data)
             if size > _MAX_U32 - 6:
@@ -109,32 +118,61 @@ class PDataTF:
 
     @classmethod
     def decode(cls, view: memoryview, length: int) -> PDataTF:
-        end = 6 + length
-        if length == 0:
+        if length >= 6:  # fast path: a single PDV filling the PDU
+            item_length, context_id, control = _PDV_HDR.unpack_from(view, 6)
+            if item_length == length - 4 and item_length >= 2:
+                return _new_pdata((_new_pdv(context_id, control, view[12:]),))
+        elif length == 0:
             raise PduDecodeError("P-DATA-TF holds no PDV", offset=2, item="PDataTF",
                                  field="pdu-length")
-        pos = 6
-        pdvs = []
-        unpack = _PDV_HDR.unpack_from
-        while pos < end:
-            if end - pos < 6:
-                raise PduDecodeError(
-                    f"{end - pos} bytes left, too few for a PDV (4-byte length, context ID, "
-                    "control header)", offset=pos, item="PresentationDataValue",
-                    field="item-length")
-            item_length, context_id, control = unpack(view, pos)
-            if item_length < 2:
-                raise PduDecodeError(f"PDV item-length {item_length} is shorter than its "
-                                     "2-byte header", offset=pos, item="PresentationDataValue",
-                                     field="item-length")
-            nxt = pos + 4 + item_length
-            if nxt > end:
-                raise PduDecodeError(f"PDV item-length {item_length} overruns the P-DATA-TF "
-                                     f"({end - pos - 4} bytes left)", offset=pos,
-                                     item="PresentationDataValue", field="item-length")
-            pdvs.append(PresentationDataValue(context_id, control, view[pos + 6:nxt]))
-            pos = nxt
-        return cls(tuple(pdvs))
+        return _new_pdata(_decode_pdvs(view, 6 + length))
+
+
+def _decode_pdvs(view: memoryview, end: int) -> tuple[PresentationDataValue, ...]:
+    pos = 6
+    pdvs = []
+    unpack = _PDV_HDR.unpack_from
+    while pos < end:
+        if end - pos < 6:
+            raise PduDecodeError(
+                f"{end - pos} bytes left, too few for a PDV (4-byte length, context ID, "
+                "control header)", offset=pos, item="PresentationDataValue", field="item-length")
+        item_length, context_id, control = unpack(view, pos)
+        if item_length < 2:
+            raise PduDecodeError(f"PDV item-length {item_length} is shorter than its 2-byte "
+                                 "header", offset=pos, item="PresentationDataValue",
+                                 field="item-length")
+        nxt = pos + 4 + item_length
+        if nxt > end:
+            raise PduDecodeError(f"PDV item-length {item_length} overruns the P-DATA-TF "
+                                 f"({end - pos - 4} bytes left)", offset=pos,
+                                 item="PresentationDataValue", field="item-length")
+        pdvs.append(_new_pdv(context_id, control, view[pos + 6:nxt]))
+        pos = nxt
+    return tuple(pdvs)
+
+
+# Frozen dataclasses set each field through object.__setattr__; on the P-DATA hot path we build
+# instances by setting the slots directly (same object, about half the cost).
+_object_new = object.__new__
+_set_cid = vars(PresentationDataValue)["context_id"].__set__
+_set_control = vars(PresentationDataValue)["control"].__set__
+_set_data = vars(PresentationDataValue)["data"].__set__
+_set_pdvs = vars(PDataTF)["pdvs"].__set__
+
+
+def _new_pdv(context_id: int, control: int, data: memoryview) -> PresentationDataValue:
+    pdv = _object_new(PresentationDataValue)
+    _set_cid(pdv, context_id)
+    _set_control(pdv, control)
+    _set_data(pdv, data)
+    return pdv
+
+
+def _new_pdata(pdvs: tuple[PresentationDataValue, ...]) -> PDataTF:
+    pdata = _object_new(PDataTF)
+    _set_pdvs(pdata, pdvs)
+    return pdata
 
 
 # --------------------------------------------------------------------------- fixed-size PDUs
@@ -331,7 +369,9 @@ class _Associate:
         items: list[AssociateItem] = []
         seen: set[int] = set()
         own_context = cls._context_type.item_type  # type: ignore[attr-defined]
-        for item_type, first, sub in iter_items(cur):
+        decode_context = cls._context_type.decode  # type: ignore[attr-defined]
+        for item_type, first, start, end in scan_items(cur):
+            sub = Cursor(view, start, end, ITEM_NAMES.get(item_type, f"Item0x{item_type:02X}"))
             if item_type in (0x10, 0x50) and item_type in seen:
                 raise sub.error(f"a second {sub.item} in {name}", "item-type",
                                 offset=sub.pos - 4, reason=_UNEXPECTED)
@@ -341,7 +381,7 @@ class _Associate:
             elif item_type == 0x50:
                 items.append(UserInformation.decode(sub))
             elif item_type == own_context:
-                items.append(cls._context_type.decode(sub))  # type: ignore[attr-defined]
+                items.append(decode_context(sub))
             elif item_type in (0x20, 0x21):
                 raise sub.error(f"{sub.item} is not allowed in {name}", "item-type",
                                 offset=sub.pos - 4, reason=_UNEXPECTED)
@@ -478,20 +518,32 @@ def check_header(pdu_type: int, length: int, max_pdata_length: int = 0,
                              item=name, field="pdu-length")
 
 
-def decode(data: bytes | bytearray | memoryview) -> Pdu:
-    """Decode a buffer holding exactly one PDU. Raises PduDecodeError (and nothing else)."""
+def _as_view(data: object) -> memoryview:
     try:
-        view = data if type(data) is memoryview else memoryview(data)
+        view = data if type(data) is memoryview else memoryview(data)  # type: ignore[arg-type]
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
     except (TypeError, ValueError) as exc:
         raise PduDecodeError(f"not a byte buffer: {exc}", offset=0, item="PDU",
                              field="pdu-header") from None
+    return view
+
+
+def decode(data: bytes | bytearray | memoryview) -> Pdu:
+    """Decode a buffer holding exactly one PDU. Raises PduDecodeError (and nothing else)."""
+    if type(data) is bytes:
+        view = memoryview(data)
+    else:
+        view = _as_view(data)
     size = len(view)
     if size < 6:
         raise PduDecodeError(f"truncated PDU: {size} bytes, a PDU header has 6", offset=size,
                              item="PDU", field="pdu-header")
     pdu_type, _, length = _PDU_HDR.unpack_from(view, 0)
+    if pdu_type == 4 and size >= 12 and size == length + 6:  # hot path: one PDV filling the PDU
+        item_length, context_id, control = _PDV_HDR.unpack_from(view, 6)
+        if item_length == length - 4 and item_length >= 2:
+            return _new_pdata((_new_pdv(context_id, control, view[12:]),))
     decoder = _DECODERS.get(pdu_type)
     if decoder is None:
         check_header(pdu_type, length)
@@ -508,6 +560,6 @@ def decode(data: bytes | bytearray | memoryview) -> Pdu:
 
 def encode(p: Pdu) -> bytes:
     """Encode a PDU (validating its fields; PduEncodeError if it cannot be encoded)."""
-    if type(p) not in _PDU_CLASSES:
-        raise PduEncodeError(f"not a PDU: {p!r}")
-    return p.encode()
+    if type(p) is PDataTF or type(p) in _PDU_CLASSES:
+        return p.encode()
+    raise PduEncodeError(f"not a PDU: {p!r}")

@@ -1,0 +1,83 @@
+"""PDU codec speed, side by side with pynetdicom's PDU classes on the same bytes.
+
+Run: python3 -m pytest benchmarks/bench_pdu.py --benchmark-enable -q
+Each group holds one pair (ours, pynetdicom); the target is ours >= 5x faster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+import pdu
+from pdu import (
+    AAssociateRQ,
+    PDataTF,
+    PresentationContextRQ,
+    PresentationDataValue,
+    UserInformation,
+)
+
+pynetdicom_pdu = pytest.importorskip("pynetdicom.pdu")
+
+_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.50")
+ASSOCIATE_RQ = AAssociateRQ.build(
+    called_ae="ARCHIVE", calling_ae="MODALITY",
+    presentation_contexts=tuple(
+        PresentationContextRQ(2 * i + 1, f"1.2.840.10008.5.1.4.1.1.{i + 1}", _TRANSFER_SYNTAXES)
+        for i in range(128)),
+    user_information=UserInformation.build(
+        max_length=16384, implementation_class_uid="1.2.3.4.5",
+        implementation_version_name="BENCH"),
+).encode()
+
+
+def _pdata(size: int) -> bytes:
+    return PDataTF((PresentationDataValue(1, 2, bytes(size)),)).encode()
+
+
+INPUTS: dict[str, tuple[bytes, type]] = {
+    "associate-rq-128x3": (ASSOCIATE_RQ, pynetdicom_pdu.A_ASSOCIATE_RQ),
+    "p-data-16KiB": (_pdata(16 * 1024), pynetdicom_pdu.P_DATA_TF),
+    "p-data-1MiB": (_pdata(1024 * 1024), pynetdicom_pdu.P_DATA_TF),
+}
+CASES = [(name, impl) for name in INPUTS for impl in ("ours", "pynetdicom")]
+
+
+def _decoder(name: str, impl: str) -> Callable[[], object]:
+    data, theirs = INPUTS[name]
+    if impl == "ours":
+        return lambda: pdu.decode(data)
+
+    def decode() -> object:
+        p = theirs()
+        p.decode(data)
+        return p
+    return decode
+
+
+def _encoder(name: str, impl: str) -> Callable[[], bytes]:
+    data, theirs = INPUTS[name]
+    if impl == "ours":
+        decoded = pdu.decode(data)
+        return lambda: pdu.encode(decoded)
+    p = theirs()
+    p.decode(data)
+    return p.encode  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name,impl", CASES)
+def test_decode(benchmark: pytest.FixtureDef, name: str, impl: str) -> None:  # type: ignore[type-arg]
+    benchmark.group = f"decode {name}"  # type: ignore[attr-defined]
+    fn = _decoder(name, impl)
+    result = benchmark(fn)  # type: ignore[operator]
+    if impl == "ours":
+        assert pdu.encode(result) == INPUTS[name][0]
+
+
+@pytest.mark.parametrize("name,impl", CASES)
+def test_encode(benchmark: pytest.FixtureDef, name: str, impl: str) -> None:  # type: ignore[type-arg]
+    benchmark.group = f"encode {name}"  # type: ignore[attr-defined]
+    fn = _encoder(name, impl)
+    assert benchmark(fn) == INPUTS[name][0]  # type: ignore[operator]
