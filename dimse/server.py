@@ -24,7 +24,6 @@ every request on it then fails with NotNegotiatedError on the requestor side.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -115,7 +114,6 @@ class Server:
             contexts=dict(contexts) if contexts is not None else default_contexts(self.handlers),
             scp_roles=dict(scp_roles or {}), max_pdu=max_pdu, async_window=async_window,
         )
-        self._contexts = {k.strip("\x00 "): tuple(v) for k, v in self.policy.contexts.items()}
         self.ssl = ssl
         self.require_called_ae = require_called_ae
         self.calling_allow = (None if calling_allow is None
@@ -233,7 +231,7 @@ class Server:
             assoc.reject(rj)
             return False
         try:
-            ac, negotiated = negotiate(rq, self._policy_for(rq),
+            ac, negotiated = negotiate(rq, self.policy,
                                        identity_response=identity_response)
         except ProtocolError as exc:
             self._accepted -= 1
@@ -245,21 +243,6 @@ class Server:
                      assoc.peer, rq.calling_ae)
         assoc.accept(ac, negotiated)
         return True
-
-    def _policy_for(self, rq: AAssociateRQ) -> AcceptorPolicy:
-        """Our policy cut down to the abstract syntaxes ``rq`` proposes.
-
-        ``negotiate`` normalizes every entry of the policy on each call; with every storage SOP
-        class in every transfer syntax that is ~7,000 UIDs per association, so give it only
-        what is needed.
-        """
-        contexts = self._contexts
-        wanted = {}
-        for pc in rq.presentation_contexts:
-            uid = pc.abstract_syntax.strip("\x00 ")
-            if uid in contexts:
-                wanted[uid] = contexts[uid]
-        return dataclasses.replace(self.policy, contexts=wanted)
 
     def _access_control(self, assoc: Association, rq: AAssociateRQ) -> AAssociateRJ | None:
         """AE titles, peer address and the association limit (see the module docstring)."""

@@ -250,6 +250,22 @@ def test_uids_compared_without_padding() -> None:
     assert negotiated.contexts[3] == AcceptedContext(3, MR, EXPLICIT)
 
 
+def test_policy_normalizes_once_at_construction() -> None:
+    policy = AcceptorPolicy(contexts={CT + "\x00": [IMPLICIT + " "], MR: (EXPLICIT,)},
+                            scp_roles={GET + " ": (1, 0), GET: (False, True)})  # type: ignore[dict-item]
+    assert dict(policy.supported) == {CT: (IMPLICIT,), MR: (EXPLICIT,)}
+    assert dict(policy.roles) == {GET: (True, False)}  # first entry per UID wins
+    with pytest.raises(TypeError):
+        policy.supported[CT] = ()  # type: ignore[index]
+    # negotiate() reads the cache only: a policy whose cache says otherwise answers by the cache
+    object.__setattr__(policy, "supported", {MR: (EXPLICIT,)})
+    _, negotiated = negotiate(build_associate_rq("SCP", "SCU", [(CT, [IMPLICIT])]), policy)
+    assert dict(negotiated.rejected) == {1: int(ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED)}
+    # dataclasses.replace builds a new policy: the cache follows the new contexts
+    again = dataclasses.replace(policy, contexts={CT: (IMPLICIT,)})
+    assert dict(again.supported) == {CT: (IMPLICIT,)} and again == dataclasses.replace(again)
+
+
 def test_no_contexts_supported_gives_an_ac_with_all_rejected() -> None:
     rq = build_associate_rq("SCP", "SCU", [(CT, [IMPLICIT]), (MR, [IMPLICIT])])
     ac, acc, req = both_sides(rq, AcceptorPolicy(contexts={}))
