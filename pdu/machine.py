@@ -310,16 +310,15 @@ class UpperLayerMachine:
             if data:
                 log.debug("ignoring %d bytes received in %s", len(data), self._state)
             return
+        event_of = _EVENT_OF_PDU
         try:
-            pdus = framer.feed(data)
+            # iter_feed: PDUs that precede a malformed one in the same chunk are handled first.
+            for p in framer.iter_feed(data):
+                self._event(event_of[type(p)], p)
         except PduDecodeError as exc:
             self._framer = None  # unusable after an error; later bytes are ignored
             log.warning("invalid PDU received in %s: %s", self._state, exc)
             self._event(Event.EVT19, exc)
-            return
-        event_of = _EVENT_OF_PDU
-        for p in pdus:
-            self._event(event_of[type(p)], p)
 
     def transport_closed(self) -> None:
         """The transport connection closed (Evt17)."""

@@ -763,3 +763,14 @@ def test_random_event_sequences(start: tuple[Role, State], ops: list[object]) ->
 
 def test_local_events_cover_the_primitives() -> None:
     assert {e for _, e in LOCAL_OPS.values()} == LOCAL_EVENTS
+
+
+def test_pdus_before_a_malformed_one_in_the_same_chunk_are_delivered() -> None:
+    m = drive(State.STA6)
+    bad = b"\x04\x00\x00\x00\x00\x00"  # P-DATA-TF with no PDV
+    m.receive_data(PDATA_BYTES + bad)
+    outputs = m.take_outputs()
+    kinds = [type(o).__name__ for o in outputs]
+    assert kinds[0] == "PDataIndication"
+    assert "AbortIndication" in kinds
+    assert m.state is State.STA13
