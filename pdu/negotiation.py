@@ -19,9 +19,15 @@ Local choices (documented here because the standard leaves them open):
 * A context after whose role selection the requestor has neither the SCU nor the SCP role is
   unusable: the acceptor answers it with result 1 (user-rejection); a requestor that receives such
   an acceptance records it in ``rejected`` with result 1 as well.
-* The asynchronous operations window is read from the requestor's point of view in both the RQ and
-  the AC (invoked = operations the requestor may invoke, performed = operations it may perform);
-  the agreed value of each is the minimum of both sides, 0 meaning unlimited.
+* Asynchronous operations window (PS3.7 Annex D.3.3.3, Tables D.3-7 and D.3-8): both the RQ and the
+  AC fields are read from the REQUESTOR's point of view. In the RQ the requestor states how many
+  operations it may invoke and how many it may perform at once; in the AC the acceptor answers how
+  many operations it allows the requestor to invoke (i.e. how many it will perform itself) and
+  how many it allows the requestor to perform (i.e. how many it will invoke itself), each "equal
+  or less than" the requestor's offer. This is how dcm4che answers too (AC invoked = min(RQ
+  invoked, acceptor's own performed limit)). The standard makes this a legal statement, not a
+  check: the agreed value of each field is the minimum of both sides (0 = unlimited), so an
+  acceptor answering more than offered gets the offer. A missing item on either side means (1, 1).
 """
 
 from __future__ import annotations
@@ -172,8 +178,11 @@ class AcceptorPolicy:
     ``scp_roles`` maps SOP classes to the (SCU, SCP) roles we accept for the requestor when it
     proposes role selection; SOP classes missing here get no answer (default roles apply).
     ``extended`` answers SOP class extended negotiation (see :func:`qr_extended_negotiation`).
-    ``async_window`` is the (invoked, performed) window we allow the requestor, None = we do not
-    negotiate it (synchronous operation).
+    ``async_window`` is the (invoked, performed) window we allow the requestor, read from the
+    requestor's side as in the AC (PS3.7 D.3.3.3): ``invoked`` bounds the requests it may have
+    outstanding with us (the number we perform at once), ``performed`` the requests we may have
+    outstanding with it (e.g. C-STORE sub-operations of a C-GET). None = we do not negotiate it
+    (synchronous operation, the AC has no window item).
     """
 
     contexts: Mapping[str, Sequence[str]]
@@ -426,7 +435,11 @@ def _common_map(
 def _agreed_window(
     first: AsynchronousOperationsWindow | None, second: AsynchronousOperationsWindow | None
 ) -> tuple[int, int]:
-    """(invoked, performed) agreed by both sides; (1, 1) unless both stated a window."""
+    """(invoked, performed) agreed by both sides; (1, 1) unless both stated a window.
+
+    Both items are read from the requestor's point of view (PS3.7 D.3.3.3), so the two fields
+    are combined one to one; the acceptor swaps them when it applies the result to itself.
+    """
     if first is None or second is None:
         return (1, 1)
     return (_min0(first.invoked, second.invoked), _min0(first.performed, second.performed))

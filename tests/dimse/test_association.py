@@ -133,6 +133,26 @@ async def test_async_window_several_outstanding_stores() -> None:
     assert recorder.max_running == 4  # never more than the window, and really concurrent
 
 
+async def test_async_window_is_read_from_the_requestor_side() -> None:
+    """PS3.7 D.3.3.3: AC (invoked, performed) = what the REQUESTOR may invoke / perform."""
+    registry = HandlerRegistry()
+    recorder = Recorder(delay=0.05)
+    registry.on_store(recorder)
+    async with Server("SRV", handlers=registry, async_window=(3, 1)) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV", sop_classes=[CT],
+                           async_window=(8, 5)) as assoc:
+            assert assoc.negotiated.async_window == (3, 1)
+            [acceptor] = server.associations
+            assert acceptor.negotiated.async_window == (3, 1)
+            # the acceptor performs up to 3 of our requests and may invoke 1 on us at a time
+            assert acceptor._perform_limit == 3 and acceptor._window is not None
+            assert acceptor._window._value == 1
+            assert assoc._perform_limit == 1
+            statuses = await asyncio.gather(*(assoc.store(make_ds(i)) for i in range(9)))
+    assert statuses == [0] * 9
+    assert recorder.max_running == 3
+
+
 async def test_default_window_serializes() -> None:
     registry = HandlerRegistry()
     recorder = Recorder(delay=0.01)
