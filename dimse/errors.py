@@ -25,32 +25,32 @@ __all__ = [
 ]
 
 
-class CommandDecodeError(RemoteProtocolError):
+def _where(tag: int | None, offset: int | None = None) -> str:
+    """``(gggg,eeee) offset N``: where in a command or data set something went wrong."""
+    parts = []
+    if tag is not None:
+        parts.append(f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
+    if offset is not None:
+        parts.append(f"offset {offset}")
+    return " ".join(parts)
+
+
+class _LocatedDecodeError(RemoteProtocolError):
+    """A decode error that names the tag and/or offset where the bytes went wrong."""
+
+    def __init__(self, message: str, *, tag: int | None = None, offset: int | None = None) -> None:
+        self.tag = tag
+        self.offset = offset
+        where = _where(tag, offset)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class CommandDecodeError(_LocatedDecodeError):
     """A command set (group 0000) that cannot be decoded or lacks a mandatory field."""
 
-    def __init__(self, message: str, *, tag: int | None = None, offset: int | None = None) -> None:
-        self.tag = tag
-        self.offset = offset
-        where = []
-        if tag is not None:
-            where.append(f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
-        if offset is not None:
-            where.append(f"offset {offset}")
-        super().__init__(f"{' '.join(where)}: {message}" if where else message)
 
-
-class DataSetDecodeError(RemoteProtocolError):
+class DataSetDecodeError(_LocatedDecodeError):
     """Data set bytes that cannot be decoded in the given transfer syntax."""
-
-    def __init__(self, message: str, *, tag: int | None = None, offset: int | None = None) -> None:
-        self.tag = tag
-        self.offset = offset
-        where = []
-        if tag is not None:
-            where.append(f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
-        if offset is not None:
-            where.append(f"offset {offset}")
-        super().__init__(f"{' '.join(where)}: {message}" if where else message)
 
 
 class DataSetEncodeError(LocalProtocolError, ValueError):
@@ -58,8 +58,8 @@ class DataSetEncodeError(LocalProtocolError, ValueError):
 
     def __init__(self, message: str, *, tag: int | None = None) -> None:
         self.tag = tag
-        where = f"({tag >> 16:04X},{tag & 0xFFFF:04X}): " if tag is not None else ""
-        super().__init__(f"{where}{message}")
+        where = _where(tag)
+        super().__init__(f"{where}: {message}" if where else message)
 
 
 class AssemblyError(RemoteProtocolError):

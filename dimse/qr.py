@@ -19,6 +19,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from dimse.errors import IdentifierError
+from dimse.status import Status
 
 __all__ = [
     "DEFAULT_TRANSFER_SYNTAXES",
@@ -51,8 +52,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATUS_IDENTIFIER_MISMATCH: Final = 0xA900
-STATUS_UNABLE_TO_PROCESS: Final = 0xC000
 QR_LEVEL: Final = 0x00080052
 SPECIFIC_CHARACTER_SET: Final = 0x00080005
 
@@ -371,7 +370,7 @@ class Violation:
     tags: tuple[int, ...]
     message: str
     comment: str
-    status: int = STATUS_IDENTIFIER_MISMATCH
+    status: int = Status.IDENTIFIER_DOES_NOT_MATCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,7 +424,7 @@ class _Checker:
         self.verb = "query" if op is Operation.FIND else "retrieve"
 
     def add(self, rule: Rule, tags: Iterable[int], message: str, comment: str,
-            status: int = STATUS_IDENTIFIER_MISMATCH) -> None:
+            status: int = Status.IDENTIFIER_DOES_NOT_MATCH) -> None:
         self.out.append(Violation(rule, tuple(tags), message, comment[:64], status))
 
     def prefix(self, level: Level) -> str:
@@ -562,7 +561,7 @@ def check_identifier(
     except Exception as exc:  # a value pydicom cannot decode, a non-Dataset...
         return [Violation(Rule.UNREADABLE, (), f"identifier cannot be processed: {exc}",
                           f"unable to process identifier: {type(exc).__name__}"[:64],
-                          STATUS_UNABLE_TO_PROCESS)]
+                          Status.UNABLE_TO_PROCESS)]
 
 
 def _raise(violations: list[Violation]) -> None:

@@ -53,11 +53,11 @@ from .qr import (
 )
 from .server import Server, default_contexts
 from .services import HandlerRegistry, ReceivedDataSet, RequestContext
+from .status import Status
 
 __all__ = [
     "FIND_SOP_CLASSES",
     "STATUS_HANDLER_FAILED",
-    "STATUS_UNREADABLE",
     "FindHandler",
     "FindRequest",
     "Match",
@@ -71,13 +71,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATUS_SUCCESS: Final = 0x0000
-STATUS_PENDING: Final = 0xFF00
-STATUS_PENDING_WARNING: Final = 0xFF01
-STATUS_CANCEL: Final = 0xFE00
-STATUS_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
-#: The identifier could not be decoded.
-STATUS_UNREADABLE: Final = 0xC000
 #: The handler raised something other than ServiceError.
 STATUS_HANDLER_FAILED: Final = 0xC001
 #: Seconds between two looks at the cancel registry while the handler is busy.
@@ -176,14 +169,14 @@ def _prepare(served: frozenset[QueryModel], lenient: bool, ctx: RequestContext
     except KeyError:
         model, op = QueryModel.STUDY_ROOT, Operation.MOVE
     if op is not Operation.FIND or model not in served or uid != ctx.context.abstract_syntax:
-        return _response(rq, STATUS_SOP_CLASS_NOT_SUPPORTED,
+        return _response(rq, Status.SOP_CLASS_NOT_SUPPORTED,
                          comment=f"not a served C-FIND model: {uid}")
     try:
         received = ctx.dataset or ReceivedDataSet(ctx.context.transfer_syntax, b"")
         identifier = received.decode()
     except Exception as exc:
         log.warning("undecodable C-FIND identifier: %s", exc)
-        return _response(rq, STATUS_UNREADABLE, comment=f"cannot decode identifier: {exc}")
+        return _response(rq, Status.UNABLE_TO_PROCESS, comment=f"cannot decode identifier: {exc}")
     extended = ctx.association.negotiated.extended.get(uid, b"")
     relational = relational_accepted(extended)
     failure = validate_scp(identifier, model, Operation.FIND,
@@ -226,9 +219,9 @@ class _Watch:
 
 def _complete(match: Dataset | Match, request: FindRequest) -> tuple[Dataset, int]:
     """The response identifier (level and character set always present) and its status."""
-    status = STATUS_PENDING
+    status = Status.PENDING
     if isinstance(match, Match):
-        status = STATUS_PENDING_WARNING if match.optional_keys_unsupported else STATUS_PENDING
+        status = Status.PENDING_WARNING if match.optional_keys_unsupported else Status.PENDING
         match = match.identifier
     if QR_LEVEL not in match:
         match.QueryRetrieveLevel = request.level.value
@@ -246,16 +239,16 @@ async def _run_handler(handler: FindHandler, request: FindRequest, watch: _Watch
     try:
         while True:
             if watch.cancelled():
-                return STATUS_CANCEL
+                return Status.CANCEL
             watch.in_handler = True
             try:
                 match = await anext(iterator)
             except StopAsyncIteration:
-                return STATUS_SUCCESS
+                return Status.SUCCESS
             finally:
                 watch.in_handler = False
             if watch.cancelled():
-                return STATUS_CANCEL
+                return Status.CANCEL
             identifier, status = _complete(match, request)
             data = codec.encode(identifier, ts)
             await ctx.respond(_response(rq, status, dataset=True), data)
@@ -283,7 +276,7 @@ async def _perform_find(handler: FindHandler, served: frozenset[QueryModel], len
         if not watch.fired or task is None:
             raise
         task.uncancel()
-        status = STATUS_CANCEL
+        status = Status.CANCEL
     except ServiceError as exc:
         status, comment, offending = exc.status, exc.comment, exc.offending_elements
     except IdentifierError as exc:
