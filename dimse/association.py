@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 
@@ -72,6 +72,8 @@ from .status import is_pending
 __all__ = ["Association", "Response", "instance_transfer_syntax"]
 
 log = logging.getLogger(__name__)
+
+_E = TypeVar("_E", bound=BaseException)
 
 #: A response message and its data set, if any.
 Response = tuple[Message, ReceivedDataSet | None]
@@ -151,7 +153,7 @@ class _Operation:
     async def next(self, loop: asyncio.AbstractEventLoop) -> Response:
         while not self.responses:
             if self.error is not None:
-                raise self.error
+                raise _fresh(self.error)
             self.waiter = loop.create_future()
             await self.waiter
             self.waiter = None
@@ -356,7 +358,7 @@ class Association:
             self._error = error
         for fut in (self._established, self._associate_rq, self._released):
             if not fut.done():
-                fut.set_exception(error)
+                fut.set_exception(_fresh(error))
         for op in self._pending.values():
             op.fail(error)
         for task in self._tasks:
@@ -506,7 +508,7 @@ class Association:
                            dataset: bytes | memoryview | None = None) -> None:
         """Send one DIMSE message (command + optional data set) on ``context_id``."""
         if self._error is not None:
-            raise self._error
+            raise _fresh(self._error)
         command = commands.encode(message)
         peer_max = self.negotiated.peer_max_pdu
         protocol = self.protocol
@@ -516,9 +518,10 @@ class Association:
                     try:
                         await protocol.drain()
                     except ConnectionError as exc:
-                        raise self._error or AssociationAborted("connection lost") from exc
+                        raise (_fresh(self._error) if self._error is not None
+                               else AssociationAborted("connection lost")) from exc
                 if self._error is not None:
-                    raise self._error
+                    raise _fresh(self._error)
                 protocol.send_pdata_bytes(pdu_bytes)
         self._last_activity = self._loop.time()
 
@@ -701,6 +704,16 @@ class Association:
         self.abort()
         self.protocol.close_transport()
         await self._closed.wait()
+
+
+def _fresh(error: _E) -> _E:
+    """A copy of a stored error to raise: raising the stored object itself would attach the
+    raising frames' traceback to it, so the association (which keeps ``error``) would pin their
+    locals, e.g. the 20 MB data set of an aborted C-STORE, for as long as it lives."""
+    cls = type(error)
+    fresh = cls.__new__(cls, *error.args)  # not cls(...): __init__ signatures differ
+    fresh.__dict__.update(vars(error))
+    return fresh
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

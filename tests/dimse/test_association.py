@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
 
-from dimse.association import Association
+from dimse.association import Association, _fresh
 from dimse.connect import connect
-from dimse.errors import AssociationAborted, DimseTimeout, NotNegotiatedError
+from dimse.errors import (
+    AssociationAborted,
+    AssociationRejected,
+    DimseTimeout,
+    NotNegotiatedError,
+)
 from dimse.messages import CEchoRQ, CStoreRQ
 from dimse.server import Server
 from dimse.services import HandlerRegistry, ReceivedDataSet, RequestContext, file_sink_factory
@@ -231,35 +238,81 @@ async def test_dimse_timeout_aborts() -> None:
         await server.close()
 
 
-async def test_abort_mid_transfer_leaves_nothing(tmp_path: Path) -> None:
+def _abort_after(acceptor: Association, nbytes: int, victim: Association, folder: Path,
+                 at_abort: list[Path]) -> list[int]:
+    """Once ``acceptor`` has received ``nbytes``, abort ``victim`` (from the event loop).
+
+    The acceptor's protocol is wrapped so the abort lands deterministically in the middle of the
+    transfer, whichever side aborts; ``at_abort`` gets the content of ``folder`` at that moment.
+    Returns a list holding the number of bytes received so far.
+    """
+    protocol = acceptor.protocol
+    original = protocol.data_received
+    seen = [0]
+    loop = asyncio.get_running_loop()
+
+    def counting(data: bytes) -> None:
+        before = seen[0]
+        seen[0] += len(data)
+        if before < nbytes <= seen[0]:
+            at_abort.extend(folder.iterdir())
+            loop.call_soon(victim.abort)
+        original(data)
+
+    protocol.data_received = counting  # type: ignore[method-assign]
+    return seen
+
+
+SIZE_20MB = 20_000_000
+
+
+@pytest.mark.parametrize("sink", ["file", "memory"])
+@pytest.mark.parametrize("side", ["scu", "scp"])
+async def test_abort_mid_transfer_leaves_nothing(tmp_path: Path, side: str, sink: str) -> None:
+    """A 20 MB C-STORE aborted half-way by either side: no task, file or memory is left."""
+    tracemalloc.start()
+    try:
+        await _abort_mid_transfer(tmp_path, side, sink)
+    finally:
+        tracemalloc.stop()
+
+
+async def _abort_mid_transfer(tmp_path: Path, side: str, sink: str) -> None:
     registry = HandlerRegistry()
     recorder = Recorder(delay=10)  # if the data set arrived whole, the handler never commits
-    registry.on_store(recorder, sink=file_sink_factory(tmp_path))
-    async with Server("SRV", handlers=registry, max_pdu=4096) as server:
+    registry.on_store(recorder, sink=file_sink_factory(tmp_path) if sink == "file" else None)
+    async with Server("SRV", handlers=registry, max_pdu=16384) as server:
         assoc = await connect("127.0.0.1", server.port, called_ae="SRV", sop_classes=[CT])
-        ds = make_ds(1, size=20_000_000)
-        store = asyncio.ensure_future(assoc.store(ds))
-        for _ in range(500):  # until the server has started writing the temp file
-            if any(tmp_path.iterdir()):
-                break
-            await asyncio.sleep(0.01)
-        assert any(p.name.endswith(".part") for p in tmp_path.iterdir())
-        assoc.abort()
+        [acceptor] = server.associations
+        gc.collect()
+        baseline, _ = tracemalloc.get_traced_memory()
+        at_abort: list[Path] = []
+        seen = _abort_after(acceptor, SIZE_20MB // 2, assoc if side == "scu" else acceptor,
+                            tmp_path, at_abort)
+        store = asyncio.ensure_future(assoc.store(make_ds(1, size=SIZE_20MB)))
         with pytest.raises(AssociationAborted):
-            await asyncio.wait_for(store, 5)
+            await asyncio.wait_for(store, 10)
         await asyncio.wait_for(assoc.wait_closed(), 5)
+        assert SIZE_20MB // 2 <= seen[0] < SIZE_20MB  # really aborted half-way
+        if sink == "file":  # at the abort the data was going to a temp file as it arrived
+            assert [p.suffix for p in at_abort] == [".part"]
         for _ in range(100):
             if not server.associations:
                 break
             await asyncio.sleep(0.02)
         assert not server.associations
-    assert list(tmp_path.iterdir()) == []
+        assert isinstance(acceptor.error, AssociationAborted)
+        del acceptor, store
+    assert list(tmp_path.iterdir()) == []  # no file, no temp/partial file
     assert recorder.received == []
-    gc.collect()
     leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert leftovers == []
+    gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, Association)
                 and o.role is Role.ACCEPTOR]
+    current, peak = tracemalloc.get_traced_memory()
+    assert peak - baseline > SIZE_20MB // 2  # the measurement saw the transfer
+    assert current - baseline < 1_000_000, (current - baseline)
 
 
 async def test_peer_closes_connection_fails_pending() -> None:
@@ -271,3 +324,33 @@ async def test_peer_closes_connection_fails_pending() -> None:
     await server.close()
     with pytest.raises(AssociationAborted):
         await asyncio.wait_for(echo, 5)
+
+
+@pytest.mark.parametrize("keepalive", [True, False])
+async def test_keepalive_and_nodelay_really_set_on_both_sockets(keepalive: bool) -> None:
+    async with Server("SRV", keepalive=keepalive) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV",
+                           keepalive=keepalive) as assoc:
+            [acceptor] = server.associations
+            for side in (assoc, acceptor):
+                assert side.protocol.transport is not None
+                sock = side.protocol.transport.get_extra_info("socket")
+                assert bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)) is keepalive
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            assert await assoc.echo() == 0
+
+
+@pytest.mark.parametrize("error", [
+    AssociationRejected(1, 1, 7), AssociationAborted("gone", source=2, reason=6),
+    DimseTimeout("late"),
+])
+def test_stored_errors_are_raised_as_fresh_copies(error: Exception) -> None:
+    """Raising the stored error itself would pin the raising frames (and their data sets)."""
+    fresh = _fresh(error)
+    assert type(fresh) is type(error) and fresh is not error
+    assert fresh.args == error.args and vars(fresh) == vars(error)
+    try:
+        raise fresh
+    except type(error):
+        pass
+    assert error.__traceback__ is None
