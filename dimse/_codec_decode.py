@@ -52,7 +52,8 @@ from dimse.errors import DataSetDecodeError
 __all__ = ["decode", "inflate"]
 
 MAX_DEPTH = 64
-_VR_FROM_BYTES = {vr.encode("ascii"): vr for vr in ALL_VRS}
+#: Explicit VR bytes -> (VR, has the 4-byte length form).
+_VR_INFO = {vr.encode("ascii"): (vr, vr in LONG_VRS) for vr in ALL_VRS}
 _UID_NEW = str.__new__
 
 
@@ -71,21 +72,43 @@ def inflate(data: bytes | bytearray | memoryview, max_length: int | None = None)
 
 
 # --- fast value converters (default repertoire, default pydicom settings) --------------------
+#
+# Values are built the way pydicom's converters build them (same classes, same attributes in
+# the same order) but without the per-item constructor and validation calls that default
+# settings make no-ops; MultiValues get pydicom's own item constructors so that later
+# modification behaves as usual.
+
+_new = object.__new__
+_float_new = float.__new__
+_int_new = int.__new__
+
+
+class _NotFast(Exception):
+    """Internal: the value needs pydicom's own converter (e.g. ISO 2022 escapes)."""
+
+
+def _mv(ctor: Callable[[Any], Any], items: list[Any]) -> Any:
+    """A ``MultiValue`` whose items are already of the constructor's type."""
+    mv: MultiValue[Any] = _new(MultiValue)
+    mv._constructor = ctor
+    mv._list = items
+    return mv
+
 
 def _fast_uid(s: str) -> UID:
     return _UID_NEW(UID, s.strip())
 
 
 def _fast_pn(s: str, codec: str = DEFAULT_ENCODING,
-             enc: tuple[str, ...] = DEFAULT_ENCODINGS) -> PersonName:
+             enc: tuple[str, ...] = DEFAULT_ENCODINGS, mode: int | None = None) -> PersonName:
     comps = s.split("=")
     while comps and not comps[-1]:
         comps.pop()
-    pn: PersonName = object.__new__(PersonName)
+    pn: PersonName = _new(PersonName)
     pn._components = tuple(comps)
+    pn.validation_mode = config.settings.reading_validation_mode if mode is None else mode
     pn.original_string = "=".join(comps).encode(codec)
     pn.encodings = enc
-    pn.validation_mode = config.settings.reading_validation_mode
     return pn
 
 
@@ -99,24 +122,29 @@ def _fast_is(s: str) -> Any:
         return IS(s)
     if not -(2**53) < n < 2**53:
         return IS(s)
-    v = int.__new__(IS, n)
+    v = _int_new(IS, n)
     v.original_string = t
     return v
 
 
-def _split(items: list[str], cls: Callable[[str], Any]) -> Any:
-    if len(items) == 1:
-        return cls(items[0])
-    return MultiValue(cls, items)
+def _fast_ds(s: str) -> Any:
+    t = s.strip()
+    if not t:
+        return s
+    v = _float_new(DSfloat, s)
+    v.original_string = t
+    v.auto_format = False
+    return v
 
 
 def _c_string(b: bytes) -> Any:
-    return _split(b.decode(DEFAULT_ENCODING).rstrip(" \x00").split("\\"), str)
+    items = b.decode(DEFAULT_ENCODING).rstrip(" \x00").split("\\")
+    return items[0] if len(items) == 1 else _mv(str, items)
 
 
 def _c_ae(b: bytes) -> Any:
     values = [s.strip() for s in b.decode(DEFAULT_ENCODING).split("\\")]
-    return values[0] if len(values) == 1 else MultiValue(str, values)
+    return values[0] if len(values) == 1 else _mv(str, values)
 
 
 def _c_ur(b: bytes) -> Any:
@@ -124,67 +152,145 @@ def _c_ur(b: bytes) -> Any:
 
 
 def _c_ui(b: bytes) -> Any:
-    return _split(b.decode(DEFAULT_ENCODING).rstrip("\0 ").split("\\"), _fast_uid)
-
-
-def _c_text(b: bytes) -> Any:
-    values = [v.rstrip("\0 ") for v in b.decode(DEFAULT_ENCODING).split("\\")]
-    return values[0] if len(values) == 1 else MultiValue(str, values)
-
-
-def _c_single_text(b: bytes) -> Any:
-    return b.decode(DEFAULT_ENCODING).rstrip("\0 ")
-
-
-def _c_pn(b: bytes) -> Any:
-    return _split(b.rstrip(b"\x00 ").decode(DEFAULT_ENCODING).split("\\"), _fast_pn)
+    items = b.decode(DEFAULT_ENCODING).rstrip("\0 ").split("\\")
+    if len(items) == 1:
+        return _UID_NEW(UID, items[0].strip())
+    return _mv(UID, [_UID_NEW(UID, s.strip()) for s in items])
 
 
 def _c_ds(b: bytes) -> Any:
-    return _split(b.decode(DEFAULT_ENCODING).strip().rstrip(" \x00").split("\\"), DSfloat)
+    items = b.decode(DEFAULT_ENCODING).strip().rstrip(" \x00").split("\\")
+    if len(items) == 1:
+        return _fast_ds(items[0])
+    return _mv(DSfloat, [_fast_ds(s) for s in items])
 
 
 def _c_is(b: bytes) -> Any:
-    return _split(b.decode(DEFAULT_ENCODING).rstrip(" \x00").split("\\"), _fast_is)
+    items = b.decode(DEFAULT_ENCODING).rstrip(" \x00").split("\\")
+    if len(items) == 1:
+        return _fast_is(items[0])
+    return _mv(IS, [_fast_is(s) for s in items])
 
 
 def _c_bytes(b: bytes) -> Any:
     return b
 
 
-def _t_text(b: bytes, codec: str, enc: tuple[str, ...]) -> Any:
-    values = [v.rstrip("\0 ") for v in b.decode(codec).split("\\")]
-    return values[0] if len(values) == 1 else MultiValue(str, values)
+def _text_converters(codec: str, enc: tuple[str, ...]) -> dict[str, Callable[[bytes], Any]]:
+    """Converters for the Specific Character Set VRs with one plain Python codec."""
+    mode = config.settings.reading_validation_mode
 
+    def pn_item(x: Any) -> PersonName:  # MultiValue constructor, as pydicom's get_valtype
+        return _fast_pn(x, codec, enc) if isinstance(x, str) else PersonName(x, list(enc))
 
-def _t_single(b: bytes, codec: str, enc: tuple[str, ...]) -> Any:
-    return b.decode(codec).rstrip("\0 ")
+    def text(b: bytes) -> Any:
+        if b"\x1b" in b:
+            raise _NotFast
+        values = [v.rstrip("\0 ") for v in b.decode(codec).split("\\")]
+        return values[0] if len(values) == 1 else _mv(str, values)
 
+    def single(b: bytes) -> Any:
+        if b"\x1b" in b:
+            raise _NotFast
+        return b.decode(codec).rstrip("\0 ")
 
-def _t_pn(b: bytes, codec: str, enc: tuple[str, ...]) -> Any:
-    items = b.rstrip(b"\x00 ").decode(codec).split("\\")
-    if len(items) == 1:
-        return _fast_pn(items[0], codec, enc)
-    return MultiValue(lambda x: _fast_pn(x, codec, enc), items)
+    def pn(b: bytes) -> Any:
+        if b"\x1b" in b:
+            raise _NotFast
+        items = b.rstrip(b"\x00 ").decode(codec).split("\\")
+        if len(items) == 1:
+            return _fast_pn(items[0], codec, enc, mode)
+        return _mv(pn_item, [_fast_pn(x, codec, enc, mode) for x in items])
 
-
-_TEXT_CONVERTERS: dict[str, Callable[[bytes, str, tuple[str, ...]], Any]] = {
-    "LO": _t_text, "SH": _t_text, "UC": _t_text, "LT": _t_single, "ST": _t_single,
-    "UT": _t_single, "PN": _t_pn,
-}
+    return {"LO": text, "SH": text, "UC": text, "LT": single, "ST": single, "UT": single,
+            "PN": pn}
 
 
 _CONVERTERS: dict[str, Callable[[bytes], Any]] = {
     "AE": _c_ae, "AS": _c_string, "CS": _c_string, "DA": _c_string, "DT": _c_string,
-    "TM": _c_string, "UR": _c_ur, "UI": _c_ui, "LO": _c_text, "SH": _c_text, "UC": _c_text,
-    "LT": _c_single_text, "ST": _c_single_text, "UT": _c_single_text, "PN": _c_pn,
-    "DS": _c_ds, "IS": _c_is,
-    **{vr: _c_bytes for vr in ("OB", "OD", "OF", "OL", "OV", "OW", "UN") + tuple(AMBIGUOUS_VRS)},
+    "TM": _c_string, "UR": _c_ur, "UI": _c_ui, "DS": _c_ds, "IS": _c_is,
+    **{vr: _c_bytes for vr in ("OB", "OD", "OF", "OL", "OV", "OW")},
 }
-_PLAIN_CONVERTERS = {
-    vr: fn for vr, fn in _CONVERTERS.items() if vr not in CHARSET_VRS and vr not in AMBIGUOUS_VRS
+#: Kept as bytes by ``value`` (UN only after the known-VR substitution; ambiguous VRs until
+#: ``fix_ambiguous``); explicit UN never takes the fast loop's path.
+_RAW_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"}) | AMBIGUOUS_VRS
+
+
+def _number_converter(fmt: struct.Struct) -> Callable[[bytes], Any]:
+    """One binary number of exactly the VR's size; anything else goes the slow way."""
+    size, unpack = fmt.size, fmt.unpack
+
+    def number(b: bytes) -> Any:
+        if len(b) != size:
+            raise _NotFast
+        return unpack(b)[0]
+
+    return number
+
+
+_NUMBER_CONVERTERS = {
+    little: {vr: _number_converter(struct.Struct(("<" if little else ">") + code))
+             for vr, (code, _) in NUMBER_VRS.items()}
+    for little in (True, False)
 }
 _NUMBERS = {vr: (code, size) for vr, (code, size) in NUMBER_VRS.items()}
+_Converters = dict[str, Callable[[bytes], Any]]
+_CONV_CACHE: dict[tuple[str | None, tuple[str, ...], bool, int], _Converters] = {}
+
+
+def _converters(codec: str | None, enc: tuple[str, ...], little: bool) -> _Converters:
+    """All one-argument fast converters for this character set and byte order (memoised)."""
+    mode = config.settings.reading_validation_mode
+    key = (codec, enc, little, mode)
+    try:
+        return _CONV_CACHE[key]
+    except KeyError:
+        pass
+    convs = dict(_CONVERTERS)
+    convs.update(_NUMBER_CONVERTERS[little])
+    if codec is not None:
+        convs.update(_text_converters(codec, enc))
+    if len(_CONV_CACHE) < 256:
+        _CONV_CACHE[key] = convs
+    return convs
+
+
+_TAG_CACHE: dict[int, BaseTag] = {}
+
+
+def _base_tag(tag: int) -> BaseTag:
+    """A shared ``BaseTag`` per tag value (they are immutable ints)."""
+    btag = _TAG_CACHE.get(tag)
+    if btag is None:
+        btag = BaseTag(tag)
+        if len(_TAG_CACHE) < 65536:
+            _TAG_CACHE[tag] = btag
+    return btag
+
+
+_DS_PROTO: dict[bool, tuple[dict[str, Any], tuple[str, ...]]] = {}
+
+
+def _new_dataset(parent: tuple[str, ...], implicit: bool, little: bool) -> Dataset:
+    """A fresh ``Dataset`` with exactly the attributes ``Dataset()`` sets, without its
+    ``__setattr__`` machinery (pydicom's constructor costs ~5 us); then the reader's
+    ``set_original_encoding``."""
+    future = bool(config._use_future)
+    proto = _DS_PROTO.get(future)
+    if proto is None:
+        attrs = dict(Dataset().__dict__)
+        proto = attrs, tuple(k for k, v in attrs.items() if isinstance(v, dict | list | set))
+        _DS_PROTO[future] = proto
+    attrs, mutable = proto
+    ds: Dataset = _new(Dataset)
+    d = ds.__dict__
+    d.update(attrs)
+    for name in mutable:
+        d[name] = attrs[name].copy()
+    d["_parent_encoding"] = list(parent)
+    d["_read_implicit"] = implicit
+    d["_read_little"] = little
+    return ds
 
 
 def _empty(vr: str) -> Any:
@@ -196,7 +302,8 @@ def _empty(vr: str) -> Any:
 class _Parser:
     """One decode call over an immutable buffer."""
 
-    __slots__ = ("buf", "fast", "little", "e", "u16", "u32", "hdr", "ambiguous")
+    __slots__ = ("buf", "fast", "little", "e", "u16", "u32", "hdr", "hdr_x", "ambiguous",
+                 "mode")
 
     def __init__(self, buf: bytes, little: bool, fast: bool) -> None:
         self.buf = buf
@@ -206,74 +313,82 @@ class _Parser:
         self.u16 = struct.Struct(self.e + "H").unpack_from
         self.u32 = struct.Struct(self.e + "L").unpack_from
         self.hdr = struct.Struct(self.e + "HHL").unpack_from
+        self.hdr_x = struct.Struct(self.e + "HH2sH").unpack_from
+        self.mode = config.settings.reading_validation_mode
         self.ambiguous: list[tuple[Dataset, DataElement, list[Dataset]]] = []
 
     def dataset(
         self, pos: int, end: int, implicit: bool, enc: tuple[str, ...],
         parents: list[Dataset], item_undefined: bool,
     ) -> tuple[Dataset, int]:
-        """Decode elements from ``pos`` to ``end`` (or to an item delimiter)."""
+        """Decode elements from ``pos`` to ``end`` (or to an item delimiter).
+
+        The loop body is the hot path: element objects are built directly (the attributes
+        ``DataElement.__init__`` sets, in its order) when a fast converter applies.
+        """
         if len(parents) > MAX_DEPTH:
             raise DataSetDecodeError("sequences nested too deeply", offset=pos)
-        ds = Dataset(parent_encoding=list(enc))
+        ds = _new_dataset(enc, implicit, self.little)
         d = ds._dict
-        buf, hdr, fast = self.buf, self.hdr, self.fast
-        codec = plain_codec(enc)
+        buf, hdr, hdr_x, u32, mode = self.buf, self.hdr, self.hdr_x, self.u32, self.mode
+        convs = _converters(plain_codec(enc), enc, self.little) if self.fast else {}
+        vr_info, tags, new, elem_cls = _VR_INFO, _TAG_CACHE, _new, DataElement
         while pos < end:
             if pos + 8 > end:
                 raise DataSetDecodeError("truncated element header", offset=pos)
-            group, elno, length = hdr(buf, pos)
+            if implicit:
+                group, elno, length = hdr(buf, pos)
+            else:
+                group, elno, vrb, length = hdr_x(buf, pos)
             tag = group << 16 | elno
-            if tag == ITEM_DELIM_TAG:
-                if item_undefined:
-                    break
-                raise DataSetDecodeError("unexpected item delimiter", tag=tag, offset=pos)
             if group == 0xFFFE:
+                if tag == ITEM_DELIM_TAG and item_undefined:
+                    break
                 raise DataSetDecodeError("unexpected item or sequence delimiter",
                                          tag=tag, offset=pos)
             vpos = pos + 8
             if implicit:
                 vr = self.implicit_vr(tag, d)
             else:
-                vr_raw = _VR_FROM_BYTES.get(buf[pos + 4:pos + 6])
-                if vr_raw is None:
-                    raise DataSetDecodeError(f"invalid VR {buf[pos + 4:pos + 6]!r}",
-                                             tag=tag, offset=pos + 4)
-                vr = vr_raw
-                if vr in LONG_VRS:
+                info = vr_info.get(vrb)
+                if info is None:
+                    raise DataSetDecodeError(f"invalid VR {vrb!r}", tag=tag, offset=pos + 4)
+                vr, long = info
+                if long:
                     if pos + 12 > end:
                         raise DataSetDecodeError("truncated element header", tag=tag, offset=pos)
-                    length = self.u32(buf, pos + 8)[0]
+                    length = u32(buf, pos + 8)[0]
                     vpos = pos + 12
-                else:
-                    length = self.u16(buf, pos + 6)[0]
-            if fast and length and length != UNDEFINED and not group & 1:
-                conv = _PLAIN_CONVERTERS.get(vr)
-                text = _TEXT_CONVERTERS.get(vr) if codec is not None else None
-                if conv is not None or (text is not None and codec is not None):
-                    vend = vpos + length
-                    raw = buf[vpos:vend]
-                    if vend <= end and b"\x1b" not in raw:
-                        try:
-                            if conv is not None:
-                                value = conv(raw)
-                            else:
-                                value = text(raw, codec, enc)  # type: ignore[misc,arg-type]
-                        except UnicodeDecodeError:
-                            pass
-                        else:
-                            btag = BaseTag(tag)
-                            d[btag] = DataElement(btag, vr, value, vpos, False, True)
-                            pos = vend
-                            if tag == CHARSET_TAG:
-                                enc = python_encodings(value)
-                                codec = plain_codec(enc)
-                            continue
+            conv = convs.get(vr)
+            if conv is not None and length and length != UNDEFINED and not group & 1:
+                vend = vpos + length
+                if vend <= end:
+                    try:
+                        value = conv(buf[vpos:vend])
+                    except (UnicodeDecodeError, _NotFast):
+                        pass
+                    else:
+                        btag = tags.get(tag) or _base_tag(tag)
+                        elem = new(elem_cls)
+                        elem.tag = btag
+                        elem.VR = vr
+                        elem.validation_mode = mode
+                        elem._value = value
+                        elem.file_tell = vpos
+                        elem.is_undefined_length = False
+                        elem.private_creator = None
+                        d[btag] = elem
+                        pos = vend
+                        if tag == CHARSET_TAG:
+                            enc = python_encodings(value)
+                            convs = _converters(plain_codec(enc), enc, self.little)
+                        continue
             elem, pos = self.element(tag, vr, length, vpos, end, implicit, enc, ds, parents)
             d[elem.tag] = elem
             if tag == CHARSET_TAG:
                 enc = python_encodings(elem.value) if elem.value else DEFAULT_ENCODINGS
-                codec = plain_codec(enc)
+                if self.fast:
+                    convs = _converters(plain_codec(enc), enc, self.little)
         else:
             if item_undefined:
                 raise DataSetDecodeError("missing item delimiter", offset=pos)
@@ -283,7 +398,7 @@ class _Parser:
         return self._finish(ds, implicit, enc), pos + 8
 
     def _finish(self, ds: Dataset, implicit: bool, enc: tuple[str, ...]) -> Dataset:
-        ds.set_original_encoding(implicit, self.little, list(enc))
+        ds.__dict__["_read_charset"] = list(enc)  # as ``set_original_encoding`` would
         return ds
 
     def implicit_vr(self, tag: int, d: Any) -> str:
@@ -389,17 +504,16 @@ class _Parser:
         if not raw:
             return _empty(vr)
         if self.fast and b"\x1b" not in raw:
-            if vr in CHARSET_VRS:
-                codec = plain_codec(enc)
-                if codec is not None:
-                    try:
-                        return _TEXT_CONVERTERS[vr](raw, codec, enc)
-                    except UnicodeDecodeError:
-                        pass
-                return self.pydicom_value(tag, vr, raw, enc, offset)
-            conv = _CONVERTERS.get(vr)
+            if vr in _RAW_VRS:
+                return raw
+            conv = _converters(plain_codec(enc), enc, self.little).get(vr)
             if conv is not None:
-                return conv(raw)
+                try:
+                    return conv(raw)
+                except (UnicodeDecodeError, _NotFast):
+                    pass
+            if vr in CHARSET_VRS:
+                return self.pydicom_value(tag, vr, raw, enc, offset)
             num = _NUMBERS.get(vr)
             if num is not None:
                 return self.numbers(tag, vr, raw, num, offset)

@@ -267,3 +267,93 @@ def test_encode_errors_are_typed() -> None:
     ds.add(DataElement(0x00080060, "CS", "日本", validation_mode=0))
     with pytest.raises(DataSetEncodeError):
         codec.encode(ds, codec.EXPLICIT_VR_LE)
+
+
+def rich_identifier() -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = ["DOE^JOHN", "ROE^JANE=Roe^Jane"]
+    ds.ReferringPhysicianName = "SMITH^ANNA"
+    ds.PatientID = "PID1"
+    ds.OtherPatientIDs = ["A", "B"]
+    ds.StudyDescription = "Ümlaut"
+    ds.ModalitiesInStudy = ["CT", "MR"]
+    ds.StudyInstanceUID = "1.2.3"
+    ds.SOPClassesInStudy = ["1.2.3", "1.2.4"]
+    ds.SliceThickness = "5.0"
+    ds.ImagePositionPatient = ["-250", "-250.5", "100"]
+    ds.InstanceNumber = "17"
+    ds.ReferencedFrameNumber = ["1", "2"]
+    ds.Rows = 512
+    ds.add_new(0x00280106, "US", 3)  # SmallestImagePixelValue, ambiguous 'US or SS'
+    ds.PixelRepresentation = 1
+    return ds
+
+
+def _same_object(a: object, b: object, where: str) -> None:
+    """Same class and the same instance attributes (names, order and values)."""
+    assert type(a) is type(b), where
+    assert a == b, where
+    if isinstance(a, MultiValue):
+        assert isinstance(b, MultiValue)
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same_object(x, y, f"{where}[{i}]")
+    elif hasattr(b, "__dict__"):
+        assert list(vars(a)) == list(vars(b)), where
+        assert vars(a) == vars(b), where
+
+
+@pytest.mark.parametrize(("uid", "implicit", "little"), SYNTAXES)
+def test_decoded_objects_are_built_like_pydicom_builds_them(
+    uid: str, implicit: bool, little: bool
+) -> None:
+    """The fast construction sets exactly the attributes pydicom's reader ends up with."""
+    data = codec.encode(rich_identifier(), uid)
+    ours = codec.decode(data, uid)
+    theirs = pydicom_read(plain(data, uid), implicit, little)
+    for _elem in theirs:  # convert pydicom's raw elements
+        pass
+    assert set(vars(ours)) == set(vars(theirs))
+    for name in ("_read_little", "_read_implicit", "_read_charset", "_private_blocks",
+                 "is_undefined_length_sequence_item", "is_decompressed"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert list(ours.keys()) == list(theirs.keys())
+    for tag in theirs.keys():
+        a, b = ours[tag], theirs[tag]
+        assert type(a) is DataElement and type(a.tag) is type(b.tag)
+        assert list(vars(a)) == list(vars(b)), tag
+        assert {k: v for k, v in vars(a).items() if k != "_value"} == {
+            k: v for k, v in vars(b).items() if k != "_value"}, tag
+        _same_object(a.value, b.value, str(tag))
+    assert ours == theirs
+    assert ours.to_json_dict() == theirs.to_json_dict()
+
+
+def test_decoded_dataset_is_safely_modifiable() -> None:
+    data = codec.encode(rich_identifier(), codec.EXPLICIT_VR_LE)
+    ds = codec.decode(data, codec.EXPLICIT_VR_LE)
+    other = codec.decode(data, codec.EXPLICIT_VR_LE)
+    ds.ImagePositionPatient.append("7.5")
+    ds.ImagePositionPatient.append(DSfloat("8"))
+    assert isinstance(ds.ImagePositionPatient[3], DSfloat)
+    assert ds.ImagePositionPatient == [-250, -250.5, 100, 7.5, 8]
+    ds.ReferencedFrameNumber.append(3)
+    ds.ReferencedFrameNumber.append("4")
+    assert all(isinstance(v, IS) for v in ds.ReferencedFrameNumber)
+    ds.SOPClassesInStudy.append("1.2.5")
+    assert all(isinstance(v, UID) for v in ds.SOPClassesInStudy)
+    ds.PatientName.append("NEW^NAME")
+    ds.PatientName.append(PersonName("P^Q"))
+    assert all(isinstance(v, PersonName) for v in ds.PatientName)
+    assert ds.PatientName[2].family_name == "NEW"
+    ds.OtherPatientIDs.append("C")
+    ds.PatientID = "CHANGED"
+    ds.add_new(0x00100040, "CS", "F")
+    del ds.StudyDescription
+    # the other decode shares no mutable state with this one
+    assert len(other.ImagePositionPatient) == 3 and len(other.PatientName) == 2
+    assert other.PatientID == "PID1" and "StudyDescription" in other
+    assert other._dict is not ds._dict and other._private_blocks is not ds._private_blocks
+    back = codec.decode(codec.encode(ds, codec.EXPLICIT_VR_LE), codec.EXPLICIT_VR_LE)
+    assert back == ds
+    assert back.PatientSex == "F" and back.PatientName[3] == "P^Q"
