@@ -198,6 +198,13 @@ _ENCODERS: dict[str, _ValueEncoder] = {
 _SIMPLE = frozenset({str, bytes, int, float, PersonName, UID, DSfloat, IS, MultiValue, list})
 _NUMERIC = frozenset({int, float, DSfloat, IS})
 _FAST_ENCODERS = {vr: fn for vr, fn in _ENCODERS.items() if vr not in AMBIGUOUS_VRS}
+_SPACE_PADDED, _NUL_PADDED, _CHARSET_TEXT = 1, 2, 3
+#: How a plain ``str`` value of each text VR is written (what the per-VR encoders do for str).
+_STR_KINDS: dict[str, int] = {
+    **{vr: _SPACE_PADDED for vr in ("AE", "AS", "CS", "UR", "DA", "DT", "TM", "DS", "IS")},
+    "UI": _NUL_PADDED,
+    **{vr: _CHARSET_TEXT for vr in ("LO", "LT", "SH", "ST", "UC", "UT")},
+}
 
 
 def _is_empty(vr: str, value: Any) -> bool:
@@ -259,19 +266,24 @@ class _Writer:
             return self.hdr_long(tag >> 16, tag & 0xFFFF, vr_bytes, length)
         return self.hdr_short(tag >> 16, tag & 0xFFFF, vr_bytes, length)
 
-    def dataset(self, ds: Dataset, parent: tuple[str, ...], ancestors: list[Dataset]) -> int:
-        """Append ``ds``'s elements in tag order; return the number of bytes appended."""
+    def dataset(self, ds: Dataset, parent: tuple[str, ...], ancestors: list[Dataset]) -> None:
+        """Append ``ds``'s elements in tag order.
+
+        Hot path: str/UID values of the text VRs are padded and encoded inline; everything
+        else goes through the per-VR encoders or ``element``.
+        """
         d = ds._dict
         enc = parent
         if CHARSET_TAG in d:
             charset = ds[CHARSET_TAG].value
             enc = python_encodings(charset) if charset else DEFAULT_ENCODINGS
-        total = 0
+        codec = plain_codec(enc)
         raw_ok: bool | None = None
         implicit = self.syn.implicit
         out = self.out
         e = self.e
         hdr_i, hdr_s, hdr_l = self.hdr_implicit, self.hdr_short, self.hdr_long
+        kinds, fast, vr_bytes, long_vrs = _STR_KINDS, _FAST_ENCODERS, _VR_BYTES, LONG_VRS
         for tag, elem in sorted(zip(map(int, d), d.values(), strict=True)):
             if not tag & 0xFFFF and tag >> 16 > 6:
                 continue  # retired group lengths are not written (PS3.5 7.2)
@@ -280,38 +292,44 @@ class _Writer:
                     if raw_ok is None:
                         raw_ok = self._raw_writable(ds)
                     if raw_ok and elem.value is not None:
-                        total += self._raw(elem)
+                        self._raw(elem)
                         continue
                     elem = ds[tag]
-                total += self.element(elem, enc, ancestors)
+                self.element(elem, enc, ancestors)
                 continue
             vr = elem.VR
             value = elem._value
-            fn = _FAST_ENCODERS.get(vr)
-            if fn is None or elem.is_undefined_length or value.__class__ not in _SIMPLE:
-                total += self.element(elem, enc, ancestors)
+            cls = value.__class__
+            kind = kinds.get(vr) if cls is str or cls is UID else None
+            try:
+                if kind is not None:  # str value of a text VR
+                    if kind == _CHARSET_TEXT:
+                        data = value.encode(codec)  # codec None: TypeError, fallback
+                        if len(data) & 1:
+                            data += b" "
+                    else:
+                        if len(value) & 1:
+                            value += " " if kind == _SPACE_PADDED else "\0"
+                        data = value.encode(DEFAULT_ENCODING)
+                else:
+                    fn = fast.get(vr)
+                    if fn is None or cls not in _SIMPLE:
+                        raise _Fallback
+                    data = b"" if not value and cls not in _NUMERIC else fn(value, enc, tag, e)
+                if elem.is_undefined_length:
+                    raise _Fallback
+            except Exception:
+                self.element(elem, enc, ancestors)
                 continue
-            if not value and value.__class__ not in _NUMERIC:
-                data = b""
-            else:
-                try:
-                    data = fn(value, enc, tag, e)
-                except Exception:
-                    total += self.element(elem, enc, ancestors)
-                    continue
             n = len(data)
             if implicit:
-                head = hdr_i(tag >> 16, tag & 0xFFFF, n)
-            elif vr in LONG_VRS:
-                head = hdr_l(tag >> 16, tag & 0xFFFF, _VR_BYTES[vr], n)
+                out += (hdr_i(tag >> 16, tag & 0xFFFF, n), data)
+            elif vr in long_vrs:
+                out += (hdr_l(tag >> 16, tag & 0xFFFF, vr_bytes[vr], n), data)
             elif n <= 0xFFFF:
-                head = hdr_s(tag >> 16, tag & 0xFFFF, _VR_BYTES[vr], n)
+                out += (hdr_s(tag >> 16, tag & 0xFFFF, vr_bytes[vr], n), data)
             else:
-                total += self.element(elem, enc, ancestors)
-                continue
-            out += (head, data)
-            total += len(head) + n
-        return total
+                self.element(elem, enc, ancestors)
 
     def _raw_writable(self, ds: Dataset) -> bool:
         syn = self.syn
@@ -389,7 +407,8 @@ class _Writer:
                 raise DataSetEncodeError("sequence item is not a Dataset", tag=tag)
             head_at = len(out)
             out.append(b"")
-            n = self.dataset(item, enc, [item, *ancestors])
+            self.dataset(item, enc, [item, *ancestors])
+            n = sum(map(len, out[head_at + 1:]))
             if getattr(item, "is_undefined_length_sequence_item", False):
                 out[head_at] = self.tag_len(0xFFFE, 0xE000, UNDEFINED)
                 out.append(self.tag_len(0xFFFE, 0xE00D, 0))
