@@ -274,8 +274,9 @@ class _Writer:
         """
         d = ds._dict
         enc = parent
-        if CHARSET_TAG in d:
-            charset = ds[CHARSET_TAG].value
+        cs_elem = d.get(CHARSET_TAG)  # type: ignore[call-overload]
+        if cs_elem is not None:
+            charset = (cs_elem if cs_elem.__class__ is DataElement else ds[CHARSET_TAG]).value
             enc = python_encodings(charset) if charset else DEFAULT_ENCODINGS
         codec = plain_codec(enc)
         raw_ok: bool | None = None
@@ -284,9 +285,10 @@ class _Writer:
         e = self.e
         hdr_i, hdr_s, hdr_l = self.hdr_implicit, self.hdr_short, self.hdr_long
         kinds, fast, vr_bytes, long_vrs = _STR_KINDS, _FAST_ENCODERS, _VR_BYTES, LONG_VRS
-        for tag, elem in sorted(zip(map(int, d), d.values(), strict=True)):
+        for tag in sorted(d, key=int):  # int keys: BaseTag's own comparison is Python code
             if not tag & 0xFFFF and tag >> 16 > 6:
                 continue  # retired group lengths are not written (PS3.5 7.2)
+            elem = d[tag]
             if elem.__class__ is not DataElement:
                 if isinstance(elem, RawDataElement):
                     if raw_ok is None:
