@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -52,6 +51,7 @@ from .errors import (
     DimseTimeout,
     NotNegotiatedError,
 )
+from .instances import UNCOMPRESSED, encode_instance, instance_transfer_syntax
 from .messages import (
     MESSAGE_TYPES,
     CCancelRQ,
@@ -60,6 +60,7 @@ from .messages import (
     Message,
     Priority,
 )
+from .operations import IdleWatch, Operation
 from .services import (
     VERIFICATION_SOP_CLASS,
     DataSetSink,
@@ -78,86 +79,10 @@ _E = TypeVar("_E", bound=BaseException)
 #: A response message and its data set, if any.
 Response = tuple[Message, ReceivedDataSet | None]
 
-_UNCOMPRESSED = (
-    "1.2.840.10008.1.2.1",  # explicit VR little endian
-    "1.2.840.10008.1.2",  # implicit VR little endian
-    "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
-    "1.2.840.10008.1.2.2",  # explicit VR big endian (retired)
-)
 #: How many requests we perform at once when the window says "unlimited" (0).
 _PERFORM_CAP = 64
 #: Requests queued beyond the window before we stop reading from the peer.
 _BACKLOG = 16
-
-
-def encode_instance(ds: Dataset, transfer_syntax: str) -> bytes:
-    """Encode ``ds`` for the network in ``transfer_syntax`` (no file meta, no preamble).
-
-    Uncompressed syntaxes go through ``dimse.codec``; an encapsulated (compressed) instance is
-    explicit VR little endian around its already compressed pixel data, written by pydicom.
-    """
-    from . import codec
-
-    if transfer_syntax in codec.SUPPORTED_TRANSFER_SYNTAXES:
-        return codec.encode(ds, transfer_syntax)
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
-
-
-def instance_transfer_syntax(ds: Dataset) -> str | None:
-    """The transfer syntax an instance is encoded in, when known (file meta or read encoding)."""
-    meta = getattr(ds, "file_meta", None)
-    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
-    if ts:
-        return str(ts)
-    encoding = getattr(ds, "original_encoding", None)
-    if encoding and encoding[0] is not None:
-        implicit, little = encoding
-        if implicit:
-            return "1.2.840.10008.1.2"
-        return "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
-    return None
-
-
-class _Operation:
-    """One invoked operation waiting for its response(s)."""
-
-    __slots__ = ("context_id", "error", "responses", "timer", "waiter")
-
-    def __init__(self, context_id: int) -> None:
-        self.context_id = context_id
-        self.responses: deque[Response] = deque()
-        self.waiter: asyncio.Future[None] | None = None
-        self.error: BaseException | None = None
-        self.timer: asyncio.TimerHandle | None = None
-
-    def deliver(self, response: Response) -> None:
-        self.responses.append(response)
-        self._wake()
-
-    def fail(self, error: BaseException) -> None:
-        if self.error is None:
-            self.error = error
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def next(self, loop: asyncio.AbstractEventLoop) -> Response:
-        while not self.responses:
-            if self.error is not None:
-                raise _fresh(self.error)
-            self.waiter = loop.create_future()
-            await self.waiter
-            self.waiter = None
-        return self.responses.popleft()
 
 
 class _Streaming:
@@ -201,7 +126,7 @@ class Association:
         self._released: asyncio.Future[None] = self._loop.create_future()
         self._closed = asyncio.Event()
         self._error: AssociationError | None = None
-        self._pending: dict[int, _Operation] = {}
+        self._pending: dict[int, Operation] = {}
         self._next_id = 0
         self._window: asyncio.Semaphore | None = None
         self._perform_limit = 1
@@ -212,8 +137,7 @@ class Association:
         self._cancelled: set[int] = set()
         self._assembler = MessageAssembler(self._should_stream)
         self._streaming: _Streaming | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._last_activity = self._loop.time()
+        self._idle = IdleWatch(self._loop, idle_timeout, self._busy, self._on_idle)
         self._release_due = False
         for fut in (self._established, self._associate_rq, self._released):
             fut.add_done_callback(_consume)
@@ -284,8 +208,8 @@ class Association:
         # Reading stops only when the peer queues far more than the window allows: below that
         # we keep reading so that C-CANCEL and A-ABORT are seen while requests are performed.
         self._read_limit = self._perform_limit + _BACKLOG
-        if self.idle_timeout:
-            self._arm_idle(self.idle_timeout)
+        self._idle.timeout = self.idle_timeout
+        self._idle.start()
 
     # -- indications from the upper layer --------------------------------------------------------
     def _on_indication(self, out: Output) -> None:
@@ -349,7 +273,7 @@ class Association:
         if not self._released.done() and self._error is None:
             self._fail(AssociationAborted("connection closed"))
         self._discard_sinks()
-        self._cancel_idle()
+        self._idle.stop()
         self._closed.set()
 
     def _fail(self, error: AssociationError) -> None:
@@ -367,7 +291,7 @@ class Association:
 
     # -- incoming messages -----------------------------------------------------------------------
     def _on_pdata(self, pdu: PDataTF) -> None:
-        self._last_activity = self._loop.time()
+        self._idle.last_activity = self._loop.time()
         assembler = self._assembler
         try:
             for pdv in pdu.pdvs:
@@ -444,7 +368,7 @@ class Association:
         if is_pending(getattr(message, "status", 0)):
             self._restart_timer(op)
         else:
-            self._stop_timer(op)
+            op.stop_timer()
         op.deliver((message, dataset))
 
     def _request_context(self, context_id: int) -> AcceptedContext | None:
@@ -523,7 +447,7 @@ class Association:
                 if self._error is not None:
                     raise _fresh(self._error)
                 protocol.send_pdata_bytes(pdu_bytes)
-        self._last_activity = self._loop.time()
+        self._idle.last_activity = self._loop.time()
 
     def _new_message_id(self) -> int:
         pending = self._pending
@@ -549,18 +473,18 @@ class Association:
         if window is not None:
             await window.acquire()
         message_id = self._new_message_id()
-        op = _Operation(context.context_id)
+        op = Operation(context.context_id)
         self._pending[message_id] = op
         try:
             await self.send_message(context.context_id, build(message_id), dataset)
             self._restart_timer(op)
             while True:
-                response = await op.next(self._loop)
+                response = await op.next(self._loop, _fresh)
                 yield response
                 if not is_pending(getattr(response[0], "status", 0)):
                     return
         finally:
-            self._stop_timer(op)
+            op.stop_timer()
             del self._pending[message_id]
             if window is not None:
                 window.release()
@@ -570,46 +494,22 @@ class Association:
         await self.send_message(context.context_id,
                                 CCancelRQ(message_id_being_responded_to=message_id))
 
-    # -- DIMSE timeout and idle timeout ----------------------------------------------------------
-    def _restart_timer(self, op: _Operation) -> None:
-        if self.dimse_timeout is None:
-            return
-        if op.timer is not None:
-            op.timer.cancel()
-        op.timer = self._loop.call_later(self.dimse_timeout, self._dimse_timeout, op)
+    # -- DIMSE timeout and idle timeout (the timers live in dimse.operations) -------------------
+    def _restart_timer(self, op: Operation) -> None:
+        op.restart_timer(self._loop, self.dimse_timeout, self._dimse_timeout)
 
-    @staticmethod
-    def _stop_timer(op: _Operation) -> None:
-        if op.timer is not None:
-            op.timer.cancel()
-            op.timer = None
-
-    def _dimse_timeout(self, op: _Operation) -> None:
-        op.timer = None
+    def _dimse_timeout(self, op: Operation) -> None:
         error = DimseTimeout(f"no response within {self.dimse_timeout} s; association aborted")
         op.fail(error)
         self._fail(AssociationAborted("aborted after a DIMSE timeout",
                                       source=AbortSource.SERVICE_USER, reason=0))
         self.protocol.abort()
 
-    def _arm_idle(self, delay: float) -> None:
-        self._idle_timer = self._loop.call_later(delay, self._idle_check)
+    def _busy(self) -> bool:
+        """Requests in flight either way: the association is not idle."""
+        return bool(self._tasks or self._pending)
 
-    def _cancel_idle(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-
-    def _idle_check(self) -> None:
-        assert self.idle_timeout is not None
-        self._idle_timer = None
-        if self._closed.is_set():
-            return
-        quiet = self._loop.time() - self._last_activity
-        if quiet < self.idle_timeout or self._tasks or self._pending:
-            self._arm_idle(max(self.idle_timeout - quiet, 0.05) if quiet < self.idle_timeout
-                           else self.idle_timeout)
-            return
+    def _on_idle(self, quiet: float) -> None:
         log.info("aborting association idle for %.1f s", quiet)
         self._fail(AssociationAborted("idle timeout"))
         self.protocol.abort()
@@ -639,8 +539,8 @@ class Association:
                                         scp=self.role is Role.ACCEPTOR)
             if cx is not None:
                 return cx
-        if transfer_syntax is None or transfer_syntax in _UNCOMPRESSED:
-            for ts in _UNCOMPRESSED:
+        if transfer_syntax is None or transfer_syntax in UNCOMPRESSED:
+            for ts in UNCOMPRESSED:
                 cx = negotiated.context_for(sop_class, ts, scp=self.role is Role.ACCEPTOR)
                 if cx is not None:
                     return cx
