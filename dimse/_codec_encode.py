@@ -76,7 +76,10 @@ def pad_text(data: bytes, pad: bytes = b" ") -> bytes:
 
 
 def _default_text(value: Any, pad: str) -> bytes:
-    if isinstance(value, str):
+    # exact-class checks first: isinstance against MultiValue (an ABC) is slow
+    if value.__class__ is MultiValue:
+        text = "\\".join(value._list)
+    elif isinstance(value, str):
         text = value
     elif isinstance(value, _MULTI):
         text = "\\".join(value)
@@ -104,7 +107,10 @@ def _date(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
 
 
 def _number_string(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
-    if isinstance(value, _MULTI):
+    cls = value.__class__
+    if cls is IS or cls is DSfloat:
+        text = getattr(value, "original_string", None) or str(value)
+    elif isinstance(value, _MULTI):
         text = "\\".join(getattr(x, "original_string", None) or str(x) for x in value)
     else:
         text = getattr(value, "original_string", None) or str(value)
@@ -139,7 +145,9 @@ def _pn_bytes(pn: Any, enc: tuple[str, ...]) -> bytes:
 
 
 def _pn(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
-    if isinstance(value, _MULTI):
+    if value.__class__ is PersonName:
+        data = _pn_bytes(value, enc)
+    elif isinstance(value, _MULTI):
         data = b"\\".join([_pn_bytes(v, enc) for v in value])
     else:
         data = _pn_bytes(value, enc)
@@ -239,6 +247,14 @@ def _pydicom_value(elem: DataElement, enc: tuple[str, ...], syn: Syntax) -> byte
     return fp.getvalue()
 
 
+_Pack = Callable[..., bytes]
+#: Header packers per byte order: implicit, explicit short, explicit long, tag + length.
+_PACKERS: dict[str, tuple[_Pack, _Pack, _Pack, _Pack]] = {
+    e: (HDR_IMPLICIT[e].pack, HDR_SHORT[e].pack, HDR_LONG[e].pack, TAG_LEN[e].pack)
+    for e in "<>"
+}
+
+
 class _Writer:
     """One encode call: syntax-specific packers and the output list."""
 
@@ -246,11 +262,8 @@ class _Writer:
 
     def __init__(self, syn: Syntax) -> None:
         self.syn = syn
-        self.e = syn.endian
-        self.hdr_implicit = HDR_IMPLICIT[self.e].pack
-        self.hdr_short = HDR_SHORT[self.e].pack
-        self.hdr_long = HDR_LONG[self.e].pack
-        self.tag_len = TAG_LEN[self.e].pack
+        self.e = e = "<" if syn.little else ">"
+        self.hdr_implicit, self.hdr_short, self.hdr_long, self.tag_len = _PACKERS[e]
         self.out: list[bytes] = []
 
     def header(self, tag: int, vr: str, length: int, undefined: bool = False) -> bytes:
