@@ -299,6 +299,17 @@ def _empty(vr: str) -> Any:
     return empty_value_for_VR(vr)
 
 
+_Unpack = Callable[[bytes, int], tuple[Any, ...]]
+#: Per byte order: uint16, uint32, implicit header, explicit short header.
+_UNPACKERS: dict[bool, tuple[_Unpack, _Unpack, _Unpack, _Unpack]] = {
+    little: tuple(  # type: ignore[misc]
+        struct.Struct(("<" if little else ">") + fmt).unpack_from
+        for fmt in ("H", "L", "HHL", "HH2sH")
+    )
+    for little in (True, False)
+}
+
+
 class _Parser:
     """One decode call over an immutable buffer."""
 
@@ -310,10 +321,7 @@ class _Parser:
         self.little = little
         self.fast = fast
         self.e = "<" if little else ">"
-        self.u16 = struct.Struct(self.e + "H").unpack_from
-        self.u32 = struct.Struct(self.e + "L").unpack_from
-        self.hdr = struct.Struct(self.e + "HHL").unpack_from
-        self.hdr_x = struct.Struct(self.e + "HH2sH").unpack_from
+        self.u16, self.u32, self.hdr, self.hdr_x = _UNPACKERS[little]
         self.mode = config.settings.reading_validation_mode
         self.ambiguous: list[tuple[Dataset, DataElement, list[Dataset]]] = []
 
