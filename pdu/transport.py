@@ -10,6 +10,12 @@ Back-pressure runs both ways: the owner calls :meth:`pause_reading`/:meth:`resum
 it falls behind, and awaits :meth:`drain` before sending more P-DATA when the socket's write
 buffer is above its high-water mark (``pause_writing``/``resume_writing``).
 
+Delayed ACKs: a peer that does not set TCP_NODELAY (DCMTK storescu/storescp, pynetdicom) writes
+a C-STORE command and its data set separately, and Nagle holds the second write until our ACK of
+the first, which Linux delays by up to 40 ms. So on Linux we set TCP_QUICKACK (which the kernel
+clears again by itself) each time data arrives: storescu -> our server went from ~23 to thousands
+of small instances per second (benchmarks/RESULTS-e2e.md).
+
 This is the only module of ``pdu`` that knows about asyncio and sockets.
 """
 
@@ -40,6 +46,10 @@ log = logging.getLogger(__name__)
 #: States where a P-DATA request is a plain "send the bytes" (DT-1 in Sta6, AR-7 in Sta8) that
 #: changes nothing in the core: the fast path writes them straight to the socket.
 _PDATA_SEND_STATES = frozenset({State.STA6, State.STA8})
+#: Linux only; None elsewhere (then no quick ACKs are requested).
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 Indication = Callable[[Output], None]
 
@@ -78,6 +88,7 @@ class UpperLayerProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._connection_lost = False
         self._flushing = False
+        self._quickack: Any = None  # the TCP socket to re-arm TCP_QUICKACK on, if any
         #: Resolved when the socket is closed (never raises).
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
@@ -86,10 +97,19 @@ class UpperLayerProtocol(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         configure_socket(transport, keepalive=self._keepalive)
+        sock = transport.get_extra_info("socket")
+        if _TCP_QUICKACK is not None and sock is not None and sock.family in _TCP_FAMILIES:
+            self._quickack = sock
         self.machine.transport_connected()
         self.flush()
 
     def data_received(self, data: bytes) -> None:
+        sock = self._quickack
+        if sock is not None:  # ACK at once: see the module docstring (delayed ACKs)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:
+                self._quickack = None
         self.machine.receive_data(data)
         self.flush()
 
