@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydicom
@@ -74,6 +75,10 @@ def test_run_process_kills_the_whole_group() -> None:
         grandchild = _read_pid(proc)
         assert proc.poll() is None
     assert proc.poll() is not None
+    # SIGKILL is delivered asynchronously and the orphan is reaped by init: allow it a moment.
+    deadline = time.monotonic() + 5.0
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert not _alive(grandchild)
     assert "--- stdout ---" in proc.output()
 
