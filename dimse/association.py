@@ -315,6 +315,8 @@ class Association:
         elif isinstance(message, CCancelRQ):
             self._cancelled.add(message.message_id_being_responded_to)
         else:
+            # A new request reusing a message ID starts with no cancel pending for it.
+            self._cancelled.discard(getattr(message, "message_id", -1))
             cx = self._request_context(context_id)
             if cx is not None:
                 dataset = None if data is None else ReceivedDataSet(cx.transfer_syntax, data)

@@ -287,10 +287,6 @@ async def _perform_find(handler: FindHandler, served: frozenset[QueryModel], len
     finally:
         watch.close()
     await ctx.respond(_response(rq, status, comment=comment, offending=tuple(offending)))
-    # The cancel registry is keyed by message ID, which the peer may reuse later.
-    cancelled: Any = getattr(ctx.association, "_cancelled", None)
-    if isinstance(cancelled, set):
-        cancelled.discard(rq.message_id)
 
 
 # --------------------------------------------------------------------------- the archive

@@ -354,3 +354,16 @@ def test_stored_errors_are_raised_as_fresh_copies(error: Exception) -> None:
     except type(error):
         pass
     assert error.__traceback__ is None
+
+
+def test_a_reused_message_id_does_not_inherit_an_old_cancel() -> None:
+    from dimse.association import Association
+    from dimse.messages import CCancelRQ, CEchoRQ
+
+    assoc = Association.__new__(Association)
+    assoc._cancelled = set()
+    assoc._request_context = lambda context_id: None  # type: ignore[method-assign]
+    assoc._dispatch(1, CCancelRQ(message_id_being_responded_to=7), None)
+    assert assoc.is_cancelled(7)
+    assoc._dispatch(1, CEchoRQ(message_id=7, affected_sop_class_uid="1.2.840.10008.1.1"), None)
+    assert not assoc.is_cancelled(7)
