@@ -36,6 +36,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
+from benchmarks._nodelay import pynetdicom_nodelay
 from dimse.connect import connect
 from dimse.errors import AssociationError
 from dimse.server import Server
@@ -76,6 +77,7 @@ async def _serve_ours(port: int, folder: str) -> None:
 
 def _serve_pynetdicom(port: int, folder: str) -> None:
     from pynetdicom import AE, evt
+    pynetdicom_nodelay()
     from pynetdicom.sop_class import CTImageStorage, Verification
 
     def on_store(event: Any) -> int:
@@ -130,6 +132,7 @@ async def ours_echo_assocs(port: int, count: int, concurrency: int) -> None:
 
 def pynetdicom_echo_assocs(port: int, count: int, concurrency: int) -> None:
     from pynetdicom import AE
+    pynetdicom_nodelay()
     from pynetdicom.sop_class import Verification
 
     def worker(n: int) -> None:
@@ -173,6 +176,7 @@ async def ours_store(port: int, datasets: list[Dataset]) -> None:
 
 def pynetdicom_store(port: int, datasets: list[Dataset]) -> None:
     from pynetdicom import AE
+    pynetdicom_nodelay()
     from pynetdicom.sop_class import CTImageStorage
 
     ae = AE(ae_title="PYSCU")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from benchmarks._nodelay import pynetdicom_nodelay
 from dimse.qr import QueryModel
 from dimse.qr_scu import connect_qr, find
 from tests.peers import (
@@ -91,6 +92,7 @@ def ours(port: int, aet: str, query: Dataset) -> int:
 
 def pynetdicom_scu(port: int, aet: str, query: Dataset) -> int:
     from pynetdicom import AE
+    pynetdicom_nodelay()
 
     ae = AE(ae_title="PYSCU")
     ae.add_requested_context(FIND_SR)
@@ -122,6 +124,7 @@ def _pynetdicom_scp(folder: str, port: int) -> None:
     """A pynetdicom Study Root FIND SCP serving the folder's instances from memory."""
     import pydicom
     from pynetdicom import AE, evt
+    pynetdicom_nodelay()
 
     studies: dict[str, Dataset] = {}
     images: dict[str, list[Dataset]] = {}
