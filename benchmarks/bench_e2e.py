@@ -36,7 +36,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from benchmarks._nodelay import pynetdicom_nodelay
+from benchmarks._nodelay import dcmtk_nodelay, pynetdicom_nodelay
 from dimse.connect import connect
 from dimse.errors import AssociationError
 from dimse.server import Server
@@ -299,6 +299,7 @@ def print_table(rows: list[tuple[str, str, float]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    dcmtk_nodelay()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument("--serve", choices=["ours", "pynetdicom"], help=argparse.SUPPRESS)

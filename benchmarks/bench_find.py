@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from benchmarks._nodelay import pynetdicom_nodelay
+from benchmarks._nodelay import dcmtk_nodelay, pynetdicom_nodelay
 from dimse.qr import QueryModel
 from dimse.qr_scu import connect_qr, find
 from tests.peers import (
@@ -241,6 +241,7 @@ def report(results: dict[tuple[str, str], float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    dcmtk_nodelay()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pynetdicom-scp", nargs=2, metavar=("FOLDER", "PORT"))
