@@ -23,39 +23,33 @@ from pathlib import Path
 from typing import Any, Final
 
 import pydicom
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from dimse.errors import IdentifierError
+from dimse.archive_query import (
+    ALIAS,
+    PARENT,
+    TABLES,
+    FindEncodedResult,
+    FindResult,
+    Plan,
+)
 from dimse.matching import (
     ATTRIBUTES,
-    DATETIME_PAIRS,
     Attr,
-    Cond,
     Kind,
     date_norm,
     datetime_bounds,
     fold_pn,
-    match_column,
-    match_datetime_pair,
-    match_sequence,
     time_bounds,
 )
-from dimse.qr import MODELS, QR_LEVEL, SPECIFIC_CHARACTER_SET, UNIQUE_KEYS, Level, QueryModel
+from dimse.qr import Level, QueryModel
 
-__all__ = ["Archive", "FindResult", "IndexStats", "InstanceRecord"]
+__all__ = ["Archive", "FindEncodedResult", "FindResult", "IndexStats", "InstanceRecord"]
 
 PAGE_SIZE: Final = 256
-TABLES: Final = ("patient", "study", "series", "instance")
-ALIAS: Final = {"patient": "p", "study": "st", "series": "se", "instance": "i"}
-LEVEL_TABLE: Final = {Level.PATIENT: "patient", Level.STUDY: "study", Level.SERIES: "series",
-                      Level.IMAGE: "instance"}
-_PARENT: Final = {"study": ("patient_ref", "patient"), "series": ("study_ref", "study"),
-                  "instance": ("series_ref", "series")}
-_NOT_KEYS: Final = frozenset({QR_LEVEL, SPECIFIC_CHARACTER_SET, 0x00080201, 0x00080053})
 _KEY_COLUMNS: Final = frozenset({"patient_id", "issuer", "study_uid", "series_uid", "sop_uid"})
 _UID_OF: Final = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
                   "instance": "SOPInstanceUID"}
@@ -100,15 +94,6 @@ class IndexStats:
     updated: int
     removed: int
     failed: tuple[Path, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class FindResult:
-    """Matches plus the requested keys the archive does not index (returned empty; the SCP may
-    answer Pending with FF01 when ``unsupported`` is not empty)."""
-
-    matches: Iterator[Dataset]
-    unsupported: tuple[int, ...]
 
 
 def _columns(table: str) -> list[tuple[str, Attr]]:
@@ -164,27 +149,6 @@ def _stored(ds: Dataset, column: str, attr: Attr) -> object:
         except ValueError:
             return None
     return value
-
-
-def _response_value(attr: Attr, raw: object, request: object) -> object:
-    """DB value -> pydicom element value."""
-    if raw is None or raw == "":
-        return None
-    if attr.kind is Kind.SEQ:
-        wanted = [e.keyword for e in request[0]] if isinstance(request, Sequence) and \
-            len(request) and len(request[0]) else list(attr.items)
-        items = []
-        for stored in json.loads(str(raw)):
-            item = Dataset()
-            for k in wanted:
-                setattr(item, k, stored.get(k, "") or None)
-            items.append(item)
-        return Sequence(items)
-    if attr.kind is Kind.DATETIME:
-        return str(raw).rstrip("0").rstrip(".") or None
-    if isinstance(raw, str) and "\\" in raw:
-        return raw.split("\\")
-    return raw
 
 
 class Archive:
@@ -270,7 +234,7 @@ class Archive:
                 key: tuple[str, ...] = ("patient_id", "issuer")
             else:
                 key = (ATTRIBUTES[_UID_OF[table]].column,)
-                values = {key[0]: _text(ds, _UID_OF[table]), _PARENT[table][0]: ref, **values}
+                values = {key[0]: _text(ds, _UID_OF[table]), PARENT[table][0]: ref, **values}
             if table == "instance":
                 self._db.execute("DELETE FROM instance WHERE path = ? AND sop_uid <> ?",
                                  (rel, values["sop_uid"]))
@@ -378,20 +342,31 @@ class Archive:
     def find_with_status(self, identifier: Dataset, model: QueryModel, level: Level, *,
                          datetime_matching: bool = False) -> FindResult:
         """Like :meth:`find`, also telling which requested keys are not indexed."""
-        plan = _Plan(identifier, model, level, datetime_matching)
+        plan = Plan(identifier, model, level, datetime_matching)
         rows = self._pages(plan, plan.select_sql())
         return FindResult((plan.response(row) for row in rows), plan.unsupported)
+
+    def find_encoded(self, identifier: Dataset, model: QueryModel, level: Level,
+                     transfer_syntax_uid: str, *,
+                     datetime_matching: bool = False) -> FindEncodedResult:
+        """Like :meth:`find_with_status`, but each match is the encoded response identifier
+        (``dimse.codec.encode`` of the Dataset :meth:`find` yields, byte for byte), made by a
+        template compiled once per query from the SQL row values. Streams in pages."""
+        plan = Plan(identifier, model, level, datetime_matching)
+        sql, encode_rows, templated = plan.encoder(transfer_syntax_uid)
+        return FindEncodedResult(encode_rows(self._pages(plan, sql)), plan.unsupported,
+                                 transfer_syntax_uid, templated)
 
     def instances(self, identifier: Dataset, model: QueryModel,
                   level: Level) -> Iterator[InstanceRecord]:
         """Every stored instance at and below the entities the identifier selects."""
-        plan = _Plan(identifier, model, level, False, table="instance")
+        plan = Plan(identifier, model, level, False, table="instance")
         sql = plan.from_where("i.path, i.sop_class, i.sop_uid, i.transfer_syntax, i.size")
         for row in self._pages(plan, sql):
             yield InstanceRecord(self.storage_dir / row[1], row[2] or "", row[3], row[4] or "",
                                  row[5] or 0)
 
-    def _pages(self, plan: _Plan, sql: tuple[str, list[object]]) -> Iterator[tuple[Any, ...]]:
+    def _pages(self, plan: Plan, sql: tuple[str, list[object]]) -> Iterator[tuple[Any, ...]]:
         """Run ``sql`` page by page (id > last id), holding the lock only per page."""
         text, params = sql
         alias = ALIAS[plan.table]
@@ -412,112 +387,3 @@ def _safe(uid: str) -> str:
     """A file-name-safe form of a UID (anything odd replaced; never empty, '.' or '..')."""
     name = _UNSAFE.sub("_", uid.strip())[:120]
     return name if name.strip(".") else "_"
-
-
-class _Plan:
-    """One query: the tables joined, the WHERE conditions and the columns returned."""
-
-    def __init__(self, identifier: Dataset, model: QueryModel, level: Level,
-                 datetime_matching: bool, table: str | None = None) -> None:
-        info = MODELS[model]
-        if level not in info.levels or level not in LEVEL_TABLE:
-            raise IdentifierError(f"{model.name} has no {level.value} level in the archive",
-                                  offending=(QR_LEVEL,))
-        self.identifier, self.model, self.level = identifier, model, level
-        self.level_table = LEVEL_TABLE[level]
-        self.table = table or self.level_table
-        depth = TABLES.index(self.level_table)
-        self.available = set(TABLES[: depth + 1])
-        self.unique_tags = [UNIQUE_KEYS[lv] for lv in info.levels[: info.levels.index(level) + 1]]
-        self.conds: list[Cond] = []
-        self.unsupported: tuple[int, ...] = ()
-        self.out: list[tuple[int, Attr | None]] = []  # (tag, attr) in response order
-        self._analyse(datetime_matching)
-
-    def _analyse(self, datetime_matching: bool) -> None:
-        ds = self.identifier
-        keys = [e for e in ds if int(e.tag) not in _NOT_KEYS]
-        paired: set[str] = set()
-        if datetime_matching:
-            paired = self._datetime_pairs()
-        unsupported = []
-        for elem in keys:
-            attr = ATTRIBUTES.get(elem.keyword or "")
-            if attr is None or attr.table not in self.available:
-                unsupported.append(int(elem.tag))
-                self.out.append((int(elem.tag), None))
-                continue
-            self.out.append((int(elem.tag), attr))
-            if attr.keyword in paired:
-                continue
-            alias = ALIAS[attr.table]
-            if attr.kind is Kind.SEQ:
-                item = elem.value[0] if elem.value else Dataset()
-                cond = match_sequence(attr, alias, ((e.keyword, e.value) for e in item))
-            else:
-                cond = match_column(attr, alias, elem.value)
-            if cond is not None:
-                self.conds.append(cond)
-        present = {t for t, _ in self.out}
-        for tag in self.unique_tags:
-            if tag not in present:
-                kw = keyword_for_tag(tag)
-                self.out.append((tag, ATTRIBUTES[kw]))
-        self.unsupported = tuple(unsupported)
-
-    def _datetime_pairs(self) -> set[str]:
-        used: set[str] = set()
-        for d_kw, t_kw in DATETIME_PAIRS:
-            d, t = ATTRIBUTES.get(d_kw), ATTRIBUTES.get(t_kw)
-            if d is None or t is None or d.table not in self.available:
-                continue
-            if d_kw not in self.identifier or t_kw not in self.identifier:
-                continue
-            alias = ALIAS[d.table]
-            cond = match_datetime_pair(f"{alias}.{d.column}", f"{alias}.{t.column}_n",
-                                       self.identifier[d_kw].value, self.identifier[t_kw].value)
-            if cond is not None:
-                self.conds.append(cond)
-                used.update((d_kw, t_kw))
-        return used
-
-    def _joins(self) -> str:
-        depth = TABLES.index(self.table)
-        sql = f"{self.table} {ALIAS[self.table]}"
-        for child in reversed(TABLES[1: depth + 1]):
-            col, parent = _PARENT[child]
-            sql += f" JOIN {parent} {ALIAS[parent]} ON {ALIAS[child]}.{col} = {ALIAS[parent]}.id"
-        return sql
-
-    def from_where(self, columns: str) -> tuple[str, list[object]]:
-        where = " AND ".join(c for c, _ in self.conds) or "1"
-        params = [p for _, ps in self.conds for p in ps]
-        return f"SELECT {ALIAS[self.table]}.id, {columns} FROM {self._joins()} WHERE {where}", \
-            params
-
-    def select_sql(self) -> tuple[str, list[object]]:
-        exprs = []
-        for _, attr in self.out:
-            if attr is None:
-                exprs.append("NULL")
-            elif attr.computed:
-                exprs.append(attr.expr)
-            else:
-                exprs.append(f"{ALIAS[attr.table]}.{attr.column}")
-        return self.from_where(", ".join(exprs))
-
-    def response(self, row: tuple[object, ...]) -> Dataset:
-        """One response identifier: requested keys, unique keys, level, character set."""
-        ds = Dataset()
-        ds.QueryRetrieveLevel = self.level.value
-        non_ascii = False
-        for (tag, attr), raw in zip(self.out, row[1:], strict=True):
-            request = self.identifier.get(tag)
-            vr = request.VR if request is not None else dictionary_VR(tag)
-            value = None if attr is None else _response_value(attr, raw, request.value
-                                                              if request is not None else None)
-            ds.add_new(tag, vr, value)
-            if isinstance(value, str) and not value.isascii():
-                non_ascii = True
-        ds.SpecificCharacterSet = "ISO_IR 192" if non_ascii else None
-        return ds

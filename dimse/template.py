@@ -81,8 +81,8 @@ class IdentifierTemplate:
     list of pydicom Datasets.
     """
 
-    __slots__ = ("_count", "_deflated", "_encoders", "_order", "_slots", "keys", "syntax",
-                 "tags", "transfer_syntax_uid", "vrs", "_charset_bytes")
+    __slots__ = ("_charset_bytes", "_count", "_deflated", "_encoders", "_order", "_skip",
+                 "_slots", "keys", "syntax", "tags", "transfer_syntax_uid", "vrs")
 
     def __init__(
         self,
@@ -90,6 +90,7 @@ class IdentifierTemplate:
         transfer_syntax_uid: str,
         *,
         specific_character_set: str | Sequence[str] | None = None,
+        skip: int = 0,
     ) -> None:
         syn = syntax_for_encode(transfer_syntax_uid)
         resolved = [_resolve(k) for k in keys]
@@ -107,10 +108,13 @@ class IdentifierTemplate:
         self.syntax = syn
         self.transfer_syntax_uid = syn.uid
         self._deflated = syn.deflated
+        if skip < 0:
+            raise ValueError("skip must not be negative")
         enc = DEFAULT_ENCODINGS
         self._charset_bytes: bytes | None = None
-        if specific_character_set:
-            enc = python_encodings(specific_character_set)
+        if specific_character_set is not None:
+            if specific_character_set:
+                enc = python_encodings(specific_character_set)
             cs = Dataset()
             cs.SpecificCharacterSet = specific_character_set
             writer = _Writer(Syntax(syn.uid, syn.implicit, syn.little, False))
@@ -120,14 +124,15 @@ class IdentifierTemplate:
         sorted_idx = sorted(range(len(tags)), key=tags.__getitem__)
         self._order = tuple(sorted_idx)
         self._encoders = tuple(_compile(tags[i], self.vrs[i], syn, enc) for i in sorted_idx)
-        self._count = len(tags)
+        self._count = len(tags) + skip
+        self._skip = skip
         slots: list[_Slot] = []
         charset_at = 0x00080005 if self._charset_bytes is not None else None
         for i, fn in zip(sorted_idx, self._encoders, strict=True):
             if charset_at is not None and tags[i] > charset_at:
                 slots.append((-1, None, b"", None, b"", self._charset_bytes, 0))
                 charset_at = None
-            slots.append(_slot(i, tags[i], self.vrs[i], syn, enc, fn))
+            slots.append(_slot(i + skip, tags[i], self.vrs[i], syn, enc, fn))
         if charset_at is not None:
             slots.append((-1, None, b"", None, b"", self._charset_bytes, 0))
         self._slots = tuple(slots)
@@ -180,7 +185,7 @@ class IdentifierTemplate:
 
             cs = decode(self._charset_bytes, self.transfer_syntax_uid.replace(".99", ""))
             ds.SpecificCharacterSet = cs.SpecificCharacterSet
-        for tag, vr, value in zip(self.tags, self.vrs, values, strict=True):
+        for tag, vr, value in zip(self.tags, self.vrs, values[self._skip:], strict=True):
             ds.add(DataElement(tag, vr, [] if vr == "SQ" and value is None else value))
         return ds
 
