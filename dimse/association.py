@@ -11,14 +11,29 @@ Operations in flight are bounded by the negotiated asynchronous operations windo
 with the default window (1, 1) operations are serialized). Every response is awaited under the
 DIMSE timeout, which a Pending response or an incoming sub-operation restarts; on expiry the
 association is aborted and :class:`~dimse.errors.DimseTimeout` raised.
+
+Flow control (:meth:`Association.request_stream`): each invoked operation buffers at most
+``buffer`` responses for its consumer; above that, reading from the socket pauses (resumed at
+half), and the DIMSE timers are suspended meanwhile (they time the peer, not our consumer). A
+consumer that leaves early makes the operation drain in the background (optionally after a
+C-CANCEL). Performed requests get a cancel event (:meth:`Association.cancel_event`), set when
+the peer's C-CANCEL for their message ID arrives.
+
+Query/Retrieve from the association itself::
+
+    async for match in assoc.find(query, model=QueryModel.STUDY_ROOT, limit=100):
+        ...
+
+(``assoc.find`` is :func:`dimse.qr_scu.find`, also callable as ``find(assoc, query, ...)``.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
@@ -43,7 +58,7 @@ from pdu.pdus import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF
 from pdu.transport import UpperLayerProtocol
 
 from . import commands
-from .assembly import CommandReceived, DataFragment, MessageAssembler, MessageReceived, fragment
+from .assembly import CommandReceived, DataFragment, MessageReceived, fragment
 from .errors import (
     AssociationAborted,
     AssociationError,
@@ -51,6 +66,7 @@ from .errors import (
     DimseTimeout,
     NotNegotiatedError,
 )
+from .inbound import InboundStores
 from .instances import UNCOMPRESSED, encode_instance, instance_transfer_syntax
 from .messages import (
     MESSAGE_TYPES,
@@ -60,10 +76,10 @@ from .messages import (
     Message,
     Priority,
 )
-from .operations import IdleWatch, Operation
+from .operations import DEFAULT_BUFFER, IdleWatch, Operation, ReadGate
+from .qr import Mode, QueryModel
 from .services import (
     VERIFICATION_SOP_CLASS,
-    DataSetSink,
     HandlerRegistry,
     ReceivedDataSet,
     RequestContext,
@@ -83,18 +99,8 @@ Response = tuple[Message, ReceivedDataSet | None]
 _PERFORM_CAP = 64
 #: Requests queued beyond the window before we stop reading from the peer.
 _BACKLOG = 16
-
-
-class _Streaming:
-    """A C-STORE request whose data set is being streamed into a sink."""
-
-    __slots__ = ("error", "request", "sink")
-
-    def __init__(self, request: RequestContext, sink: DataSetSink | None,
-                 error: BaseException | None) -> None:
-        self.request = request
-        self.sink = sink
-        self.error = error
+#: How long the final response may take after a C-CANCEL when no DIMSE timeout is set.
+CANCEL_DRAIN_TIMEOUT = 30.0
 
 
 class Association:
@@ -134,9 +140,10 @@ class Association:
         self._read_limit = 1 + _BACKLOG
         self._send_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._cancelled: set[int] = set()
-        self._assembler = MessageAssembler(self._should_stream)
-        self._streaming: _Streaming | None = None
+        self._cancels: dict[int, asyncio.Event] = {}  # per request being performed
+        self._gate = ReadGate(self.protocol.pause_reading, self.protocol.resume_reading,
+                              self._on_gate)
+        self._inbound = InboundStores(self)
         self._idle = IdleWatch(self._loop, idle_timeout, self._busy, self._on_idle)
         self._release_due = False
         for fut in (self._established, self._associate_rq, self._released):
@@ -172,7 +179,16 @@ class Association:
 
     def is_cancelled(self, message_id: int) -> bool:
         """Whether the peer sent a C-CANCEL for the request with this message ID."""
-        return message_id in self._cancelled
+        event = self._cancels.get(message_id)
+        return event is not None and event.is_set()
+
+    def cancel_event(self, message_id: int) -> asyncio.Event:
+        """Set when a C-CANCEL arrives for the request we perform with ``message_id``.
+
+        Each request gets a fresh event (a reused message ID starts uncancelled); KeyError when
+        no request with that ID is being performed.
+        """
+        return self._cancels[message_id]
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -266,13 +282,13 @@ class Association:
     def _finish_release(self) -> None:
         if not self._released.done():
             self._released.set_result(None)
-        for op in self._pending.values():
+        for op in list(self._pending.values()):
             op.fail(AssociationAborted("association released with the operation outstanding"))
 
     def _on_closed(self) -> None:
         if not self._released.done() and self._error is None:
             self._fail(AssociationAborted("connection closed"))
-        self._discard_sinks()
+        self._inbound.discard()
         self._idle.stop()
         self._closed.set()
 
@@ -283,16 +299,16 @@ class Association:
         for fut in (self._established, self._associate_rq, self._released):
             if not fut.done():
                 fut.set_exception(_fresh(error))
-        for op in self._pending.values():
+        for op in list(self._pending.values()):
             op.fail(error)
         for task in self._tasks:
             task.cancel()
-        self._discard_sinks()
+        self._inbound.discard()
 
     # -- incoming messages -----------------------------------------------------------------------
     def _on_pdata(self, pdu: PDataTF) -> None:
         self._idle.last_activity = self._loop.time()
-        assembler = self._assembler
+        assembler = self._inbound.assembler
         try:
             for pdv in pdu.pdvs:
                 event = assembler.feed(pdv)
@@ -301,9 +317,9 @@ class Association:
                 if type(event) is MessageReceived:
                     self._dispatch(event.context_id, event.message, event.dataset)
                 elif type(event) is DataFragment:
-                    self._stream_fragment(event)
+                    self._inbound.fragment(event)
                 elif type(event) is CommandReceived:
-                    self._stream_start(event)
+                    self._inbound.start(event)
         except ProtocolError as exc:
             log.warning("aborting: %s", exc)
             self._fail(AssociationAborted(f"protocol error: {exc}"))
@@ -312,52 +328,15 @@ class Association:
     def _dispatch(self, context_id: int, message: Message, data: bytes | None) -> None:
         if message.command_field & 0x8000:
             self._on_response(message, context_id, data)
-        elif isinstance(message, CCancelRQ):
-            self._cancelled.add(message.message_id_being_responded_to)
+        elif isinstance(message, CCancelRQ):  # unknown or completed message IDs are ignored
+            event = self._cancels.get(message.message_id_being_responded_to)
+            if event is not None:
+                event.set()
         else:
-            # A new request reusing a message ID starts with no cancel pending for it.
-            self._cancelled.discard(getattr(message, "message_id", -1))
             cx = self._request_context(context_id)
             if cx is not None:
                 dataset = None if data is None else ReceivedDataSet(cx.transfer_syntax, data)
                 self._on_request(RequestContext(self, cx, message, dataset))
-
-    # -- streamed data sets (C-STORE into a sink) -------------------------------------------------
-    def _should_stream(self, context_id: int, message: Message) -> bool:
-        return isinstance(message, CStoreRQ) and self.handlers.streams(message)
-
-    def _stream_start(self, event: CommandReceived) -> None:
-        cx = self._request_context(event.context_id)
-        if cx is None:
-            return
-        request = RequestContext(self, cx, event.message, None)
-        try:
-            sink = self.handlers.sink_for(event.message, request)
-        except Exception as exc:  # the sink cannot be opened: drop the data, answer failure
-            log.exception("cannot open a sink for %r", event.message)
-            self._streaming = _Streaming(request, None, exc)
-            return
-        self._streaming = _Streaming(request, sink, None)
-
-    def _stream_fragment(self, event: DataFragment) -> None:
-        streaming = self._streaming
-        assert streaming is not None
-        if streaming.sink is not None and streaming.error is None:
-            try:
-                streaming.sink.write(event.data)  # type: ignore[arg-type]
-                if event.last:
-                    streaming.sink.finish()
-            except Exception as exc:  # a full disk: keep reading, answer failure
-                log.exception("sink write failed")
-                streaming.error = exc
-                streaming.sink.discard()
-        if not event.last:
-            return
-        self._streaming = None
-        request = streaming.request
-        dataset = ReceivedDataSet(request.context.transfer_syntax, None, streaming.sink,
-                                  streaming.error)
-        self._on_request(RequestContext(self, request.context, request.message, dataset))
 
     def _on_response(self, message: Message, context_id: int, data: Any) -> None:
         op = self._pending.get(getattr(message, "message_id_being_responded_to", -1))
@@ -367,11 +346,7 @@ class Association:
         cx = self.negotiated.contexts.get(context_id)
         ts = cx.transfer_syntax if cx is not None else "1.2.840.10008.1.2"
         dataset = None if data is None else ReceivedDataSet(ts, data)
-        if is_pending(getattr(message, "status", 0)):
-            self._restart_timer(op)
-        else:
-            op.stop_timer()
-        op.deliver((message, dataset))
+        op.deliver((message, dataset), not is_pending(getattr(message, "status", 0)))
 
     def _request_context(self, context_id: int) -> AcceptedContext | None:
         """The accepted context a request arrived on; aborts when there is none."""
@@ -383,16 +358,24 @@ class Association:
 
     def _on_request(self, request: RequestContext) -> None:
         for op in self._pending.values():  # a sub-operation shows the peer is working
-            self._restart_timer(op)
-        task = self._loop.create_task(self._perform(request))
+            if op.timer_wanted:
+                op.restart_timer()
+        task = self._loop.create_task(self._perform(request, self._track(request)))
         self._tasks.add(task)
         task.add_done_callback(self._performed)
-        if len(self._tasks) >= self._read_limit:
-            self.protocol.pause_reading()
+        if len(self._tasks) >= self._read_limit and not self._gate.backlog:
+            self._gate.backlog = True
+            self._gate.update()
 
-    async def _perform(self, request: RequestContext) -> None:
+    def _track(self, request: RequestContext) -> asyncio.Event:
+        """A fresh cancel event for the request (a reused message ID starts uncancelled)."""
+        event = self._cancels[getattr(request.message, "message_id", -1)] = asyncio.Event()
+        return event
+
+    async def _perform(self, request: RequestContext, cancel: asyncio.Event) -> None:
         message = request.message
         performer = self.handlers.get(message.command_field)
+        message_id = getattr(message, "message_id", -1)
         try:
             async with self._performing:
                 if performer is None:
@@ -403,11 +386,15 @@ class Association:
             pass  # the association is gone; nothing to answer
         except Exception:
             log.exception("performer for %r failed", message)
+        finally:
+            if self._cancels.get(message_id) is cancel:
+                del self._cancels[message_id]
 
     def _performed(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if len(self._tasks) < self._read_limit:
-            self.protocol.resume_reading()
+        if self._gate.backlog and len(self._tasks) < self._read_limit:
+            self._gate.backlog = False
+            self._gate.update()
         self._maybe_release_response()
 
     async def _unsupported(self, request: RequestContext) -> None:
@@ -421,13 +408,6 @@ class Association:
             status=0x0211,  # unrecognized operation
         )
         await request.respond(rsp)
-
-    def _discard_sinks(self) -> None:
-        """Drop a partly received message; a half-written sink leaves no trace."""
-        self._assembler.discard()
-        streaming, self._streaming = self._streaming, None
-        if streaming is not None and streaming.sink is not None:
-            streaming.sink.discard()
 
     # -- sending -------------------------------------------------------------------------------
     async def send_message(self, context_id: int, message: Message,
@@ -461,35 +441,68 @@ class Association:
     async def request(self, context: AcceptedContext, build: Any,
                       dataset: bytes | memoryview | None = None) -> Response:
         """Invoke one operation with a single final response; ``build(message_id) -> Message``."""
-        async for response in self.request_stream(context, build, dataset):
-            message = response[0]
-            if not is_pending(getattr(message, "status", 0)):
-                return response
+        stream = self.request_stream(context, build, dataset)
+        try:
+            async for response in stream:
+                if not is_pending(getattr(response[0], "status", 0)):
+                    return response
+        finally:
+            await stream.aclose()
         raise AssociationAborted("no final response")  # pragma: no cover - stream always ends
 
     async def request_stream(self, context: AcceptedContext, build: Any,
-                             dataset: bytes | memoryview | None = None
-                             ) -> AsyncIterator[Response]:
-        """Invoke one operation and yield every response until the final (non-Pending) one."""
+                             dataset: bytes | memoryview | None = None, *,
+                             buffer: int = DEFAULT_BUFFER, cancel_on_exit: bool = False
+                             ) -> AsyncGenerator[Response, None]:
+        """Invoke one operation and yield every response until the final (non-Pending) one.
+
+        At most ``buffer`` responses wait for the consumer before reading from the socket pauses
+        (it resumes at half); the DIMSE timer does not run meanwhile. A consumer leaving early
+        (break, ``aclose()``, cancellation) makes the operation drain in the background: later
+        responses are dropped until the final one, which frees the message ID and the window
+        slot; ``cancel_on_exit`` also sends C-CANCEL for it.
+        """
         window = self._window
         if window is not None:
             await window.acquire()
         message_id = self._new_message_id()
-        op = Operation(context.context_id)
+        op = Operation(context.context_id, self._gate, self._loop, buffer=buffer,
+                       timeout=self.dimse_timeout, expired=self._dimse_timeout)
         self._pending[message_id] = op
+        retire = functools.partial(self._retire, message_id, op, window)
+        sent = False
         try:
             await self.send_message(context.context_id, build(message_id), dataset)
-            self._restart_timer(op)
+            sent = True
+            op.restart_timer()
             while True:
-                response = await op.next(self._loop, _fresh)
+                response = await op.next(_fresh)
                 yield response
                 if not is_pending(getattr(response[0], "status", 0)):
                     return
         finally:
-            op.stop_timer()
+            if not sent or op.final or op.error is not None or self._error is not None:
+                retire()
+            else:  # abandoned before the final response
+                op.drain(retire)
+                if cancel_on_exit:
+                    await self._cancel_abandoned(context, message_id, op)
+
+    def _retire(self, message_id: int, op: Operation, window: asyncio.Semaphore | None) -> None:
+        op.stop_timer()
+        if self._pending.get(message_id) is op:
             del self._pending[message_id]
             if window is not None:
                 window.release()
+
+    async def _cancel_abandoned(self, context: AcceptedContext, message_id: int,
+                                op: Operation) -> None:
+        """C-CANCEL an operation its consumer left; its final response must follow in time."""
+        if op.timeout is None:
+            op.timeout = CANCEL_DRAIN_TIMEOUT
+        op.restart_timer()
+        with contextlib.suppress(AssociationError):
+            await self.cancel(context, message_id)
 
     async def cancel(self, context: AcceptedContext, message_id: int) -> None:
         """Send C-CANCEL for an outstanding C-FIND/C-GET/C-MOVE."""
@@ -497,8 +510,10 @@ class Association:
                                 CCancelRQ(message_id_being_responded_to=message_id))
 
     # -- DIMSE timeout and idle timeout (the timers live in dimse.operations) -------------------
-    def _restart_timer(self, op: Operation) -> None:
-        op.restart_timer(self._loop, self.dimse_timeout, self._dimse_timeout)
+    def _on_gate(self, paused: bool) -> None:
+        """Reading paused by us: the DIMSE timers wait (the delay is ours, not the peer's)."""
+        for op in self._pending.values():
+            op.suspend_timer(paused)
 
     def _dimse_timeout(self, op: Operation) -> None:
         error = DimseTimeout(f"no response within {self.dimse_timeout} s; association aborted")
@@ -577,11 +592,23 @@ class Association:
         rsp, _ = await self.request(context, build, data)
         return int(getattr(rsp, "status", 0))
 
+    def find(self, identifier: Dataset, *, model: QueryModel = QueryModel.STUDY_ROOT,
+             mode: Mode = Mode.STRICT, limit: int | None = None,
+             priority: int = Priority.MEDIUM, buffer: int = DEFAULT_BUFFER
+             ) -> AsyncIterator[Dataset]:
+        """C-FIND: an async iterator of the matches; same as :func:`dimse.qr_scu.find`."""
+        from .qr_scu import find  # qr_scu imports this module
+
+        return find(self, identifier, model=model, mode=mode, limit=limit, priority=priority,
+                    buffer=buffer)
+
     # -- ending ----------------------------------------------------------------------------------
     async def release(self, timeout: float | None = None) -> None:
         """A-RELEASE; aborts if the peer does not answer within ``timeout`` (default: DIMSE)."""
         if self._error is not None or self._closed.is_set():
             return
+        self._gate.closing = True  # read the A-RELEASE-RP whatever consumers lag
+        self._gate.update()
         with contextlib.suppress(ProtocolError):
             self.protocol.call(self.machine.release_request)
         try:

@@ -1,13 +1,20 @@
-"""Invoked operations and the timers that watch an association (used by ``dimse.association``).
+"""Invoked operations, socket-read flow control and the idle watch (used by ``dimse.association``).
 
-* :class:`Operation`: one request we invoked, waiting for its response(s), with its DIMSE timer.
-  The association restarts the timer on every Pending response and on every sub-operation the
-  peer sends (the peer shows it is working), and stops it at the final response.
+* :class:`ReadGate`: whether the association reads from the socket. Reading pauses when the
+  performer backlog is too long, or when an operation's response buffer reached its high-water
+  mark (a consumer lags) and no other consumer is starved waiting for a response (one slow
+  consumer must not stall the others sharing the socket: liveness beats the bound then).
+  ``closing`` (release, drain) forces reading on.
+* :class:`Operation`: one request we invoked, its bounded response buffer (high-water ``buffer``,
+  low-water ``buffer // 2``) and its DIMSE timer. The timer measures the *peer*: it is restarted
+  by every Pending response and sub-operation, and suspended while the gate keeps reading paused
+  (then the delay is ours), restarted in full when reading resumes. An operation abandoned by its
+  consumer *drains*: later responses are dropped, and the final one retires it.
 * :class:`IdleWatch`: the idle timeout. Activity (P-DATA in or out) only stamps a time; a single
   timer checks the stamp when it fires and re-arms itself for the remaining time, so the hot path
   never touches a timer handle. A busy association (requests in flight either way) is never idle.
 
-Both are loop-bound helpers without any DICOM knowledge; expiry actions are callbacks.
+All are loop-bound helpers without any DICOM knowledge; expiry actions are callbacks.
 """
 
 from __future__ import annotations
@@ -17,32 +24,100 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["IdleWatch", "Operation"]
+__all__ = ["DEFAULT_BUFFER", "IdleWatch", "Operation", "ReadGate"]
 
 #: The smallest delay the idle check re-arms itself with (avoids a busy loop near the deadline).
 _MIN_IDLE_RECHECK = 0.05
+#: Responses buffered per operation before reading pauses (the high-water mark).
+DEFAULT_BUFFER = 32
+
+
+class ReadGate:
+    """Pauses and resumes reading from the socket; see the module docstring."""
+
+    __slots__ = ("_on_change", "_pause", "_resume", "backlog", "closing", "holds", "paused",
+                 "starved")
+
+    def __init__(self, pause: Callable[[], None], resume: Callable[[], None],
+                 on_change: Callable[[bool], None]) -> None:
+        self._pause, self._resume, self._on_change = pause, resume, on_change
+        self.holds: set[object] = set()  # operations whose buffer is above the high-water mark
+        self.backlog = False  # too many requests being performed
+        self.closing = False  # release or abort under way: read whatever comes
+        self.starved = 0  # consumers waiting on an empty buffer
+        self.paused = False
+
+    def hold(self, owner: object) -> None:
+        self.holds.add(owner)
+        self.update()
+
+    def release(self, owner: object) -> None:
+        if owner in self.holds:
+            self.holds.discard(owner)
+            self.update()
+
+    def update(self) -> None:
+        paused = not self.closing and (self.backlog or (bool(self.holds) and not self.starved))
+        if paused is not self.paused:
+            self.paused = paused
+            (self._pause if paused else self._resume)()
+            self._on_change(paused)
 
 
 class Operation:
-    """One invoked operation waiting for its response(s), and its DIMSE timer."""
+    """One invoked operation: its response buffer, its DIMSE timer; see the module docstring."""
 
-    __slots__ = ("context_id", "error", "responses", "timer", "waiter")
+    __slots__ = ("_expired", "_loop", "context_id", "draining", "error", "final", "gate",
+                 "high", "holding", "low", "on_retire", "responses", "suspended", "timeout",
+                 "timer", "timer_wanted", "waiter")
 
-    def __init__(self, context_id: int) -> None:
+    def __init__(self, context_id: int, gate: ReadGate, loop: asyncio.AbstractEventLoop, *,
+                 buffer: int = DEFAULT_BUFFER, timeout: float | None = None,
+                 expired: Callable[[Operation], None] | None = None) -> None:
         self.context_id = context_id
+        self.gate = gate
+        self._loop = loop
+        self.high = max(1, buffer)
+        self.low = self.high // 2
         self.responses: deque[Any] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
+        self.final = False  # the final response arrived
+        self.holding = False  # this operation keeps the gate paused
+        self.draining = False  # abandoned by its consumer: drop responses until the final
+        self.on_retire: Callable[[], None] | None = None  # run once when a draining op ends
+        self.timeout = timeout
+        self._expired = expired
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_wanted = False  # the timer should run (when not suspended)
+        self.suspended = gate.paused  # reading is paused by us: the timer waits
 
-    def deliver(self, response: Any) -> None:
+    def deliver(self, response: Any, final: bool) -> None:
+        """A response arrived (``final``: the non-Pending one that ends the operation)."""
+        if final:
+            self.final = True
+            self.stop_timer()
+        elif self.timeout is not None:
+            self.restart_timer()
+        if self.draining:
+            if final:
+                self._retire()
+            return
         self.responses.append(response)
+        if not final and not self.holding and len(self.responses) >= self.high:
+            self.holding = True
+            self.gate.hold(self)
         self._wake()
 
     def fail(self, error: BaseException) -> None:
         """Fail the operation (the first error wins); a waiting :meth:`next` raises it."""
         if self.error is None:
             self.error = error
+        self.stop_timer()
+        self.gate.release(self)
+        self.holding = False
+        if self.draining:
+            self._retire()
         self._wake()
 
     def _wake(self) -> None:
@@ -50,36 +125,79 @@ class Operation:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def next(self, loop: asyncio.AbstractEventLoop,
-                   fresh: Callable[[BaseException], BaseException]) -> Any:
+    async def next(self, fresh: Callable[[BaseException], BaseException]) -> Any:
         """The next response; raises ``fresh(error)`` once failed and nothing is left."""
-        while not self.responses:
+        responses = self.responses
+        while not responses:
             if self.error is not None:
                 raise fresh(self.error)
-            self.waiter = loop.create_future()
-            await self.waiter
-            self.waiter = None
-        return self.responses.popleft()
+            self.waiter = self._loop.create_future()
+            gate = self.gate
+            gate.starved += 1
+            if gate.paused:
+                gate.update()  # another consumer holds the gate: we need data, read on
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+                gate.starved -= 1
+                if gate.holds:
+                    gate.update()
+        response = responses.popleft()
+        if self.holding and len(responses) <= self.low:
+            self.holding = False
+            self.gate.release(self)
+        return response
+
+    def drain(self, on_retire: Callable[[], None]) -> None:
+        """The consumer left: drop buffered and later responses; ``on_retire`` at the end."""
+        self.draining = True
+        self.on_retire = on_retire
+        self.responses.clear()
+        if self.holding:
+            self.holding = False
+            self.gate.release(self)
+        if self.final or self.error is not None:
+            self._retire()
+
+    def _retire(self) -> None:
+        on_retire, self.on_retire = self.on_retire, None
+        if on_retire is not None:
+            on_retire()
 
     # -- DIMSE timer -------------------------------------------------------------------------
-    def restart_timer(self, loop: asyncio.AbstractEventLoop, timeout: float | None,
-                      expired: Callable[[Operation], None]) -> None:
-        """(Re)start the DIMSE timer: ``expired(self)`` runs after ``timeout`` s (None = never)."""
-        if timeout is None:
+    def restart_timer(self) -> None:
+        """(Re)start the DIMSE timer (no-op without a timeout; deferred while suspended)."""
+        if self.timeout is None:
             return
+        self.timer_wanted = True
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = loop.call_later(timeout, self._expire, expired)
+            self.timer = None
+        if not self.suspended:
+            self.timer = self._loop.call_later(self.timeout, self._expire)
 
     def stop_timer(self) -> None:
+        self.timer_wanted = False
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _expire(self, expired: Callable[[Operation], None]) -> None:
-        self.timer = None
-        expired(self)
+    def suspend_timer(self, suspended: bool) -> None:
+        """Reading paused by us (True): the timer stops; resumed (False): it restarts in full."""
+        self.suspended = suspended
+        if suspended:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+        elif self.timer_wanted:
+            self.restart_timer()
 
+    def _expire(self) -> None:
+        self.timer = None
+        self.timer_wanted = False
+        if self._expired is not None:
+            self._expired(self)
 
 class IdleWatch:
     """The idle timeout of one association; see the module docstring.

@@ -8,31 +8,29 @@ Every request travels on the presentation context of its own model's FIND SOP cl
 the level; a model the peer did not accept fails with NotNegotiatedError before anything is
 sent. The identifier is checked with :func:`dimse.qr.validate_request` first.
 
-Flow control: a pump task moves responses from the association into a small bounded queue; when
-the consumer falls behind, the pump pauses reading from the socket, so at most ``buffer``
-decoded-to-be responses plus one socket read are held. Stopping early (``limit=``, ``aclose()``,
-leaving the ``async for`` loop, or cancelling the consuming task) sends C-CANCEL and drains the
-responses up to the final one, so the association stays usable.
+Flow control is the association's (:meth:`Association.request_stream`): at most ``buffer``
+undecoded responses (plus one socket read) wait for the consumer before reading pauses, and the
+DIMSE timer does not run while we are the slow side. Stopping early (``limit=``, ``aclose()``,
+leaving the ``async for`` loop, or cancelling the consuming task) sends C-CANCEL; the association
+drains the rest up to the final response in the background, so it stays usable (the next
+request waits for the drain when the operations window is full). ``assoc.find(...)`` is the
+same as ``find(assoc, ...)``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from typing import Any, Final
 
 from pydicom.dataset import Dataset
 
-from pdu.negotiation import AcceptedContext
-
 from . import codec
 from .association import Association, Response
 from .connect import DEFAULT_TRANSFER_SYNTAXES, Connector, connect
-from .errors import AssociationAborted, ServiceError
+from .errors import ServiceError
 from .messages import CFindRQ, CFindRSP, Priority
+from .operations import DEFAULT_BUFFER
 from .qr import (
     MODELS,
     Mode,
@@ -47,7 +45,6 @@ from .status import Category, Service, category, describe, is_pending
 
 __all__ = [
     "FIND_MODELS",
-    "FindStream",
     "QueryFailed",
     "connect_qr",
     "find",
@@ -58,10 +55,6 @@ log = logging.getLogger(__name__)
 
 #: The models that have a C-FIND SOP class, in proposal order.
 FIND_MODELS: Final = tuple(m for m, info in MODELS.items() if info.find is not None)
-#: Responses queued between the network and the consumer before reading is paused.
-DEFAULT_BUFFER: Final = 32
-#: How long we wait for the final response after a C-CANCEL when no DIMSE timeout is set.
-CANCEL_DRAIN_TIMEOUT: Final = 30.0
 
 
 class QueryFailed(ServiceError):
@@ -123,105 +116,6 @@ def connect_qr(
                    extended=extended, **options)
 
 
-@dataclass(slots=True)
-class _Final:
-    """The end of the stream: the final response, or the error that ended it."""
-
-    response: CFindRSP | None = None
-    error: BaseException | None = None
-
-
-@dataclass(slots=True)
-class FindStream:
-    """State of one C-FIND as seen from the SCU (exposed through :func:`find`'s iterator)."""
-
-    assoc: Association
-    context: AcceptedContext
-    model: QueryModel
-    data: bytes
-    priority: int
-    buffer: int
-    message_id: int | None = None
-    cancel_sent: bool = False
-    draining: bool = False
-    final: CFindRSP | None = None
-    queue: asyncio.Queue[Response | _Final] = field(init=False)
-    pump: asyncio.Task[None] | None = None
-
-    def __post_init__(self) -> None:
-        self.queue = asyncio.Queue(maxsize=self.buffer)
-
-    def start(self) -> None:
-        self.pump = asyncio.get_running_loop().create_task(self._run())
-
-    def _build(self, message_id: int) -> CFindRQ:
-        self.message_id = message_id
-        return CFindRQ(message_id=message_id, affected_sop_class_uid=self.context.abstract_syntax,
-                       priority=self.priority)
-
-    async def _run(self) -> None:
-        """Pump: association -> bounded queue, pausing the socket when the queue is full."""
-        queue, protocol = self.queue, self.assoc.protocol
-        final = _Final()
-        try:
-            async for response in self.assoc.request_stream(self.context, self._build, self.data):
-                if not is_pending(int(getattr(response[0], "status", 0))):
-                    final.response = response[0]  # type: ignore[assignment]
-                    break
-                if self.draining:
-                    continue
-                if queue.full():
-                    protocol.pause_reading()
-                    try:
-                        await queue.put(response)
-                    finally:
-                        protocol.resume_reading()
-                else:
-                    queue.put_nowait(response)
-            else:
-                final.error = AssociationAborted("C-FIND ended without a final response")
-        except BaseException as exc:  # delivered to the consumer, never lost
-            final.error = exc
-        if not self.draining:
-            await queue.put(final)
-        else:
-            self._put_final(final)
-
-    def _put_final(self, final: _Final) -> None:
-        while self.queue.full():  # the consumer drains: make room for the final item
-            self.queue.get_nowait()
-        self.queue.put_nowait(final)
-
-    async def cancel(self) -> None:
-        """Send C-CANCEL once (after the request went out); later responses are dropped."""
-        self.draining = True
-        ended = self.pump is not None and self.pump.done()
-        while not self.queue.empty():  # unblock a pump waiting on a full queue
-            item = self.queue.get_nowait()
-            if isinstance(item, _Final):
-                self.queue.put_nowait(item)
-                ended = True
-                break
-        if ended or self.cancel_sent or self.message_id is None or self.final is not None:
-            return
-        self.cancel_sent = True
-        with contextlib.suppress(AssociationAborted):
-            await self.assoc.cancel(self.context, self.message_id)
-
-    async def drain(self) -> None:
-        """Wait (bounded) for the final response after a cancel; abort the association if the
-        peer never sends it."""
-        pump = self.pump
-        if pump is None or self.final is not None:
-            return
-        timeout = self.assoc.dimse_timeout or CANCEL_DRAIN_TIMEOUT
-        done, _ = await asyncio.wait([pump], timeout=timeout)
-        if not done:
-            log.warning("no final C-FIND response %s s after C-CANCEL; aborting", timeout)
-            pump.cancel()
-            self.assoc.abort()
-
-
 def find(
     assoc: Association,
     identifier: Dataset,
@@ -247,54 +141,41 @@ def find(
     relational = relational_accepted(assoc.negotiated.extended.get(uid))
     validate_request(identifier, model, Operation.FIND, mode, relational)
     data = codec.encode(identifier, cx.transfer_syntax)
-    stream = FindStream(assoc, cx, model, data, int(priority), max(1, buffer))
-    return _matches(stream, limit)
+
+    def build(message_id: int) -> CFindRQ:
+        return CFindRQ(message_id=message_id, affected_sop_class_uid=uid, priority=int(priority))
+
+    responses = assoc.request_stream(cx, build, data, buffer=max(1, buffer), cancel_on_exit=True)
+    return _matches(responses, limit)
 
 
-async def _matches(stream: FindStream, limit: int | None) -> AsyncIterator[Dataset]:
-    """The consumer side: decode Pending identifiers; stop early with a C-CANCEL."""
-    stream.start()
+async def _matches(responses: AsyncGenerator[Response, None], limit: int | None
+                   ) -> AsyncIterator[Dataset]:
+    """Decode Pending identifiers; the final status ends the iteration (or raises).
+
+    Leaving early (``limit``, break, ``aclose()``, cancellation) closes the response stream,
+    which sends C-CANCEL and lets the association drain the rest in the background.
+    """
     count = 0
     try:
-        while True:
-            item = await stream.queue.get()
-            if isinstance(item, _Final):
-                stream.final = item.response
-                _finish(item, count)
+        async for message, dataset in responses:
+            if not is_pending(int(getattr(message, "status", 0))):
+                assert isinstance(message, CFindRSP)
+                _finish(message, count)
                 return
-            if stream.draining:
-                continue
-            message, dataset = item
             if dataset is None:
                 log.warning("Pending C-FIND response without an identifier: %r", message)
                 continue
-            match = dataset.decode()
             count += 1
-            yield match
+            yield dataset.decode()
             if limit is not None and count >= limit:
-                await stream.cancel()
+                return
     finally:
-        if stream.final is None:
-            await _stop(stream)
+        await responses.aclose()
 
 
-async def _stop(stream: FindStream) -> None:
-    """Early exit (aclose, break, task cancelled, error): C-CANCEL, then drain to the end."""
-    try:
-        await stream.cancel()
-        await stream.drain()
-    except asyncio.CancelledError:
-        if stream.pump is not None:
-            stream.pump.cancel()
-        raise
-
-
-def _finish(item: _Final, count: int) -> None:
+def _finish(rsp: CFindRSP, count: int) -> None:
     """Turn the final response into a return (Success, Cancel, Warning) or an exception."""
-    if item.error is not None:
-        raise item.error
-    rsp = item.response
-    assert rsp is not None
     status = int(rsp.status)
     cat = category(status, Service.FIND)
     if cat in (Category.SUCCESS, Category.CANCEL):

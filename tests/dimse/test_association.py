@@ -361,9 +361,16 @@ def test_a_reused_message_id_does_not_inherit_an_old_cancel() -> None:
     from dimse.messages import CCancelRQ, CEchoRQ
 
     assoc = Association.__new__(Association)
-    assoc._cancelled = set()
-    assoc._request_context = lambda context_id: None  # type: ignore[method-assign]
+    assoc._cancels = {}
+    assoc._request_context = lambda context_id: object()  # type: ignore[method-assign,assignment,return-value]
+    assoc._on_request = assoc._track  # type: ignore[method-assign,assignment]
+    echo = CEchoRQ(message_id=7, affected_sop_class_uid="1.2.840.10008.1.1")
+    assoc._dispatch(1, echo, None)
+    first = assoc.cancel_event(7)
     assoc._dispatch(1, CCancelRQ(message_id_being_responded_to=7), None)
-    assert assoc.is_cancelled(7)
-    assoc._dispatch(1, CEchoRQ(message_id=7, affected_sop_class_uid="1.2.840.10008.1.1"), None)
+    assert assoc.is_cancelled(7) and first.is_set()
+    assoc._dispatch(1, CCancelRQ(message_id_being_responded_to=8), None)  # unknown: ignored
+    assert not assoc.is_cancelled(8)
+    assoc._dispatch(1, echo, None)
     assert not assoc.is_cancelled(7)
+    assert not assoc.cancel_event(7).is_set() and assoc.cancel_event(7) is not first

@@ -410,6 +410,61 @@ async def test_slow_consumer_holds_the_scp_back() -> None:
     assert count == 5_000
 
 
+def _big_matches(count: int, size: int = 8000) -> object:
+    async def handler(request: FindRequest) -> AsyncIterator[Dataset]:
+        for i in range(count):
+            ds = q("STUDY", StudyInstanceUID=f"1.2.3.{i}")
+            ds.PatientComments = "x" * size
+            yield ds
+    return handler
+
+
+async def test_consumer_slower_than_the_dimse_timeout_gets_every_match() -> None:
+    """Reading paused by our back-pressure suspends the DIMSE timer: only the peer is timed."""
+    server, _ = spy_server(None, _big_matches(200))  # type: ignore[arg-type]
+    async with server, connect_qr("127.0.0.1", server.port, called_ae="QRSCP",
+                                  dimse_timeout=0.3) as assoc:
+        got, paused = 0, []
+        async for _ in find(assoc, q("STUDY", StudyInstanceUID=""), buffer=4):
+            got += 1
+            if got in (1, 60, 150):
+                await asyncio.sleep(0.7)  # longer than dimse_timeout, twice over
+                paused.append(assoc._gate.paused)
+        assert got == 200
+        assert paused[0] and any(paused), paused  # the test really ran with reading paused
+        assert await assoc.echo() == 0
+
+
+async def test_break_while_reading_is_paused_cancels_and_drains() -> None:
+    handler = Endless()
+    big = "y" * 8000
+
+    async def padded(request: FindRequest) -> AsyncIterator[Dataset]:
+        async for ds in handler(request):
+            ds.PatientComments = big
+            yield ds
+
+    server, _ = spy_server(None, padded)  # type: ignore[arg-type]
+    async with server, connect_qr("127.0.0.1", server.port, called_ae="QRSCP",
+                                  dimse_timeout=5) as assoc:
+        async for _ in find(assoc, q("STUDY", StudyInstanceUID=""), buffer=2):
+            await asyncio.sleep(0.3)
+            assert assoc._gate.paused
+            break
+        await asyncio.wait_for(handler.closed.wait(), 5)
+        assert await asyncio.wait_for(assoc.echo(), 5) == 0
+        assert not assoc._pending and not assoc._gate.paused
+
+
+async def test_association_find_method() -> None:
+    handler = Endless()
+    async with endless_assoc(handler) as assoc:
+        got = [m async for m in assoc.find(  # type: ignore[attr-defined]
+            q("STUDY", StudyInstanceUID=""), model=SR, limit=4)]
+        assert [m.StudyInstanceUID for m in got] == [f"1.2.3.{i}" for i in range(1, 5)]
+        await asyncio.wait_for(handler.closed.wait(), 5)
+
+
 def _big_archive(path: Path, n: int) -> Archive:
     """n instances of one series, inserted straight into the index tables (fast, no files)."""
     arc = Archive(path)

@@ -1,0 +1,92 @@
+"""Incoming C-STORE data sets streamed into a sink as their PDVs arrive (used by the association).
+
+The association's :class:`~dimse.assembly.MessageAssembler` asks :meth:`InboundStores.streams`
+whether a command's data set goes to a sink; if so it hands over the command
+(:meth:`InboundStores.start`) and then every fragment (:meth:`InboundStores.fragment`); the
+request is performed once the last fragment is in. A sink that cannot be opened or written is
+recorded, the rest of the data set is dropped, and the request fails with a status.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .assembly import CommandReceived, DataFragment, MessageAssembler
+from .messages import CStoreRQ, Message
+from .services import DataSetSink, ReceivedDataSet, RequestContext
+
+if TYPE_CHECKING:
+    from .association import Association
+
+__all__ = ["InboundStores"]
+
+log = logging.getLogger(__name__)
+
+
+class _Streaming:
+    """A C-STORE request whose data set is being streamed into a sink."""
+
+    __slots__ = ("error", "request", "sink")
+
+    def __init__(self, request: RequestContext, sink: DataSetSink | None,
+                 error: BaseException | None) -> None:
+        self.request = request
+        self.sink = sink
+        self.error = error
+
+
+class InboundStores:
+    """The message assembler of one association and the C-STORE being streamed, if any."""
+
+    __slots__ = ("_assoc", "_streaming", "assembler")
+
+    def __init__(self, assoc: Association) -> None:
+        self._assoc = assoc
+        self._streaming: _Streaming | None = None
+        self.assembler = MessageAssembler(self.streams)
+
+    def streams(self, context_id: int, message: Message) -> bool:
+        return isinstance(message, CStoreRQ) and self._assoc.handlers.streams(message)
+
+    def start(self, event: CommandReceived) -> None:
+        assoc = self._assoc
+        cx = assoc._request_context(event.context_id)
+        if cx is None:
+            return
+        request = RequestContext(assoc, cx, event.message, None)
+        try:
+            sink = assoc.handlers.sink_for(event.message, request)
+        except Exception as exc:  # the sink cannot be opened: drop the data, answer failure
+            log.exception("cannot open a sink for %r", event.message)
+            self._streaming = _Streaming(request, None, exc)
+            return
+        self._streaming = _Streaming(request, sink, None)
+
+    def fragment(self, event: DataFragment) -> None:
+        streaming = self._streaming
+        assert streaming is not None
+        if streaming.sink is not None and streaming.error is None:
+            try:
+                streaming.sink.write(event.data)  # type: ignore[arg-type]
+                if event.last:
+                    streaming.sink.finish()
+            except Exception as exc:  # a full disk: keep reading, answer failure
+                log.exception("sink write failed")
+                streaming.error = exc
+                streaming.sink.discard()
+        if not event.last:
+            return
+        self._streaming = None
+        request = streaming.request
+        dataset = ReceivedDataSet(request.context.transfer_syntax, None, streaming.sink,
+                                  streaming.error)
+        self._assoc._on_request(RequestContext(self._assoc, request.context, request.message,
+                                               dataset))
+
+    def discard(self) -> None:
+        """Drop a partly received message; a half-written sink leaves no trace."""
+        self.assembler.discard()
+        streaming, self._streaming = self._streaming, None
+        if streaming is not None and streaming.sink is not None:
+            streaming.sink.discard()
