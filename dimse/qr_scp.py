@@ -9,8 +9,9 @@ A :class:`FindHandler` receives a validated :class:`FindRequest` and yields matc
 * each match becomes a Pending response (FF00, or FF01 when optional keys are not supported),
   always carrying QueryRetrieveLevel and SpecificCharacterSet; sending waits for the socket to
   drain (back-pressure reaches the handler, which is not advanced meanwhile);
-* C-CANCEL (matched by MessageIDBeingRespondedTo) ends the query with FE00, checked before every
-  response and, for a handler that is slow to produce the next match, by a watchdog;
+* C-CANCEL (matched by MessageIDBeingRespondedTo) ends the query with FE00: the request's cancel
+  event (:attr:`RequestContext.cancelled`) is checked between matches and interrupts a handler
+  that is busy producing the next one (no polling);
 * the handler ending gives 0000; :class:`~dimse.errors.ServiceError` its own status; any other
   exception C001 (logged).
 
@@ -73,8 +74,6 @@ log = logging.getLogger(__name__)
 
 #: The handler raised something other than ServiceError.
 STATUS_HANDLER_FAILED: Final = 0xC001
-#: Seconds between two looks at the cancel registry while the handler is busy.
-CANCEL_POLL: Final = 0.02
 #: Matches fetched per worker-thread hop by the archive handler.
 ARCHIVE_CHUNK: Final = 64
 
@@ -191,30 +190,30 @@ def _prepare(served: frozenset[QueryModel], lenient: bool, ctx: RequestContext
     return FindRequest(identifier, model, level, relational, bytes(extended), rq, ctx)
 
 
-class _Watch:
-    """Cancels the performing task when a C-CANCEL arrives while the handler is busy."""
+class _CancelGuard:
+    """Interrupts the handler when the request's C-CANCEL arrives while it produces a match.
 
-    def __init__(self, ctx: RequestContext, message_id: int) -> None:
-        self.ctx, self.message_id = ctx, message_id
+    One waiter per request on the association's cancel event (no polling, no task per match):
+    when it fires while the performing task is inside the handler, that task is cancelled (the
+    handler's ``finally`` runs) and the query ends with FE00; between matches the loop checks
+    the event before asking the handler again.
+    """
+
+    def __init__(self, cancelled: asyncio.Event) -> None:
+        self.cancelled = cancelled
         self.in_handler = False
         self.fired = False
         self.task = asyncio.current_task()
-        self.watcher = asyncio.get_running_loop().create_task(self._watch())
+        self.waiter = asyncio.ensure_future(cancelled.wait())
+        self.waiter.add_done_callback(self._on_cancel)
 
-    def cancelled(self) -> bool:
-        return self.fired or self.ctx.association.is_cancelled(self.message_id)
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(CANCEL_POLL)
-            if self.in_handler and self.ctx.association.is_cancelled(self.message_id):
-                self.fired = True
-                assert self.task is not None
-                self.task.cancel()
-                return
+    def _on_cancel(self, waiter: asyncio.Future[Any]) -> None:
+        if not waiter.cancelled() and self.in_handler and self.task is not None:
+            self.fired = True
+            self.task.cancel()
 
     def close(self) -> None:
-        self.watcher.cancel()
+        self.waiter.cancel()
 
 
 def _complete(match: Dataset | Match, request: FindRequest) -> tuple[Dataset, int]:
@@ -231,23 +230,25 @@ def _complete(match: Dataset | Match, request: FindRequest) -> tuple[Dataset, in
     return match, status
 
 
-async def _run_handler(handler: FindHandler, request: FindRequest, watch: _Watch) -> int:
+async def _run_handler(handler: FindHandler, request: FindRequest, guard: _CancelGuard
+                       ) -> int:
     """Send one Pending response per match; the final status (FE00 when cancelled)."""
     ctx, rq = request.ctx, request.message
     ts = ctx.context.transfer_syntax
     iterator = aiter(handler(request))
+    cancelled = guard.cancelled
     try:
         while True:
-            if watch.cancelled():
+            if cancelled.is_set():
                 return Status.CANCEL
-            watch.in_handler = True
+            guard.in_handler = True
             try:
                 match = await anext(iterator)
             except StopAsyncIteration:
                 return Status.SUCCESS
             finally:
-                watch.in_handler = False
-            if watch.cancelled():
+                guard.in_handler = False
+            if cancelled.is_set():
                 return Status.CANCEL
             identifier, status = _complete(match, request)
             data = codec.encode(identifier, ts)
@@ -267,13 +268,13 @@ async def _perform_find(handler: FindHandler, served: frozenset[QueryModel], len
     if isinstance(prepared, CFindRSP):
         await ctx.respond(prepared)
         return
-    watch = _Watch(ctx, rq.message_id)
+    guard = _CancelGuard(ctx.cancelled)
     comment, offending = "", cast(tuple[int, ...], ())
     try:
-        status = await _run_handler(handler, prepared, watch)
+        status = await _run_handler(handler, prepared, guard)
     except asyncio.CancelledError:
         task = asyncio.current_task()
-        if not watch.fired or task is None:
+        if not guard.fired or task is None:
             raise
         task.uncancel()
         status = Status.CANCEL
@@ -285,7 +286,7 @@ async def _perform_find(handler: FindHandler, served: frozenset[QueryModel], len
         log.exception("C-FIND handler failed")
         status, comment = STATUS_HANDLER_FAILED, f"{type(exc).__name__}: {exc}"
     finally:
-        watch.close()
+        guard.close()
     await ctx.respond(_response(rq, status, comment=comment, offending=tuple(offending)))
 
 

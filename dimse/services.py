@@ -36,6 +36,8 @@ from .messages import CEchoRQ, CEchoRSP, CommandField, CStoreRQ, CStoreRSP, Mess
 from .status import Category, category
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .association import Association
 
 __all__ = [
@@ -218,6 +220,11 @@ class RequestContext:
     @property
     def peer(self) -> tuple[str, int] | None:
         return self.association.peer
+
+    @property
+    def cancelled(self) -> asyncio.Event:
+        """Set when the peer's C-CANCEL for this request arrives (while it is performed)."""
+        return self.association.cancel_event(getattr(self.message, "message_id", -1))
 
     async def respond(self, response: Message, dataset: bytes | None = None) -> None:
         """Send one response (a Pending one, or the final one) on the request's context."""
