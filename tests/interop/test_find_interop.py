@@ -196,13 +196,14 @@ async def test_dcmtk_findscu_violation_gets_a900(archive: Archive) -> None:
 
 
 def _pynetdicom_find(port: int, ident: Dataset, cancel_after: int | None = None,
-                     called_ae: str = "OURQR") -> list[int]:
+                     called_ae: str = "OURQR", dimse_timeout: float = 20) -> list[int]:
     from pynetdicom import AE
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
     ae = AE(ae_title="PYSCU")
     ae.add_requested_context(FIND)
-    ae.dimse_timeout = ae.acse_timeout = ae.network_timeout = 20
+    ae.acse_timeout = ae.network_timeout = 20
+    ae.dimse_timeout = dimse_timeout
     assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
     assert assoc.is_established
     statuses: list[int] = []
@@ -236,6 +237,21 @@ async def test_pynetdicom_scu_cancels_against_our_scp() -> None:
     assert statuses[-1] == 0xFE00
     assert set(statuses[:-1]) == {0xFF00}
     assert len(statuses) < 200
+
+
+async def test_pynetdicom_scu_cancels_a_blocked_large_query_promptly() -> None:
+    """The handler hangs after 50 matches (a stuck back end): the C-CANCEL alone must end it.
+
+    pynetdicom gives up after its DIMSE timeout (3 s) without a final response, so FE00 as the
+    last status proves our SCP answered the cancel without waiting for the handler.
+    """
+    handler = Endless(block_after=50)
+    server, _spy = spy_server(None, handler)  # type: ignore[arg-type]
+    async with server:
+        statuses = await asyncio.wait_for(asyncio.to_thread(
+            _pynetdicom_find, server.port, q("STUDY", StudyInstanceUID=""), 50, "QRSCP", 3), 30)
+        await asyncio.wait_for(handler.closed.wait(), 5)
+    assert statuses == [0xFF00] * 50 + [0xFE00]
 
 
 async def test_cli_qrscp_subprocess_serves_findscu(tmp_path: Path) -> None:
