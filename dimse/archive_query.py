@@ -7,13 +7,15 @@ once into two :class:`dimse.template.IdentifierTemplate` (empty and ``ISO_IR 192
 set) and encodes each row straight from its SQL values, with the value conversions done by SQL.
 Both paths produce the same bytes (tests/dimse/test_archive_encoded.py).
 
-The character set of a response is ``ISO_IR 192`` when any returned stored text (sequence items
-included, as stored JSON) has a non-ASCII character, else empty; SQL computes this flag per row.
-Counts, ModalitiesInStudy and SOPClassesInStudy (IS/CS/UI) do not take part in it.
+The character set of a response is ``ISO_IR 192`` when a returned stored value of a VR that
+(0008,0005) governs (SH, LO, ST, LT, UC, UT, PN; sequence keys as their stored JSON) has a
+non-ASCII character, else empty; SQL computes this flag per row, for both paths. Values of
+other VRs (CS, UI, DA, TM, DT, AS, IS) use the default repertoire and do not take part.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from dimse._codec_encode import encode
+from dimse._vr import CHARSET_VRS
 from dimse.errors import IdentifierError
 from dimse.matching import (
     ATTRIBUTES,
@@ -182,10 +185,10 @@ class Plan:
         return request.VR if request is not None else dictionary_VR(tag)
 
     def _flag_sql(self) -> str:
-        """1 when a returned stored text column has a non-ASCII character (UTF-8 bytes outnumber
-        characters), else 0."""
+        """1 when a returned stored text column of a VR that the character set governs has a
+        non-ASCII character (UTF-8 bytes outnumber characters), else 0."""
         cols = [f"coalesce({ALIAS[a.table]}.{a.column}, '')" for _, a in self.out
-                if a is not None and not a.computed and a.kind is not Kind.INT]
+                if a is not None and not a.computed and (a.vr in CHARSET_VRS or a.vr == "SQ")]
         if not cols:
             return "0"
         text = " || ".join(cols)
@@ -225,10 +228,7 @@ class Plan:
         try:
             if any(self._vr(tag) != "SQ" for _, _, tag in seqs):
                 raise ValueError("sequence key without SQ VR")
-            plain = IdentifierTemplate(keys, transfer_syntax_uid, specific_character_set="",
-                                       skip=2)
-            utf8 = IdentifierTemplate(keys, transfer_syntax_uid, specific_character_set=_UTF8,
-                                      skip=2)
+            plain, utf8 = _templates(tuple(keys), transfer_syntax_uid)
         except ValueError:
             def slow(rows: Iterable[Row]) -> Iterator[bytes]:
                 return (encode(self.response(r), transfer_syntax_uid) for r in rows)
@@ -240,6 +240,15 @@ class Plan:
                       for i, attr, tag in seqs]
         return (self.select_sql(encoded=True),
                 _converted(plain.encode, utf8.encode, converters), True)
+
+
+@functools.lru_cache(maxsize=256)
+def _templates(keys: tuple[tuple[int, str], ...],
+               transfer_syntax_uid: str) -> tuple[IdentifierTemplate, IdentifierTemplate]:
+    """The (empty, ISO_IR 192) character set templates of a response layout, compiled once
+    (templates are immutable, so queries and threads share them)."""
+    return (IdentifierTemplate(keys, transfer_syntax_uid, specific_character_set="", skip=2),
+            IdentifierTemplate(keys, transfer_syntax_uid, specific_character_set=_UTF8, skip=2))
 
 
 def _value_sql(attr: Attr | None, encoded: bool) -> str:

@@ -9,6 +9,7 @@ for the equivalent data set: ``ds.add_new(tag, vr, value)`` for each key.
 
 from __future__ import annotations
 
+import codecs
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -81,7 +82,7 @@ class IdentifierTemplate:
     list of pydicom Datasets.
     """
 
-    __slots__ = ("_charset_bytes", "_count", "_deflated", "_encoders", "_order", "_skip",
+    __slots__ = ("_charset_bytes", "_count", "_deflated", "_encoders", "_fast", "_order", "_skip",
                  "_slots", "keys", "syntax", "tags", "transfer_syntax_uid", "vrs")
 
     def __init__(
@@ -136,9 +137,14 @@ class IdentifierTemplate:
         if charset_at is not None:
             slots.append((-1, None, b"", None, b"", self._charset_bytes, 0))
         self._slots = tuple(slots)
+        self._fast = _generate(self._slots, self._count, self._deflated, self._encode_loop)
 
     def encode(self, values: Sequence[Value]) -> bytes:
         """Encode one identifier from values given in key order."""
+        return self._fast(values)
+
+    def _encode_loop(self, values: Sequence[Value]) -> bytes:
+        """The reference encoder (slot by slot); the generated one falls back to it."""
         if len(values) != self._count:
             raise DataSetEncodeError(f"expected {self._count} values, got {len(values)}")
         out: list[bytes] = []
@@ -193,6 +199,8 @@ class IdentifierTemplate:
 _Slot = tuple[int, Any, bytes, Any, bytes, Any, int]
 _PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UR", "LO", "SH", "LT", "ST", "UC",
                         "UT"})
+#: Names that str.encode serves without a codec registry look-up (same codec, faster).
+_FAST_CODEC_NAMES = {"iso8859-1": "latin-1", "utf-8": "utf-8", "ascii": "ascii"}
 _NORM = {"UI": 1, "IS": 1, "DS": 1, "PN": 2}
 _LONG = struct.Struct("<L").pack
 _LENGTHS = {
@@ -201,12 +209,55 @@ _LENGTHS = {
 }
 
 
+def _generate(slots: tuple[_Slot, ...], count: int, deflated: bool,
+              fallback: Callable[[Sequence[Value]], bytes]) -> Callable[[Sequence[Value]], bytes]:
+    """An encoder specialised for these slots (straight-line code, one join per identifier).
+
+    Plain str values of text VRs are encoded inline; anything else (None aside) goes to the
+    slot's general encoder. Any exception (a value too long for its header, an unencodable
+    character...) re-runs the reference loop, which raises the typed error.
+    """
+    ns: dict[str, Any] = {"FALLBACK": fallback, "DEFLATE": deflate, "COUNT": count}
+    body = ["def encode(values):", "    if len(values) != COUNT:", "        return FALLBACK(values)",
+            "    try:"]
+    parts: list[str] = []
+    for k, (index, codec, prefix, length, pad, slow, norm) in enumerate(slots):
+        if index < 0:
+            ns[f"K{k}"] = slow
+            parts.append(f"K{k}")
+            continue
+        ns.update({f"C{k}": codec, f"P{k}": prefix, f"L{k}": length, f"D{k}": pad,
+                   f"S{k}": slow, f"E{k}": slow(None)})
+        lines = [f"v = values[{index}]"]
+        if codec is not None:
+            lines += ["if v.__class__ is str and '\\\\' not in v:"]
+            if norm:
+                lines.append("    v = v.strip()" if norm == 1 else "    v = v.rstrip('=')")
+            lines += [f"    d{k} = v.encode(C{k})", f"    if len(d{k}) & 1:",
+                      f"        d{k} += D{k}", f"    p{k}, h{k} = P{k}, L{k}(len(d{k}))", "el"]
+        else:
+            lines.append("")
+        lines[-1] += "if v is None:"
+        lines += [f"    p{k}, h{k}, d{k} = E{k}, b'', b''", "else:",
+                  f"    p{k}, h{k}, d{k} = S{k}(v), b'', b''"]
+        body += ["        " + line for line in lines]
+        parts += [f"p{k}", f"h{k}", f"d{k}"]
+    body += ["    except Exception:", "        return FALLBACK(values)",
+             f"    data = b''.join(({', '.join(parts)},))"]
+    body.append("    return DEFLATE(data)" if deflated else "    return data")
+    exec("\n".join(body), ns)
+    encode: Callable[[Sequence[Value]], bytes] = ns["encode"]
+    return encode
+
+
 def _slot(index: int, tag: int, vr: str, syn: Syntax, enc: tuple[str, ...],
           slow: _Encoder) -> _Slot:
     """Precomputed fast-path data for one key: plain str values of simple text VRs."""
     codec: str | None = None
     if vr in _PLAIN_VRS or vr in _NORM:
         codec = plain_codec(enc) if vr in CHARSET_VRS else DEFAULT_ENCODING
+        if codec is not None:
+            codec = _FAST_CODEC_NAMES.get(codecs.lookup(codec).name, codec)
     e = syn.endian
     long = syn.implicit or vr in LONG_VRS
     prefix = struct.pack(e + "HH", tag >> 16, tag & 0xFFFF)

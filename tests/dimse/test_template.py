@@ -68,3 +68,29 @@ def test_template_matches_encode_property(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert template.encode(values) == codec.encode(template.dataset(values), uid)  # type: ignore[arg-type]
+
+
+def test_skip_and_empty_character_set() -> None:
+    keys = ["PatientName", "StudyInstanceUID", "NumberOfStudyRelatedInstances"]
+    plain = codec.IdentifierTemplate(keys, codec.EXPLICIT_VR_LE, specific_character_set="")
+    skipping = codec.IdentifierTemplate(keys, codec.EXPLICIT_VR_LE, specific_character_set="",
+                                        skip=2)
+    values = ["DOE^JOHN", "1.2.3", "12"]
+    data = plain.encode(values)
+    assert skipping.encode((99, 1, *values)) == data
+    assert data.startswith(b"\x08\x00\x05\x00CS\x00\x00")  # (0008,0005) CS, length 0
+    assert data == codec.encode(plain.dataset(values), codec.EXPLICIT_VR_LE)
+    with pytest.raises(DataSetEncodeError):
+        skipping.encode(values)
+    with pytest.raises(ValueError):
+        codec.IdentifierTemplate(keys, codec.EXPLICIT_VR_LE, skip=-1)
+
+
+def test_fast_path_falls_back_to_typed_errors() -> None:
+    template = codec.IdentifierTemplate(["PatientID", "PatientName"], codec.EXPLICIT_VR_LE)
+    with pytest.raises(DataSetEncodeError):
+        template.encode(["X" * 70_000, ""])  # too long for a 16-bit length
+    with pytest.raises(DataSetEncodeError):
+        template.encode(["ミ", ""])  # not in the default repertoire
+    long = codec.IdentifierTemplate(["PatientComments"], codec.IMPLICIT_VR_LE)
+    assert len(long.encode(["X" * 70_001])) == 8 + 70_002
