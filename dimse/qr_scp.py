@@ -1,7 +1,8 @@
 """Query/Retrieve C-FIND SCP: typed async-iterator handlers, statuses, C-CANCEL, an archive.
 
 A :class:`FindHandler` receives a validated :class:`FindRequest` and yields matches (a
-``Dataset``, or a :class:`Match` to flag unsupported optional keys). The library owns the rest:
+``Dataset``, a :class:`Match` to flag unsupported optional keys, or an :class:`EncodedMatch`
+whose bytes are sent as they are when their transfer syntax is the context's). The library owns the rest:
 
 * the model comes from the request's SOP class (0122 if we do not serve it as a FIND model);
 * the identifier is decoded (C000 if it cannot be) and checked with :func:`dimse.qr.validate_scp`
@@ -27,6 +28,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import struct
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
@@ -36,6 +38,7 @@ from pydicom.dataset import Dataset
 from pdu.negotiation import qr_extended_negotiation
 
 from . import codec
+from ._vr import syntax_for_decode
 from .archive import Archive
 from .errors import IdentifierError, ServiceError
 from .messages import DATASET_PRESENT, NO_DATASET, CFindRQ, CFindRSP, CommandField
@@ -60,12 +63,14 @@ __all__ = [
     "FIND_SOP_CLASSES",
     "STATUS_HANDLER_FAILED",
     "FindHandler",
+    "EncodedMatch",
     "FindRequest",
     "Match",
     "archive_find_handler",
     "archive_server",
     "archive_store_handler",
     "find_extended_policy",
+    "has_required_keys",
     "qr_server_contexts",
     "register_find",
 ]
@@ -90,6 +95,21 @@ class Match:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedMatch:
+    """A match already encoded (e.g. by :class:`dimse.template.IdentifierTemplate`).
+
+    When ``transfer_syntax`` is the presentation context's, ``data`` is sent as the Pending
+    response's data set unchanged; otherwise it is decoded and re-encoded like a Dataset. The
+    producer is responsible for the keys the SCP otherwise adds: ``data`` must contain
+    QueryRetrieveLevel and SpecificCharacterSet (may be empty); checked by an assertion.
+    """
+
+    data: bytes
+    transfer_syntax: str
+    optional_keys_unsupported: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class FindRequest:
     """A validated C-FIND request as a handler sees it."""
 
@@ -110,7 +130,7 @@ class FindRequest:
 class FindHandler(Protocol):
     """``handler(request)`` -> async iterator of matches."""
 
-    def __call__(self, request: FindRequest) -> AsyncIterator[Dataset | Match]: ...
+    def __call__(self, request: FindRequest) -> AsyncIterator[Dataset | Match | EncodedMatch]: ...
 
 
 def register_find(registry: HandlerRegistry, handler: FindHandler, *,
@@ -216,6 +236,52 @@ class _CancelGuard:
         self.waiter.cancel()
 
 
+def _encode(match: Dataset | Match | EncodedMatch, request: FindRequest, ts: str
+            ) -> tuple[bytes, int]:
+    """The Pending response's data set bytes and status; encoded matches in ``ts`` pass as is."""
+    if isinstance(match, EncodedMatch):
+        if match.transfer_syntax == ts:
+            assert has_required_keys(match.data, ts), "EncodedMatch lacks level or charset"
+            flagged = match.optional_keys_unsupported
+            return match.data, Status.PENDING_WARNING if flagged else Status.PENDING
+        decoded = codec.decode(match.data, match.transfer_syntax)
+        match = Match(decoded, match.optional_keys_unsupported)
+    identifier, status = _complete(match, request)
+    return codec.encode(identifier, ts), status
+
+
+_TAG_LE, _TAG_BE = struct.Struct("<HH2sH"), struct.Struct(">HH2sH")
+_LEN_LE, _LEN_BE = struct.Struct("<L"), struct.Struct(">L")
+_SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split())
+
+
+def has_required_keys(data: bytes | memoryview, transfer_syntax: str) -> bool:
+    """Whether top-level SpecificCharacterSet and QueryRetrieveLevel are in ``data`` (a cheap
+    header walk up to (0008,0052); True when the layout cannot be walked, e.g. deflated)."""
+    syn = syntax_for_decode(transfer_syntax)
+    if syn.deflated:
+        return True
+    head, length = (_TAG_LE, _LEN_LE) if syn.little else (_TAG_BE, _LEN_BE)
+    seen: set[int] = set()
+    pos, view = 0, memoryview(data)
+    while pos + 8 <= len(view):
+        group, element, vr, short = head.unpack_from(view, pos)
+        tag = group << 16 | element
+        if tag > 0x00080052:
+            break
+        seen.add(tag)
+        if syn.implicit:
+            size, pos = length.unpack_from(view, pos + 4)[0], pos + 8
+        elif vr in _SHORT_VRS:
+            size, pos = short, pos + 8
+        else:
+            size, pos = length.unpack_from(view, pos + 8)[0], pos + 12
+        if size == 0xFFFFFFFF:
+            return True  # an undefined-length sequence: not walked here
+        pos += size
+    return {0x00080005, 0x00080052} <= seen
+
+
 def _complete(match: Dataset | Match, request: FindRequest) -> tuple[Dataset, int]:
     """The response identifier (level and character set always present) and its status."""
     status = Status.PENDING
@@ -250,8 +316,7 @@ async def _run_handler(handler: FindHandler, request: FindRequest, guard: _Cance
                 guard.in_handler = False
             if cancelled.is_set():
                 return Status.CANCEL
-            identifier, status = _complete(match, request)
-            data = codec.encode(identifier, ts)
+            data, status = _encode(match, request, ts)
             await ctx.respond(_response(rq, status, dataset=True), data)
     finally:
         closer = getattr(iterator, "aclose", None)

@@ -507,3 +507,46 @@ async def test_ten_thousand_matches_with_flat_memory(tmp_path: Path) -> None:
     assert full < small * 1.5 + 500_000, (small, full)  # flat: not proportional to matches
     assert full < 8_000_000, full
     assert last.SOPInstanceUID == f"{ROOT}9.1.9999"
+
+
+# --------------------------------------------------------------------------- pre-encoded matches
+
+
+def _encoded(uid: str, ts: str, *, complete: bool = True) -> bytes:
+    from dimse import codec
+
+    ds = q("STUDY", StudyInstanceUID=uid) if complete else Dataset()
+    if complete:
+        ds.SpecificCharacterSet = "ISO_IR 100"
+    else:
+        ds.StudyInstanceUID = uid
+    return codec.encode(ds, ts)
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"])
+def test_has_required_keys_walks_headers(ts: str) -> None:
+    from dimse.qr_scp import has_required_keys
+
+    assert has_required_keys(_encoded("1.2.3", ts), ts)
+    assert not has_required_keys(_encoded("1.2.3", ts, complete=False), ts)
+
+
+async def test_encoded_matches_pass_through_or_are_transcoded() -> None:
+    from dimse.qr_scp import EncodedMatch
+
+    sent: list[bytes] = []
+
+    async def handler(request: FindRequest) -> AsyncIterator[EncodedMatch]:
+        ts = request.ctx.context.transfer_syntax
+        same = _encoded("1.2.3.1", ts)
+        sent.append(same)
+        yield EncodedMatch(same, ts)
+        other = "1.2.840.10008.1.2.2" if ts != "1.2.840.10008.1.2.2" else "1.2.840.10008.1.2"
+        yield EncodedMatch(_encoded("1.2.3.2", other), other, optional_keys_unsupported=True)
+
+    server, _ = spy_server(None, handler)  # type: ignore[arg-type]
+    async with server, connect_qr("127.0.0.1", server.port, called_ae="QRSCP") as assoc:
+        got = [m async for m in find(assoc, q("STUDY", StudyInstanceUID=""))]
+    assert [m.StudyInstanceUID for m in got] == ["1.2.3.1", "1.2.3.2"]
+    assert all(m.QueryRetrieveLevel == "STUDY" and "SpecificCharacterSet" in m for m in got)
+    assert sent and got[0].SpecificCharacterSet == "ISO_IR 100"
