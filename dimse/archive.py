@@ -72,6 +72,7 @@ _EXTRA_DDL: Final = (
     "CREATE INDEX IF NOT EXISTS instance_parent ON instance(series_ref)",
     "CREATE INDEX IF NOT EXISTS study_date ON study(study_date)",
     "CREATE INDEX IF NOT EXISTS patient_name ON patient(patient_name_f)",
+    "CREATE INDEX IF NOT EXISTS study_accession ON study(accession)",
 )
 
 
