@@ -99,8 +99,6 @@ Response = tuple[Message, ReceivedDataSet | None]
 _PERFORM_CAP = 64
 #: Requests queued beyond the window before we stop reading from the peer.
 _BACKLOG = 16
-#: How long the final response may take after a C-CANCEL when no DIMSE timeout is set.
-CANCEL_DRAIN_TIMEOUT = 30.0
 
 
 class Association:
@@ -498,9 +496,7 @@ class Association:
     async def _cancel_abandoned(self, context: AcceptedContext, message_id: int,
                                 op: Operation) -> None:
         """C-CANCEL an operation its consumer left; its final response must follow in time."""
-        if op.timeout is None:
-            op.timeout = CANCEL_DRAIN_TIMEOUT
-        op.restart_timer()
+        op.await_final_after_cancel()
         with contextlib.suppress(AssociationError):
             await self.cancel(context, message_id)
 

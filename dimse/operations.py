@@ -24,12 +24,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEFAULT_BUFFER", "IdleWatch", "Operation", "ReadGate"]
+__all__ = ["CANCEL_DRAIN_TIMEOUT", "DEFAULT_BUFFER", "IdleWatch", "Operation", "ReadGate"]
 
 #: The smallest delay the idle check re-arms itself with (avoids a busy loop near the deadline).
 _MIN_IDLE_RECHECK = 0.05
 #: Responses buffered per operation before reading pauses (the high-water mark).
 DEFAULT_BUFFER = 32
+#: How long the final response may take after a C-CANCEL when no DIMSE timeout is set.
+CANCEL_DRAIN_TIMEOUT = 30.0
 
 
 class ReadGate:
@@ -159,6 +161,12 @@ class Operation:
             self.gate.release(self)
         if self.final or self.error is not None:
             self._retire()
+
+    def await_final_after_cancel(self) -> None:
+        """C-CANCEL sent: the final response must come within the DIMSE timeout (or 30 s)."""
+        if self.timeout is None:
+            self.timeout = CANCEL_DRAIN_TIMEOUT
+        self.restart_timer()
 
     def _retire(self) -> None:
         on_retire, self.on_retire = self.on_retire, None
