@@ -31,7 +31,7 @@ import logging
 import struct
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Protocol, TypeVar, cast
 
 from pydicom.dataset import Dataset
 
@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 #: The handler raised something other than ServiceError.
 STATUS_HANDLER_FAILED: Final = 0xC001
 #: Matches fetched per worker-thread hop by the archive handler.
-ARCHIVE_CHUNK: Final = 64
+ARCHIVE_CHUNK: Final = 256
 
 #: FIND SOP class UIDs of the models that have one.
 FIND_SOP_CLASSES: Final = {info.find: m for m, info in MODELS.items() if info.find is not None}
@@ -358,14 +358,30 @@ async def _perform_find(handler: FindHandler, served: frozenset[QueryModel], len
 # --------------------------------------------------------------------------- the archive
 
 
-def _chunk(iterator: Iterator[Dataset], size: int) -> list[Dataset]:
+_T = TypeVar("_T")
+
+
+def _chunk(iterator: Iterator[_T], size: int) -> list[_T]:
     return list(itertools.islice(iterator, size))
 
 
 def archive_find_handler(archive: Archive, *, chunk: int = ARCHIVE_CHUNK) -> FindHandler:
     """A FindHandler over ``archive``: matches read in a worker thread, ``chunk`` at a time."""
 
-    async def handle(request: FindRequest) -> AsyncIterator[Dataset | Match]:
+    async def handle(request: FindRequest) -> AsyncIterator[Dataset | Match | EncodedMatch]:
+        ts = request.ctx.context.transfer_syntax
+        if ts in codec.SUPPORTED_TRANSFER_SYNTAXES:
+            # Fast path: response identifiers encoded straight from the index rows.
+            encoded = await asyncio.to_thread(
+                archive.find_encoded, request.identifier, request.model, request.level, ts,
+                datetime_matching=request.datetime_matching)
+            flagged = bool(encoded.unsupported)
+            while True:
+                blobs = await asyncio.to_thread(_chunk, encoded.matches, chunk)
+                for data in blobs:
+                    yield EncodedMatch(data, ts, flagged)
+                if len(blobs) < chunk:
+                    return
         result = await asyncio.to_thread(
             archive.find_with_status, request.identifier, request.model, request.level,
             datetime_matching=request.datetime_matching)
