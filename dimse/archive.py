@@ -19,6 +19,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,9 +48,12 @@ from dimse.matching import (
 )
 from dimse.qr import Level, QueryModel
 
-__all__ = ["Archive", "FindEncodedResult", "FindResult", "IndexStats", "InstanceRecord"]
+__all__ = ["Adopted", "Archive", "Duplicate", "FindEncodedResult", "FindResult", "IndexStats",
+           "InstanceRecord", "read_header"]
 
 PAGE_SIZE: Final = 256
+#: Values longer than this are not read when indexing a file (they stay on disk).
+HEADER_DEFER_SIZE: Final = 1 << 20
 _KEY_COLUMNS: Final = frozenset({"patient_id", "issuer", "study_uid", "series_uid", "sop_uid"})
 _UID_OF: Final = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
                   "instance": "SOPInstanceUID"}
@@ -85,6 +89,21 @@ class InstanceRecord:
     sop_instance_uid: str
     transfer_syntax: str
     size: int
+
+
+class Duplicate(Enum):
+    """What :meth:`Archive.adopt` does with an instance whose SOP Instance UID is stored."""
+
+    KEEP = "keep"  # the first instance stays; the new copy is dropped
+    REPLACE = "replace"  # the new copy replaces the stored one (DCMTK storescp's default)
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """Outcome of :meth:`Archive.adopt`: where the instance is, and whether it was known."""
+
+    path: Path
+    duplicate: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,19 +222,65 @@ class Archive:
         composite instance with Study/Series/SOP Instance UIDs."""
         path = Path(path)
         rel = self._relative(path)
+        ds = read_header(path)
+        with self._lock, self._db:
+            self._index(ds, path, rel)
+
+    def _index(self, ds: Dataset, path: Path, rel: str) -> None:
+        """Upsert the rows of ``ds`` stored at ``path`` (lock and transaction held)."""
         stat = path.stat()
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable DICOM file: {exc}") from exc
-        for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-            if not _text(ds, kw):
-                raise ValueError(f"{path}: no {kw}")
         meta = getattr(ds, "file_meta", None)
         ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-        with self._lock, self._db:
-            self._upsert(ds, rel, ts, stat.st_size, stat.st_mtime_ns)
-            self._prune()
+        self._upsert(ds, rel, ts, stat.st_size, stat.st_mtime_ns)
+        self._prune()
+
+    def stored_path(self, sop_instance_uid: str) -> Path | None:
+        """Where the instance with this SOP Instance UID is stored, or None if not indexed."""
+        with self._lock:
+            row = self._db.execute("SELECT path FROM instance WHERE sop_uid = ?",
+                                   (sop_instance_uid,)).fetchone()
+        return None if row is None else self.storage_dir / row[0]
+
+    def adopt(self, path: str | os.PathLike[str], dataset: Dataset | None = None, *,
+              duplicate: Duplicate = Duplicate.KEEP) -> Adopted:
+        """Move a complete Part 10 file (written and fsynced elsewhere in the archive folder,
+        e.g. a received C-STORE) to ``<study>/<series>/<sop>.dcm`` and index it at once.
+
+        ``dataset`` is the file's header if the caller already read it (see
+        :func:`read_header`). If the SOP Instance UID is already stored (and its file exists),
+        ``duplicate`` decides: KEEP removes ``path`` and leaves the stored instance untouched,
+        REPLACE renames ``path`` over it. ValueError if the UIDs are missing; the source file
+        is left in place on any error (the caller removes it).
+        """
+        source = Path(path)
+        self._relative(source)
+        ds = read_header(source) if dataset is None else dataset
+        target = self._target(ds)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sop = str(_text(ds, "SOPInstanceUID"))
+        with self._lock:
+            old = self.stored_path(sop)
+            known = old is not None and old.exists()
+            if known and duplicate is Duplicate.KEEP:
+                assert old is not None
+                source.unlink(missing_ok=True)
+                return Adopted(old, True)
+            os.replace(source, target)
+            _fsync_dir(target.parent)
+            with self._db:
+                self._index(ds, target, self._relative(target))
+        if old is not None and old != target:
+            old.unlink(missing_ok=True)  # replaced a file stored under another name
+        return Adopted(target, known)
+
+    def _target(self, ds: Dataset) -> Path:
+        """The final path of an instance: ``<study>/<series>/<sop>.dcm`` (ValueError if a UID
+        is missing)."""
+        uids = [_text(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+        if not all(uids):
+            raise ValueError("an archived instance needs Study/Series/SOP Instance UIDs")
+        study, series, sop = (_safe(str(u)) for u in uids)
+        return self.storage_dir / study / series / (sop + ".dcm")
 
     def _upsert_row(self, table: str, key: tuple[str, ...], values: dict[str, object]) -> int:
         cols = list(values)
@@ -382,6 +447,33 @@ class Archive:
             if len(rows) < PAGE_SIZE:
                 return
             last = int(rows[-1][0])
+
+
+def read_header(path: str | os.PathLike[str]) -> Dataset:
+    """The data set of a Part 10 file up to its pixel data, large values left unread.
+
+    ValueError if it is not readable DICOM or lacks Study/Series/SOP Instance UIDs.
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=HEADER_DEFER_SIZE)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable DICOM file: {exc}") from exc
+    for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not _text(ds, kw):
+            raise ValueError(f"{path}: no {kw}")
+    return ds
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _safe(uid: str) -> str:

@@ -1,0 +1,230 @@
+"""C-STORE into an :class:`~dimse.archive.Archive` without holding the instance in memory.
+
+:class:`ArchiveSink` receives the data set fragment by fragment (small buffered writes on the
+event loop) into a hidden temporary Part 10 file inside the archive folder: preamble, ``DICM``,
+the File Meta Information built from the C-STORE-RQ and the presentation context, then the data
+set bytes exactly as received (for Deflated Explicit VR Little Endian they already are the
+deflated stream the file needs). :func:`archive_store_handler` then, in a worker thread, fsyncs
+the file, reads its header back, checks it against the command, renames it atomically to
+``<study>/<series>/<sop>.dcm`` and indexes it (:meth:`Archive.adopt`): a C-FIND right after the
+response finds it. On abort or failure the temporary file is removed; nothing half-written is
+ever indexed.
+
+Statuses (PS3.4 Table B.2-1):
+
+* 0xA700 (refused: out of resources): the file cannot be written, synced or renamed;
+* 0xC000 (cannot understand): the data set cannot be read, or lacks SOP Class/Instance UID;
+* 0xA900 (data set does not match SOP class): its SOP Class UID or SOP Instance UID differs
+  from the command's Affected SOP Class/Instance UID, or it lacks Study/Series Instance UID.
+  A failure, not the B007 warning: a warning means "stored", and an archive must not store an
+  instance under an identity other than the one the SCU was told (DCMTK storescp does the same);
+* a SOP Instance UID already stored: :attr:`Duplicate.KEEP` (default) keeps the first instance,
+  drops the new copy and answers 0x0000, as the SCU's goal (the archive holds the instance) is
+  met and PS3.4 defines no duplicate status for C-STORE; :attr:`Duplicate.REPLACE` overwrites
+  (DCMTK storescp's behaviour).
+
+If the association is aborted while an instance that arrived whole is being placed, the placing
+completes: the instance is kept (a resend is then a duplicate), never lost or half-indexed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Final
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from .archive import HEADER_DEFER_SIZE, Adopted, Archive, Duplicate
+from .errors import ServiceError
+from .messages import CStoreRQ
+from .services import (
+    DataSetSink,
+    ReceivedDataSet,
+    RequestContext,
+    SinkFactory,
+    StoreHandler,
+    file_meta_bytes,
+)
+
+__all__ = [
+    "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_DATASET_MISMATCH",
+    "STATUS_OUT_OF_RESOURCES",
+    "ArchiveSink",
+    "archive_sink_factory",
+    "archive_store_handler",
+    "check_identity",
+]
+
+log = logging.getLogger(__name__)
+
+STATUS_OUT_OF_RESOURCES: Final = 0xA700
+STATUS_DATASET_MISMATCH: Final = 0xA900
+STATUS_CANNOT_UNDERSTAND: Final = 0xC000
+#: Write buffer of a sink: each flush to the page cache stays short on the event loop.
+WRITE_BUFFER: Final = 256 * 1024
+
+_SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
+_STUDY, _SERIES = 0x0020000D, 0x0020000E
+
+
+def _value(ds: Dataset, tag: int) -> str:
+    elem = ds.get(tag)
+    return "" if elem is None or elem.value is None else str(elem.value).strip(" \0")
+
+
+def check_identity(ds: Dataset, request: CStoreRQ) -> None:
+    """ServiceError unless ``ds`` carries the UIDs of the command and those the archive needs."""
+    for tag, name in ((_SOP_CLASS, "SOP Class UID"), (_SOP_INSTANCE, "SOP Instance UID")):
+        if not _value(ds, tag):
+            raise ServiceError(STATUS_CANNOT_UNDERSTAND, f"no {name} in the data set", (tag,))
+    pairs = ((_SOP_CLASS, request.affected_sop_class_uid, "SOP Class UID"),
+             (_SOP_INSTANCE, request.affected_sop_instance_uid, "SOP Instance UID"))
+    for tag, expected, name in pairs:
+        if _value(ds, tag) != expected.strip(" \0"):
+            raise ServiceError(STATUS_DATASET_MISMATCH,
+                               f"{name} differs from the command's"[:64], (tag,))
+    for tag, name in ((_STUDY, "Study Instance UID"), (_SERIES, "Series Instance UID")):
+        if not _value(ds, tag):
+            raise ServiceError(STATUS_DATASET_MISMATCH, f"no {name} in the data set", (tag,))
+
+
+class ArchiveSink:
+    """A C-STORE data set streamed into a temporary Part 10 file inside the archive folder.
+
+    States: open -> placing -> placed, or -> discarded. :meth:`place` (worker thread) and
+    :meth:`discard` (event loop) agree through a lock held only to switch state: once placing
+    started, discard leaves the file to :meth:`place`, which either indexes it or removes it.
+    """
+
+    def __init__(self, archive: Archive, request: CStoreRQ, transfer_syntax: str,
+                 source_ae: str = "") -> None:
+        self.archive = archive
+        self.request = request
+        fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=archive.storage_dir)
+        self.temp_path = Path(name)
+        self._lock = threading.Lock()
+        self._state = "open"
+        self._file = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
+        try:
+            self._file.write(file_meta_bytes(request.affected_sop_class_uid,
+                                             request.affected_sop_instance_uid,
+                                             transfer_syntax, source_ae))
+        except BaseException:
+            self._remove()
+            raise
+        self.size = 0
+        self.result: Adopted | None = None
+
+    def write(self, fragment: memoryview) -> None:
+        self._file.write(fragment)
+        self.size += len(fragment)
+
+    def finish(self) -> None:
+        """The whole data set arrived (flushing and syncing happen in :meth:`place`)."""
+
+    def place(self, duplicate: Duplicate = Duplicate.KEEP) -> Adopted:
+        """Sync, check and move the file into the archive, indexed (blocking: worker thread).
+
+        ServiceError with the status to answer on failure; the temporary file is then gone.
+        """
+        with self._lock:
+            if self._state != "open":
+                raise ServiceError(STATUS_OUT_OF_RESOURCES, f"sink already {self._state}")
+            self._state = "placing"
+        try:
+            self.result = self._place(duplicate)
+        except BaseException:
+            with self._lock:
+                self._state = "discarded"
+            self._remove()
+            raise
+        with self._lock:
+            self._state = "placed"
+        return self.result
+
+    def _place(self, duplicate: Duplicate) -> Adopted:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as exc:
+            raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot write: {exc}"[:64]) from exc
+        try:
+            ds = pydicom.dcmread(self.temp_path, stop_before_pixels=True,
+                                 defer_size=HEADER_DEFER_SIZE)
+        except Exception as exc:
+            raise ServiceError(STATUS_CANNOT_UNDERSTAND,
+                               f"unreadable data set: {exc}"[:64]) from exc
+        check_identity(ds, self.request)
+        try:
+            adopted = self.archive.adopt(self.temp_path, ds, duplicate=duplicate)
+        except OSError as exc:
+            raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}"[:64]) from exc
+        if adopted.duplicate:
+            log.info("SOP Instance %s already stored: %s", self.request.affected_sop_instance_uid,
+                     "kept the first" if duplicate is Duplicate.KEEP else "replaced")
+        return adopted
+
+    def commit(self) -> None:
+        """Place the instance if the handler did not (blocking; the archive handler always
+        places it in a worker thread first)."""
+        if self._state == "open":
+            self.place()
+
+    def discard(self) -> None:
+        """Remove the temporary file unless :meth:`place` has taken it over."""
+        with self._lock:
+            if self._state != "open":
+                return
+            self._state = "discarded"
+        self._remove()
+
+    def _remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp_path)
+
+
+def archive_sink_factory(archive: Archive) -> SinkFactory:
+    """A :class:`SinkFactory` streaming each received instance into ``archive``'s folder."""
+
+    def open_sink(request: CStoreRQ, ctx: RequestContext) -> DataSetSink:
+        return ArchiveSink(archive, request, ctx.context.transfer_syntax, ctx.calling_ae)
+
+    return open_sink
+
+
+def archive_store_handler(archive: Archive, *,
+                          duplicate: Duplicate = Duplicate.KEEP) -> StoreHandler:
+    """A C-STORE handler storing each instance into ``archive``, indexed before the response.
+
+    With :func:`archive_sink_factory` as the sink the instance is never in memory; without a
+    sink (data set received in memory) it is decoded and written by :meth:`Archive.store`.
+    """
+
+    async def store(request: CStoreRQ, dataset: ReceivedDataSet, ctx: RequestContext) -> int:
+        sink = dataset.sink
+        if isinstance(sink, ArchiveSink):
+            await asyncio.to_thread(sink.place, duplicate)
+            return 0
+        ds = dataset.decode()
+        check_identity(ds, request)
+        known = archive.stored_path(request.affected_sop_instance_uid)
+        if duplicate is Duplicate.KEEP and known is not None and known.exists():
+            return 0
+        try:
+            await asyncio.to_thread(archive.store, ds, transfer_syntax=dataset.transfer_syntax)
+        except OSError as exc:
+            raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}"[:64]) from exc
+        return 0
+
+    return store
