@@ -39,7 +39,8 @@ from pdu.negotiation import qr_extended_negotiation
 
 from . import codec
 from ._vr import syntax_for_decode
-from .archive import Archive
+from .archive import Archive, Duplicate
+from .archive_store import archive_sink_factory, archive_store_handler
 from .errors import IdentifierError, ServiceError
 from .messages import DATASET_PRESENT, NO_DATASET, CFindRQ, CFindRSP, CommandField
 from .qr import (
@@ -396,24 +397,16 @@ def archive_find_handler(archive: Archive, *, chunk: int = ARCHIVE_CHUNK) -> Fin
     return handle
 
 
-def archive_store_handler(archive: Archive) -> Any:
-    """A C-STORE handler writing each received instance into ``archive`` (indexed at once)."""
-
-    async def store(request: Any, dataset: ReceivedDataSet, ctx: RequestContext) -> int:
-        ds = dataset.decode()
-        await asyncio.to_thread(archive.store, ds, transfer_syntax=dataset.transfer_syntax)
-        return 0
-
-    return store
-
-
 def archive_server(archive: Archive, ae_title: str, *, host: str = "127.0.0.1", port: int = 0,
-                   lenient: bool = False, store: bool = True, **options: Any) -> Server:
-    """A Q/R SCP on ``archive``: C-ECHO, C-FIND for the three models, C-STORE into the archive."""
+                   lenient: bool = False, store: bool = True,
+                   duplicate: Duplicate = Duplicate.KEEP, **options: Any) -> Server:
+    """A Q/R SCP on ``archive``: C-ECHO, C-FIND for the three models, and (``store``) C-STORE
+    streamed into the archive folder and indexed at once (see :mod:`dimse.archive_store`)."""
     registry = HandlerRegistry()
     register_find(registry, archive_find_handler(archive), lenient=lenient)
     if store:
-        registry.on_store(archive_store_handler(archive))
+        registry.on_store(archive_store_handler(archive, duplicate=duplicate),
+                          sink=archive_sink_factory(archive))
     server = Server(ae_title, host=host, port=port, handlers=registry,
                     contexts=qr_server_contexts(registry), **options)
     server.policy = dataclasses.replace(server.policy, extended=find_extended_policy())
