@@ -248,7 +248,8 @@ def run_assoc_bench(tmp: Path, count: int) -> list[tuple[str, str, float]]:
     return rows
 
 
-def run_store_bench(tmp: Path, small: int, large: int) -> list[tuple[str, str, float]]:
+def run_store_bench(tmp: Path, small: int, large: int,
+                    only: set[str] | None = None) -> list[tuple[str, str, float]]:
     rows: list[tuple[str, str, float]] = []
     sets = {
         f"{small} x 10 KB": make_files(tmp / "small", small, 10_000),
@@ -269,6 +270,8 @@ def run_store_bench(tmp: Path, small: int, large: int) -> list[tuple[str, str, f
              ("ours", "storescp"), ("storescu", "ours"), ("ours", "pynetdicom"),
              ("pynetdicom", "ours")]
     for client, server in pairs:
+        if only is not None and f"{client} -> {server}" not in only:
+            continue
         for key in sets:
             size = sum(f.stat().st_size for f in sets[key])
             rx = Path(tempfile.mkdtemp(dir=tmp, prefix="rx"))
@@ -305,7 +308,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--serve", choices=["ours", "pynetdicom"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
-    parser.add_argument("--skip-store", action="store_true")
+    parser.add_argument("--skip-store", action="store_true", help="no C-STORE runs")
+    parser.add_argument("--store-only", action="store_true", help="only the C-STORE runs")
+    parser.add_argument("--pairs", help="C-STORE pairs to run, comma-separated, e.g. "
+                        "'ours -> ours,storescu -> storescp' (default: all)")
     args = parser.parse_args(argv)
     if args.serve == "ours":
         asyncio.run(_serve_ours(args.port, args.dir))
@@ -313,13 +319,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.serve == "pynetdicom":
         _serve_pynetdicom(args.port, args.dir)
         return
-    assocs, small, large = (256, 200, 4) if args.quick else (2000, 2000, 20)
+    # quick keeps the 2,000 x 10 KB case: small instances are where per-message costs show
+    assocs, small, large = (256, 2000, 4) if args.quick else (2000, 2000, 20)
+    only = {p.strip() for p in args.pairs.split(",")} if args.pairs else None
+    rows: list[tuple[str, str, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
-        print(f"associations ({assocs} per measure):")
-        rows = run_assoc_bench(Path(tmp), assocs)
+        if not args.store_only:
+            print(f"associations ({assocs} per measure):")
+            rows += run_assoc_bench(Path(tmp), assocs)
         if not args.skip_store:
             print("C-STORE:")
-            rows += run_store_bench(Path(tmp), small, large)
+            rows += run_store_bench(Path(tmp), small, large, only)
     print_table(rows)
 
 
