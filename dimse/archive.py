@@ -10,6 +10,7 @@ so an iterator may be advanced from any thread and interleaved with writes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -17,6 +18,7 @@ import re
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -54,6 +56,8 @@ __all__ = ["Adopted", "Archive", "Duplicate", "FindEncodedResult", "FindResult",
 PAGE_SIZE: Final = 256
 #: Values longer than this are not read when indexing a file (they stay on disk).
 HEADER_DEFER_SIZE: Final = 1 << 20
+#: Seconds after which an untouched temporary file is a crash leftover (see index()).
+STALE_TEMP_AGE: Final = 3600.0
 _KEY_COLUMNS: Final = frozenset({"patient_id", "issuer", "study_uid", "series_uid", "sop_uid"})
 _UID_OF: Final = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
                   "instance": "SOPInstanceUID"}
@@ -338,11 +342,27 @@ class Archive:
                 failed.append(path)
                 continue
             added, updated = (added + 1, updated) if old is None else (added, updated + 1)
+        self.remove_stale_temp()
         gone = [p for p in known if p not in seen]
         with self._lock, self._db:
             self._db.executemany("DELETE FROM instance WHERE path = ?", [(p,) for p in gone])
             self._prune()
         return IndexStats(added, updated, len(gone), tuple(failed))
+
+    def remove_stale_temp(self, max_age: float = STALE_TEMP_AGE) -> list[Path]:
+        """Delete the temporary files (``.tmp-*``) of writes that a crash interrupted: those
+        untouched for ``max_age`` seconds (a live transfer keeps its file's mtime fresh)."""
+        now, removed = time.time(), []
+        for root, _dirs, names in os.walk(self.storage_dir):
+            for name in names:
+                path = Path(root, name)
+                if not name.startswith(".tmp-"):
+                    continue
+                with contextlib.suppress(OSError):
+                    if now - path.stat().st_mtime > max_age:
+                        path.unlink()
+                        removed.append(path)
+        return removed
 
     def _files(self) -> Iterator[Path]:
         skip = {self.db_path.name, self.db_path.name + "-wal", self.db_path.name + "-shm"}

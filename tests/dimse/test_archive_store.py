@@ -11,6 +11,7 @@ import asyncio
 import errno
 import gc
 import hashlib
+import os
 import struct
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
@@ -329,3 +330,15 @@ def test_discard_before_place_removes_and_place_refuses(archive: Archive) -> Non
     with pytest.raises(Exception, match="discarded"):
         sink.place()
     assert files(archive) == []
+
+
+def test_index_removes_stale_temp_files_only(archive: Archive) -> None:
+    stale = archive.storage_dir / ".tmp-crashed.part"
+    fresh = archive.storage_dir / ".tmp-receiving.part"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(stale, (0, 0))
+    archive.index()
+    assert not stale.exists()  # left by a crash: removed
+    assert fresh.exists()  # a transfer in progress: kept
+    assert archive.stored_path("x") is None
