@@ -342,3 +342,20 @@ def test_index_removes_stale_temp_files_only(archive: Archive) -> None:
     assert not stale.exists()  # left by a crash: removed
     assert fresh.exists()  # a transfer in progress: kept
     assert archive.stored_path("x") is None
+
+
+async def test_handler_without_sink_stores_in_memory_data_sets(archive: Archive) -> None:
+    from dimse.archive_store import archive_store_handler
+    from dimse.services import HandlerRegistry
+
+    registry = HandlerRegistry()
+    registry.on_store(archive_store_handler(archive))  # no sink: the data set arrives in memory
+    async with Server("QRSCP", handlers=registry) as srv:
+        first = encode_instance(instance(30, name="First^One"), ExplicitVRLittleEndian)
+        again = encode_instance(instance(30, name="Second^One"), ExplicitVRLittleEndian)
+        assert await send(srv.port, CTImageStorage, f"{ROOT}1.1.30", first) == 0
+        assert await send(srv.port, CTImageStorage, f"{ROOT}1.1.30", again) == 0  # kept first
+        assert await send(srv.port, CTImageStorage, f"{ROOT}1.1.99", first) == 0xA900
+    stored = archive.stored_path(f"{ROOT}1.1.30")
+    assert stored is not None and pydicom.dcmread(stored).PatientName == "First^One"
+    assert len(files(archive)) == 1
