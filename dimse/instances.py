@@ -6,9 +6,13 @@ association module holds only the association.
 
 from __future__ import annotations
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-__all__ = ["UNCOMPRESSED", "encode_instance", "instance_transfer_syntax"]
+__all__ = ["UNCOMPRESSED", "encode_instance", "instance_transfer_syntax", "instance_uids"]
+
+_SOP_CLASS_UID = 0x00080016
+_SOP_INSTANCE_UID = 0x00080018
 
 #: The uncompressed transfer syntaxes, in our order of preference. An uncompressed instance (or
 #: one of unknown encoding) may go on a context of any of them: the codec transcodes.
@@ -18,6 +22,27 @@ UNCOMPRESSED = (
     "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
     "1.2.840.10008.1.2.2",  # explicit VR big endian (retired)
 )
+
+
+def instance_uids(ds: Dataset) -> tuple[str, str]:
+    """(SOP Class UID, SOP Instance UID) of ``ds``.
+
+    A data set read from a file holds raw elements; pydicom converts and validates one on
+    first access (~10 us per UID), so the bytes of a raw UI value are decoded directly.
+    """
+    return _uid(ds, _SOP_CLASS_UID, "SOPClassUID"), _uid(ds, _SOP_INSTANCE_UID, "SOPInstanceUID")
+
+
+def _uid(ds: Dataset, tag: int, keyword: str) -> str:
+    elem = ds._dict.get(tag)  # type: ignore[call-overload]
+    if elem.__class__ is RawDataElement and elem.VR in ("UI", None):
+        value = elem.value
+        if value is not None:
+            try:
+                return str(value.decode("ascii").rstrip("\0 "))
+            except UnicodeDecodeError:
+                pass
+    return str(getattr(ds, keyword))
 
 
 def encode_instance(ds: Dataset, transfer_syntax: str) -> bytes:

@@ -85,3 +85,27 @@ async def test_timer_suspended_while_paused_and_restarted_in_full() -> None:
     assert op.timer is not None
     await asyncio.sleep(0.1)
     assert expired == [op]
+
+
+async def test_deadline_watch_one_timer_for_many_operations() -> None:
+    """Restarted deadlines move; only the operations past theirs expire; stopped ones never."""
+    from dimse.operations import DeadlineWatch
+
+    loop = asyncio.get_running_loop()
+    watch = DeadlineWatch(loop)
+    expired: list[Operation] = []
+    gate = Reads().gate()
+    ops = [Operation(i, gate, loop, timeout=0.05, expired=expired.append, watch=watch)
+           for i in range(3)]
+    for op in ops:
+        op.restart_timer()
+    ops[1].stop_timer()
+    assert ops[1] not in watch.operations
+    await asyncio.sleep(0.03)
+    ops[2].restart_timer()  # pushed back: must survive the first check
+    await asyncio.sleep(0.04)
+    assert expired == [ops[0]]
+    await asyncio.sleep(0.05)
+    assert expired == [ops[0], ops[2]]
+    assert not watch.operations
+    watch.close()
