@@ -37,7 +37,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from benchmarks._nodelay import dcmtk_nodelay, pynetdicom_nodelay
-from dimse.connect import connect
+from dimse.connect import connect, run
 from dimse.errors import AssociationError
 from dimse.server import Server
 from dimse.services import HandlerRegistry, file_sink_factory
@@ -62,14 +62,15 @@ FAILURES = [0]
 # --------------------------------------------------------------------------- servers (subprocess)
 
 
-async def _serve_ours(port: int, folder: str) -> None:
+async def _serve_ours(port: int, folder: str, window: int = 1) -> None:
     registry = HandlerRegistry()
 
     async def on_store(rq: Any, dataset: Any, ctx: Any) -> int:
         return 0
 
     registry.on_store(on_store, sink=file_sink_factory(folder))
-    server = Server("BENCH", port=port, handlers=registry, max_pdu=65536)
+    server = Server("BENCH", port=port, handlers=registry, max_pdu=65536,
+                    async_window=(window, window) if window > 1 else None)
     await server.start()
     print("READY", flush=True)
     await server.serve_forever()
@@ -95,10 +96,10 @@ def _serve_pynetdicom(port: int, folder: str) -> None:
 
 
 @contextlib.contextmanager
-def python_server(kind: str, folder: Path) -> Iterator[int]:
+def python_server(kind: str, folder: Path, *extra: str) -> Iterator[int]:
     port = free_port()
     args = [sys.executable, "-m", "benchmarks.bench_e2e", "--serve", kind, "--port", str(port),
-            "--dir", str(folder)]
+            "--dir", str(folder), *extra]
     with run_process(args, cwd=Path(__file__).resolve().parent.parent, timeout=3600):
         wait_port(port, timeout=20)
         yield port
@@ -174,6 +175,16 @@ async def ours_store(port: int, datasets: list[Dataset]) -> None:
             assert status == 0, hex(status)
 
 
+async def ours_store_window(port: int, datasets: list[Dataset], window: int) -> None:
+    """Up to ``window`` C-STOREs in flight on one association (asynchronous operations)."""
+    async with connect("127.0.0.1", port, called_ae="BENCH", sop_classes=[CT],
+                       max_pdu=65536, dimse_timeout=120,
+                       async_window=(window, window)) as assoc:
+        assert assoc.negotiated.async_window == (window, window), assoc.negotiated.async_window
+        statuses = await assoc.store_many(datasets)
+        assert statuses == [0] * len(datasets)
+
+
 def pynetdicom_store(port: int, datasets: list[Dataset]) -> None:
     from pynetdicom import AE
     pynetdicom_nodelay()
@@ -218,7 +229,7 @@ def make_files(folder: Path, count: int, size: int) -> list[Path]:
                     rows=side, columns=side) for i in range(count)]
 
 
-def run_assoc_bench(tmp: Path, count: int) -> list[tuple[str, str, float]]:
+def run_assoc_bench(tmp: Path, count: int, uvloop: bool = False) -> list[tuple[str, str, float]]:
     rows: list[tuple[str, str, float]] = []
     ours_dir, py_dir = tmp / "ours_rx", tmp / "py_rx"
     ours_dir.mkdir()
@@ -234,6 +245,10 @@ def run_assoc_bench(tmp: Path, count: int) -> list[tuple[str, str, float]]:
          lambda p, n, c: asyncio.run(ours_echo_assocs(p, n, c))),
         ("echoscu -> ours", lambda: python_server("ours", ours_dir), echoscu_assocs),
     ]
+    if uvloop:
+        cases.insert(1, ("ours -> ours (uvloop)",
+                         lambda: python_server("ours", ours_dir, "--uvloop"),
+                         lambda p, n, c: run(ours_echo_assocs(p, n, c), use_uvloop=True)))
     for name, server, client in cases:
         with server() as port:
             for mode, conc in (("sequential", 1), (f"{CONCURRENCY} concurrent", CONCURRENCY)):
@@ -248,8 +263,8 @@ def run_assoc_bench(tmp: Path, count: int) -> list[tuple[str, str, float]]:
     return rows
 
 
-def run_store_bench(tmp: Path, small: int, large: int,
-                    only: set[str] | None = None) -> list[tuple[str, str, float]]:
+def run_store_bench(tmp: Path, small: int, large: int, only: set[str] | None = None,
+                    uvloop: bool = False) -> list[tuple[str, str, float]]:
     rows: list[tuple[str, str, float]] = []
     sets = {
         f"{small} x 10 KB": make_files(tmp / "small", small, 10_000),
@@ -260,17 +275,25 @@ def run_store_bench(tmp: Path, small: int, large: int,
         "ours": lambda d: python_server("ours", d),
         "pynetdicom": lambda d: python_server("pynetdicom", d),
         "storescp": lambda d: _storescp(d),
+        "ours (window 16)": lambda d: python_server("ours", d, "--window", "16"),
+        "ours (uvloop)": lambda d: python_server("ours", d, "--uvloop"),
     }
     clients: dict[str, Callable[[int, str], None]] = {
         "ours": lambda p, k: asyncio.run(ours_store(p, loaded[k])),
         "pynetdicom": lambda p, k: pynetdicom_store(p, loaded[k]),
         "storescu": lambda p, k: storescu_store(p, sets[k]),
+        "ours (uvloop)": lambda p, k: run(ours_store(p, loaded[k]), use_uvloop=True),
+        "ours (window 16)": lambda p, k: asyncio.run(ours_store_window(p, loaded[k], 16)),
     }
-    pairs = [("ours", "ours"), ("storescu", "storescp"), ("pynetdicom", "pynetdicom"),
+    pairs = [("ours", "ours"), ("ours (window 16)", "ours (window 16)"),
+             ("storescu", "storescp"),
+             *([("ours (uvloop)", "ours (uvloop)")] if uvloop else []),
+             ("pynetdicom", "pynetdicom"),
              ("ours", "storescp"), ("storescu", "ours"), ("ours", "pynetdicom"),
              ("pynetdicom", "ours")]
     for client, server in pairs:
-        if only is not None and f"{client} -> {server}" not in only:
+        label = f"ours -> {server}" if client == server != "ours" else f"{client} -> {server}"
+        if only is not None and label not in only:
             continue
         for key in sets:
             size = sum(f.stat().st_size for f in sets[key])
@@ -278,6 +301,8 @@ def run_store_bench(tmp: Path, small: int, large: int,
             with servers[server](rx) as port:
                 elapsed = timed(clients[client], port, key)
             name = f"{client} -> {server}"
+            if client == server and client.startswith("ours ("):  # e.g. ours -> ours (uvloop)
+                name = f"ours -> {server}"
             rows.append((name, f"C-STORE {key}, MB/s", size / elapsed / 1e6))
             print(f"  {name:28} {key:12} {size / elapsed / 1e6:8.1f} MB/s "
                   f"({len(sets[key]) / elapsed:.0f} instances/s)", flush=True)
@@ -308,13 +333,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--serve", choices=["ours", "pynetdicom"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
+    parser.add_argument("--window", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--uvloop", action="store_true",
+                        help="also run ours -> ours with uvloop on both sides (extra rows)")
     parser.add_argument("--skip-store", action="store_true", help="no C-STORE runs")
     parser.add_argument("--store-only", action="store_true", help="only the C-STORE runs")
     parser.add_argument("--pairs", help="C-STORE pairs to run, comma-separated, e.g. "
                         "'ours -> ours,storescu -> storescp' (default: all)")
     args = parser.parse_args(argv)
     if args.serve == "ours":
-        asyncio.run(_serve_ours(args.port, args.dir))
+        run(_serve_ours(args.port, args.dir, args.window), use_uvloop=args.uvloop)
         return
     if args.serve == "pynetdicom":
         _serve_pynetdicom(args.port, args.dir)
@@ -326,10 +354,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         if not args.store_only:
             print(f"associations ({assocs} per measure):")
-            rows += run_assoc_bench(Path(tmp), assocs)
+            rows += run_assoc_bench(Path(tmp), assocs, args.uvloop)
         if not args.skip_store:
             print("C-STORE:")
-            rows += run_store_bench(Path(tmp), small, large, only)
+            rows += run_store_bench(Path(tmp), small, large, only, args.uvloop)
     print_table(rows)
 
 

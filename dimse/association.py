@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
@@ -594,6 +594,32 @@ class Association:
         data = encode_instance(ds, cx.transfer_syntax)
         return await self.store_encoded(sop_class, sop_instance, data, cx,
                                         priority=priority, move_originator=move_originator)
+
+    async def store_many(self, datasets: Iterable[Dataset], *,
+                         priority: int = Priority.MEDIUM) -> list[int]:
+        """C-STORE every data set, up to the negotiated window of them in flight at once.
+
+        Returns the statuses in the order of ``datasets``. With the default window (1, 1) this is
+        a plain loop; with a wider one (asynchronous operations negotiated) the round trips
+        overlap. The first error (e.g. NotNegotiatedError) cancels the stores still running.
+        """
+        items = list(datasets)
+        statuses = [0] * len(items)
+        work = iter(enumerate(items))
+        invoked = self.negotiated.async_window[1 if self.role is Role.ACCEPTOR else 0]
+        workers = min(len(items), invoked if invoked > 0 else _PERFORM_CAP)
+
+        async def worker() -> None:
+            for index, ds in work:
+                statuses[index] = await self.store(ds, priority=priority)
+
+        if workers <= 1:
+            await worker()
+        else:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(worker())
+        return statuses
 
     async def store_encoded(self, sop_class: str, sop_instance: str, data: bytes | memoryview,
                             context: AcceptedContext, *, priority: int = Priority.MEDIUM,

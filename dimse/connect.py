@@ -12,10 +12,12 @@ context manager (the caller then calls ``release()`` or ``abort()``).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import os
 import ssl as ssl_module
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Coroutine, Generator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from pdu.constants import DEFAULT_MAX_PDU_LENGTH
 from pdu.items import UserIdentityRQ
@@ -26,7 +28,11 @@ from .association import Association
 from .errors import AssociationAborted, AssociationError, DimseTimeout
 from .services import VERIFICATION_SOP_CLASS, HandlerRegistry
 
-__all__ = ["DEFAULT_TRANSFER_SYNTAXES", "Connector", "connect"]
+__all__ = ["DEFAULT_TRANSFER_SYNTAXES", "UVLOOP_ENV", "Connector", "connect", "run",
+           "uvloop_available"]
+
+#: Set to ``0`` to keep :func:`run` on the default asyncio loop even when uvloop is installed.
+UVLOOP_ENV = "DIMSE_UVLOOP"
 
 #: What we propose for every abstract syntax unless told otherwise.
 DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = (
@@ -153,3 +159,28 @@ def connect(
         "handlers": handlers, "keepalive": keepalive,
     }
     return Connector(host, port, options)
+
+
+_T = TypeVar("_T")
+
+
+def uvloop_available() -> bool:
+    """Whether the optional uvloop event loop is installed (extra ``speed``)."""
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def run(main: Coroutine[Any, Any, _T], *, use_uvloop: bool | None = None) -> _T:
+    """``asyncio.run(main)``, on uvloop when it is installed (or when ``use_uvloop`` is True).
+
+    uvloop measured ~30% more associations per second and ~7% faster small C-STOREs ours<->ours
+    (benchmarks/RESULTS-e2e.md). ``use_uvloop=None`` picks it when installed unless the
+    environment variable ``DIMSE_UVLOOP=0``; True without uvloop raises ImportError.
+    """
+    if use_uvloop is None:
+        use_uvloop = os.environ.get(UVLOOP_ENV, "1") != "0" and uvloop_available()
+    if not use_uvloop:
+        return asyncio.run(main)
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from .errors import LocalProtocolError
 from .fsm import State
@@ -94,8 +94,8 @@ class UpperLayerProtocol(asyncio.Protocol):
 
     # -- asyncio.Protocol callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # not isinstance(..., asyncio.Transport): uvloop's transports do not derive from it
+        self.transport = cast(asyncio.Transport, transport)
         configure_socket(transport, keepalive=self._keepalive)
         sock = transport.get_extra_info("socket")
         if _TCP_QUICKACK is not None and sock is not None and sock.family in _TCP_FAMILIES:

@@ -374,3 +374,28 @@ def test_a_reused_message_id_does_not_inherit_an_old_cancel() -> None:
     assoc._dispatch(1, echo, None)
     assert not assoc.is_cancelled(7)
     assert not assoc.cancel_event(7).is_set() and assoc.cancel_event(7) is not first
+
+
+async def test_store_many_keeps_the_window_full_and_the_order() -> None:
+    registry = HandlerRegistry()
+    recorder = Recorder(delay=0.02)
+    registry.on_store(recorder)
+    async with Server("SRV", handlers=registry, async_window=(4, 4)) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV", sop_classes=[CT],
+                           async_window=(4, 4)) as assoc:
+            statuses = await assoc.store_many(make_ds(i) for i in range(10))
+    assert statuses == [0] * 10
+    assert recorder.max_running == 4
+    uids = sorted(rq.affected_sop_instance_uid for rq, _, _ in recorder.received)
+    assert uids == sorted(f"1.2.826.0.1.3680043.2.1143.9.{i}" for i in range(10))
+
+
+async def test_store_many_sequential_without_a_window() -> None:
+    registry = HandlerRegistry()
+    recorder = Recorder(status=0xB000)
+    registry.on_store(recorder)
+    async with Server("SRV", handlers=registry) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV", sop_classes=[CT]) as assoc:
+            assert await assoc.store_many([make_ds(1), make_ds(2)]) == [0xB000, 0xB000]
+            assert await assoc.store_many([]) == []
+    assert recorder.max_running == 1
