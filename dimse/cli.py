@@ -25,6 +25,7 @@ from typing import Final, TextIO
 
 from pydicom.dataset import Dataset
 
+from .connect import run
 from .errors import (
     AssociationRejected,
     DicomError,
@@ -224,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return asyncio.run(_COMMANDS[args.command](args))
+        return run(_COMMANDS[args.command](args))  # uvloop when installed (extra "speed")
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
