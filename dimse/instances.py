@@ -6,13 +6,24 @@ association module holds only the association.
 
 from __future__ import annotations
 
-from pydicom.dataelem import RawDataElement
+from typing import cast
+
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+
+from ._vr import ALL_VRS, HDR_IMPLICIT, HDR_LONG, HDR_SHORT, LONG_VRS, UNDEFINED
 
 __all__ = ["UNCOMPRESSED", "encode_instance", "instance_transfer_syntax", "instance_uids"]
 
 _SOP_CLASS_UID = 0x00080016
 _SOP_INSTANCE_UID = 0x00080018
+_CHARSET = 0x00080005
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_VR_BYTES = {vr: vr.encode("ascii") for vr in ALL_VRS}
+_SEQ_DELIMITER = HDR_IMPLICIT["<"].pack(0xFFFE, 0xE0DD, 0)
+_HDR_I, _HDR_S, _HDR_L = HDR_IMPLICIT["<"].pack, HDR_SHORT["<"].pack, HDR_LONG["<"].pack
 
 #: The uncompressed transfer syntaxes, in our order of preference. An uncompressed instance (or
 #: one of unknown encoding) may go on a context of any of them: the codec transcodes.
@@ -53,6 +64,10 @@ def encode_instance(ds: Dataset, transfer_syntax: str) -> bytes:
     """
     from . import codec
 
+    if transfer_syntax == _EXPLICIT_LE or transfer_syntax == _IMPLICIT_LE:
+        raw = _encode_raw(ds, transfer_syntax == _IMPLICIT_LE)
+        if raw is not None:
+            return raw
     if transfer_syntax in codec.SUPPORTED_TRANSFER_SYNTAXES:
         return codec.encode(ds, transfer_syntax)
     from pydicom.filebase import DicomBytesIO
@@ -62,6 +77,81 @@ def encode_instance(ds: Dataset, transfer_syntax: str) -> bytes:
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_dataset(buffer, ds)
     return buffer.getvalue()
+
+
+def _encode_raw(ds: Dataset, implicit: bool) -> bytes | None:
+    """The bytes ``dimse.codec`` writes for a data set read from a file and left untouched.
+
+    The hot path of C-STORE from files (~20 -> ~6 us for a 10 KB CT): every element is still
+    raw, the data set was read little endian with the wanted VR encoding and its character set
+    is unchanged, so each element is its header plus the read value. Anything else (a converted
+    element, an unknown VR, a long value in a short VR) returns None and the codec does the work.
+    """
+    d = ds._dict
+    if ds._read_little is not True or ds._read_implicit is not implicit:
+        return None
+    charset = d.get(_CHARSET)  # type: ignore[call-overload]
+    if charset is None:
+        if ds._read_charset != ds._parent_encoding:
+            return None
+    elif not _same_charset(charset, ds._read_charset):
+        return None
+    out: list[bytes] = []
+    append = out.append
+    for tag in sorted(d, key=int):
+        if not tag & 0xFFFF and tag >> 16 > 6:
+            continue  # retired group lengths are not written (PS3.5 7.2), as in the codec
+        elem = d[tag]
+        if elem.__class__ is not RawDataElement:
+            if tag != _CHARSET:
+                return None
+            elem = _raw_charset(cast(DataElement, elem))
+        value = elem.value
+        if value is None:
+            if elem.length:
+                return None
+            value = b""  # an empty value is read as None
+        undefined = elem.length == UNDEFINED
+        n = UNDEFINED if undefined else len(value)
+        if implicit:
+            append(_HDR_I(tag >> 16, tag & 0xFFFF, n))
+        else:
+            vr = elem.VR
+            vr_bytes = _VR_BYTES.get(vr or "")
+            if vr_bytes is None:
+                return None
+            if vr in LONG_VRS or undefined:
+                append(_HDR_L(tag >> 16, tag & 0xFFFF, vr_bytes, n))
+            elif n <= 0xFFFF:
+                append(_HDR_S(tag >> 16, tag & 0xFFFF, vr_bytes, n))
+            else:
+                return None
+        append(value)
+        if undefined:
+            append(_SEQ_DELIMITER)
+    return b"".join(out)
+
+
+def _same_charset(elem: object, read: object) -> bool:
+    """Whether Specific Character Set (converted by ``dcmread``) still names the read encodings.
+
+    Only a single value is taken (multi-valued ISO 2022 sets go through the codec).
+    """
+    value = getattr(elem, "value", None)
+    if elem.__class__ is not DataElement or value.__class__ is not str or not value:
+        return False
+    try:
+        return bool(convert_encodings(value) == read)
+    except (LookupError, ValueError):
+        return False
+
+
+def _raw_charset(elem: DataElement) -> RawDataElement:
+    """The checked single-valued Specific Character Set as the codec writes it (CS, padded)."""
+    data = str(elem.value).encode("ascii")
+    if len(data) & 1:
+        data += b" "
+    return RawDataElement(elem.tag, "CS", len(data), data, 0, False, True)
 
 
 def instance_transfer_syntax(ds: Dataset) -> str | None:
