@@ -158,23 +158,32 @@ def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str,
 SINK_MEMORY_LIMIT = 1 << 20
 _SINK_IDS = itertools.count()
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_PROC_FD = "/proc/self/fd"
+#: Anonymous temp files need O_TMPFILE and /proc to link them in (Linux); 0 when unavailable.
+_TMPFILE_FLAGS = (os.O_WRONLY | os.O_TMPFILE | getattr(os, "O_CLOEXEC", 0)
+                  if hasattr(os, "O_TMPFILE") and os.path.isdir(_PROC_FD) else 0)
 
 
 class FileSink:
-    """Streams a C-STORE data set into a Part 10 file: a hidden temp file, renamed on commit.
+    """Streams a C-STORE data set into a Part 10 file: a temp file, put in place on commit.
 
     Fragments are held (as the received views, not copied) until :meth:`finish` or until they
-    pass :data:`SINK_MEMORY_LIMIT`; then the temp file is opened (a unique name, no random
-    retries) and written with one ``os.writev`` per batch: the hot path of small instances.
+    pass :data:`SINK_MEMORY_LIMIT`; then the temp file is opened and written with one
+    ``os.writev`` per batch: the hot path of small instances. On Linux the temp file is
+    anonymous (``O_TMPFILE``) and linked in under its name on commit: one directory entry per
+    instance instead of a create and a rename, and nothing left behind by a crash. Elsewhere
+    (or when the folder's file system refuses) it is a hidden ``.part`` file, renamed on commit.
     """
 
-    __slots__ = ("_chunks", "_fd", "_held", "_path", "_temp", "size")
+    __slots__ = ("_anonymous", "_chunks", "_fd", "_folder", "_held", "_path", "_temp", "size")
 
     def __init__(self, folder: str | Path, request: CStoreRQ, transfer_syntax: str,
                  source_ae: str = "") -> None:
         uid = request.affected_sop_instance_uid
         name = _safe_name(uid)
         folder = os.fspath(folder)
+        self._folder = folder
+        self._anonymous = False
         self._path = os.path.join(folder, name + ".dcm")
         self._temp = os.path.join(folder, f".{name}.{os.getpid()}.{next(_SINK_IDS)}.part")
         self._chunks: list[bytes | memoryview] = [
@@ -190,7 +199,12 @@ class FileSink:
 
     @property
     def temp_path(self) -> Path:
-        """The hidden file holding the data set until commit (complete after ``finish``)."""
+        """The file holding the data set until commit (complete after ``finish``).
+
+        For an anonymous temp file this is its ``/proc/self/fd`` link (readable until commit).
+        """
+        if self._anonymous and self._fd >= 0:
+            return Path(f"{_PROC_FD}/{self._fd}")
         return Path(self._temp)
 
     def write(self, fragment: memoryview) -> None:
@@ -201,9 +215,20 @@ class FileSink:
         if self._held >= SINK_MEMORY_LIMIT:
             self._flush()
 
+    def _open(self) -> None:
+        if _TMPFILE_FLAGS:
+            try:
+                self._fd = os.open(self._folder, _TMPFILE_FLAGS, 0o644)
+            except OSError:  # e.g. a file system without O_TMPFILE: a named temp file
+                pass
+            else:
+                self._anonymous = True
+                return
+        self._fd = os.open(self._temp, _TEMP_FLAGS, 0o644)
+
     def _flush(self) -> None:
         if self._fd < 0:
-            self._fd = os.open(self._temp, _TEMP_FLAGS, 0o644)
+            self._open()
         chunks, self._chunks, self._held = self._chunks, [], 0
         while chunks:
             batch = chunks[:_IOV_MAX]
@@ -216,20 +241,35 @@ class FileSink:
                     rest = rest[os.write(self._fd, rest):]
 
     def finish(self) -> None:
-        """The last fragment is in: the temp file is complete and closed."""
+        """The last fragment is in: the temp file is complete (closed unless anonymous)."""
         self._flush()
-        self._close()
+        if not self._anonymous:
+            self._close()
 
     def commit(self) -> None:
-        if self._fd >= 0 or self._chunks:
+        if self._chunks or (self._fd >= 0 and not self._anonymous):
             self.finish()
-        os.replace(self._temp, self._path)
+        if not self._anonymous:
+            os.replace(self._temp, self._path)
+            return
+        fd = self._fd
+        source = f"{_PROC_FD}/{fd}"
+        try:  # src_dir_fd: linkat with AT_SYMLINK_FOLLOW (the path is absolute, fd unused)
+            try:
+                os.link(source, self._path, src_dir_fd=fd, follow_symlinks=True)
+            except FileExistsError:  # an existing file is replaced, as os.replace does
+                os.link(source, self._temp, src_dir_fd=fd, follow_symlinks=True)
+                os.replace(self._temp, self._path)
+        finally:
+            self._close()
 
     def discard(self) -> None:
         self._chunks, self._held = [], 0
+        anonymous = self._anonymous and self._fd >= 0
         self._close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._temp)
+        if not anonymous:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._temp)
 
     def _close(self) -> None:
         fd, self._fd = self._fd, -1

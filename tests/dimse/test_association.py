@@ -109,8 +109,10 @@ async def test_store_streamed_to_file_sink(tmp_path: Path) -> None:
     assert back.SOPInstanceUID == "1.2.826.0.1.3680043.2.1143.9.1"
     assert back.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert back.PixelData == make_ds(1, size=100_000).PixelData
-    assert all(path is not None and path.name.endswith(".part") for _, _, path in
-               recorder.received)
+    # the handler saw the temp file: a hidden .part file or an anonymous one (O_TMPFILE)
+    assert all(path is not None and (path.name.endswith(".part") or
+                                     path.parent == Path("/proc/self/fd"))
+               for _, _, path in recorder.received)
 
 
 async def test_failed_store_handler_leaves_no_file(tmp_path: Path) -> None:
@@ -295,7 +297,9 @@ async def _abort_mid_transfer(tmp_path: Path, side: str, sink: str) -> None:
         await asyncio.wait_for(assoc.wait_closed(), 5)
         assert SIZE_20MB // 2 <= seen[0] < SIZE_20MB  # really aborted half-way
         if sink == "file":  # at the abort the data was going to a temp file as it arrived
-            assert [p.suffix for p in at_abort] == [".part"]
+            from dimse import services  # (an anonymous one has no name in the folder)
+
+            assert [p.suffix for p in at_abort] == ([] if services._TMPFILE_FLAGS else [".part"])
         for _ in range(100):
             if not server.associations:
                 break
@@ -399,3 +403,33 @@ async def test_store_many_sequential_without_a_window() -> None:
             assert await assoc.store_many([make_ds(1), make_ds(2)]) == [0xB000, 0xB000]
             assert await assoc.store_many([]) == []
     assert recorder.max_running == 1
+
+
+@pytest.mark.parametrize("anonymous", [True, False])
+def test_file_sink_commit_replace_and_discard(tmp_path: Path, anonymous: bool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both temp-file kinds: complete and readable after finish, in place (replacing an older
+    file) only on commit, nothing left by discard."""
+    from dimse import services
+    from dimse.messages import CStoreRQ
+
+    if not anonymous:
+        monkeypatch.setattr(services, "_TMPFILE_FLAGS", 0)
+    elif not services._TMPFILE_FLAGS:
+        pytest.skip("no O_TMPFILE here")
+    rq = CStoreRQ(message_id=1, affected_sop_class_uid=CT, affected_sop_instance_uid="1.2.3")
+    (tmp_path / "1.2.3.dcm").write_bytes(b"old")
+    sink = services.FileSink(tmp_path, rq, "1.2.840.10008.1.2.1")
+    sink.write(memoryview(b"\x10\x00\x20\x00LO\x02\x00AB"))
+    sink.finish()
+    assert sink.temp_path.read_bytes().endswith(b"LO\x02\x00AB")
+    assert (tmp_path / "1.2.3.dcm").read_bytes() == b"old"
+    sink.commit()
+    data = (tmp_path / "1.2.3.dcm").read_bytes()
+    assert data[128:132] == b"DICM" and data.endswith(b"AB")
+    assert [p.name for p in tmp_path.iterdir()] == ["1.2.3.dcm"]
+    rq2 = CStoreRQ(message_id=2, affected_sop_class_uid=CT, affected_sop_instance_uid="1.2.4")
+    gone = services.FileSink(tmp_path, rq2, "1.2.840.10008.1.2.1")
+    gone.write(memoryview(b"\x00" * (services.SINK_MEMORY_LIMIT + 2)))  # streamed to disk
+    gone.discard()
+    assert [p.name for p in tmp_path.iterdir()] == ["1.2.3.dcm"]
