@@ -67,18 +67,18 @@ class UnknownCommandError(CommandDecodeError):
 # encoding
 
 _KIND_US, _KIND_STR, _KIND_AT = 0, 1, 2
-_Plan = tuple[tuple[str, int, int, bool, VR, bytes], ...]
+_Plan = tuple[tuple[str, int, int, bool, VR, bytes, int], ...]
 
 
 def _make_plan(command_field: int) -> tuple[_Plan, bytes]:
-    """(attr, element number, kind, mandatory, vr, padding) per field in tag order, and the
-    pre-encoded CommandField element."""
+    """(attr, element number, kind, mandatory, vr, padding, maximum length) per field in tag
+    order, and the pre-encoded CommandField element (no enum hashing per message)."""
     plan = []
     for tag, presence in SPECS[command_field].fields:
         el = ELEMENTS[tag]
         kind = _KIND_US if el.vr is VR.US else _KIND_AT if el.vr is VR.AT else _KIND_STR
         plan.append((el.attr, tag & 0xFFFF, kind, presence is Presence.MANDATORY, el.vr,
-                     _PAD.get(el.vr, b"")))
+                     _PAD.get(el.vr, b""), _MAX_LEN.get(el.vr, 0)))
     return tuple(plan), _US_EL.pack(0, 0x0100, 2, command_field)
 
 
@@ -95,7 +95,7 @@ def encode(msg: Message) -> bytes:
         raise CommandEncodeError(f"not a DIMSE-C message: {type(msg).__name__}") from None
     parts: list[bytes] = [b""]  # placeholder for CommandGroupLength
     cf_pending = True
-    for attr, elem, kind, mandatory, vr, pad in plan:
+    for attr, elem, kind, mandatory, vr, pad, max_len in plan:
         if cf_pending and elem > 0x0100:
             parts.append(cf_element)
             cf_pending = False
@@ -111,7 +111,7 @@ def encode(msg: Message) -> bytes:
                 raise CommandEncodeError(f"{attr}={value!r} is not a 16-bit unsigned integer",
                                          tag=elem) from None
         elif kind == _KIND_STR:
-            parts += _encode_text(attr, elem, value, vr, pad)
+            parts += _encode_text(attr, elem, value, vr, pad, max_len)
         else:
             parts += _encode_at(attr, elem, value)
     if cf_pending:
@@ -121,12 +121,13 @@ def encode(msg: Message) -> bytes:
     return b"".join(parts)
 
 
-def _encode_text(attr: str, elem: int, value: str, vr: VR, pad: bytes) -> tuple[bytes, bytes]:
+def _encode_text(attr: str, elem: int, value: str, vr: VR, pad: bytes,
+                 max_len: int) -> tuple[bytes, bytes]:
     try:
         raw = value.encode("ascii")
     except (UnicodeEncodeError, AttributeError):
         raise CommandEncodeError(f"{attr}={value!r} is not an ASCII string", tag=elem) from None
-    if len(raw) > _MAX_LEN[vr] or (vr is VR.UI and b"\\" in raw):
+    if len(raw) > max_len or (vr is VR.UI and b"\\" in raw):
         raise CommandEncodeError(f"{attr}={value!r} is not a valid {vr.value}", tag=elem)
     if len(raw) & 1:
         raw += pad
@@ -176,6 +177,15 @@ _DECODERS: dict[VR, Callable[[int, memoryview], Any]] = {
 }
 
 
+#: Per command field: (tag, attr, decoder, mandatory, keyword) per element, in spec order.
+_DECODE_PLANS: dict[int, tuple[tuple[int, str, Callable[[int, memoryview], Any], bool, str], ...]] = {
+    cf: tuple((tag, ELEMENTS[tag].attr, _DECODERS[ELEMENTS[tag].vr],
+               presence is Presence.MANDATORY, ELEMENTS[tag].keyword)
+              for tag, presence in spec.fields)
+    for cf, spec in SPECS.items()
+}
+
+
 def _split(data: bytes | bytearray | memoryview) -> tuple[dict[int, memoryview], list[int]]:
     """Cut the command set into {tag: raw value}; duplicate tags are returned separately."""
     view = memoryview(data)
@@ -218,15 +228,14 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         raise UnknownCommandError(command_field, message_id)
     values.pop(_TAG_GROUP_LENGTH, None)
     kwargs: dict[str, Any] = {}
-    for tag, presence in spec.fields:
-        raw = values.pop(tag, None)
-        el = ELEMENTS[tag]
-        value = None if raw is None else _DECODERS[el.vr](tag, raw)
-        if value is None:
-            if presence is Presence.MANDATORY:
-                raise CommandDecodeError(f"mandatory {el.keyword} is missing from "
-                                         f"{spec.name}", tag=tag)
-        kwargs[el.attr] = value  # None when absent: defaults must not invent elements
+    pop = values.pop
+    for tag, attr, decoder, mandatory, keyword in _DECODE_PLANS[command_field]:
+        raw = pop(tag, None)
+        value = None if raw is None else decoder(tag, raw)
+        if value is None and mandatory:
+            raise CommandDecodeError(f"mandatory {keyword} is missing from {spec.name}",
+                                     tag=tag)
+        kwargs[attr] = value  # None when absent: defaults must not invent elements
     if "priority" in kwargs and kwargs["priority"] in (0, 1, 2):
         kwargs["priority"] = Priority(kwargs["priority"])
     if values or duplicates:
