@@ -20,6 +20,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -185,7 +186,7 @@ class FileSink:
         self._folder = folder
         self._anonymous = False
         self._path = os.path.join(folder, name + ".dcm")
-        self._temp = os.path.join(folder, f".{name}.{os.getpid()}.{next(_SINK_IDS)}.part")
+        self._temp = ""  # named when needed (an anonymous temp file has no name)
         self._chunks: list[bytes | memoryview] = [
             file_meta_bytes(request.affected_sop_class_uid, uid, transfer_syntax, source_ae)]
         self._held = 0
@@ -205,7 +206,14 @@ class FileSink:
         """
         if self._anonymous and self._fd >= 0:
             return Path(f"{_PROC_FD}/{self._fd}")
-        return Path(self._temp)
+        return Path(self._temp_name())
+
+    def _temp_name(self) -> str:
+        if not self._temp:
+            base = os.path.basename(self._path)[:-4]
+            self._temp = os.path.join(self._folder,
+                                      f".{base}.{os.getpid()}.{next(_SINK_IDS)}.part")
+        return self._temp
 
     def write(self, fragment: memoryview) -> None:
         self._chunks.append(fragment)
@@ -224,7 +232,7 @@ class FileSink:
             else:
                 self._anonymous = True
                 return
-        self._fd = os.open(self._temp, _TEMP_FLAGS, 0o644)
+        self._fd = os.open(self._temp_name(), _TEMP_FLAGS, 0o644)
 
     def _flush(self) -> None:
         if self._fd < 0:
@@ -250,7 +258,7 @@ class FileSink:
         if self._chunks or (self._fd >= 0 and not self._anonymous):
             self.finish()
         if not self._anonymous:
-            os.replace(self._temp, self._path)
+            os.replace(self._temp_name(), self._path)
             return
         fd = self._fd
         source = f"{_PROC_FD}/{fd}"
@@ -258,7 +266,7 @@ class FileSink:
             try:
                 os.link(source, self._path, src_dir_fd=fd, follow_symlinks=True)
             except FileExistsError:  # an existing file is replaced, as os.replace does
-                os.link(source, self._temp, src_dir_fd=fd, follow_symlinks=True)
+                os.link(source, self._temp_name(), src_dir_fd=fd, follow_symlinks=True)
                 os.replace(self._temp, self._path)
         finally:
             self._close()
@@ -267,7 +275,7 @@ class FileSink:
         self._chunks, self._held = [], 0
         anonymous = self._anonymous and self._fd >= 0
         self._close()
-        if not anonymous:
+        if not anonymous and self._temp:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._temp)
 
@@ -288,8 +296,13 @@ def _iov_max() -> int:
 _IOV_MAX = _iov_max()
 
 
+_PLAIN_UID = re.compile(r"[0-9.]+")
+
+
 def _safe_name(uid: str) -> str:
     """A file name from a UID (only digits and dots are kept)."""
+    if _PLAIN_UID.fullmatch(uid):
+        return uid
     name = "".join(ch for ch in uid if ch.isdigit() or ch == ".")
     return name or "instance"
 
