@@ -62,12 +62,12 @@ def encode_instance(ds: Dataset, transfer_syntax: str) -> bytes:
     Uncompressed syntaxes go through ``dimse.codec``; an encapsulated (compressed) instance is
     explicit VR little endian around its already compressed pixel data, written by pydicom.
     """
-    from . import codec
-
     if transfer_syntax == _EXPLICIT_LE or transfer_syntax == _IMPLICIT_LE:
         raw = _encode_raw(ds, transfer_syntax == _IMPLICIT_LE)
         if raw is not None:
             return raw
+    from . import codec
+
     if transfer_syntax in codec.SUPPORTED_TRANSFER_SYNTAXES:
         return codec.encode(ds, transfer_syntax)
     from pydicom.filebase import DicomBytesIO
