@@ -7,8 +7,9 @@ loops only do dictionary hits and precompiled ``struct`` calls.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from pydicom import config
 from pydicom.charset import (
@@ -160,7 +161,10 @@ _ENCODINGS_CACHE: dict[object, tuple[str, ...]] = {}
 
 def python_encodings(charset: object) -> tuple[str, ...]:
     """Python codecs for a Specific Character Set value (str, list or None), memoised."""
-    key = tuple(charset) if isinstance(charset, list | tuple) else charset
+    # str or None as is; list, tuple or pydicom's MultiValue (a file's multi-valued charset)
+    key: object = charset
+    if charset is not None and not isinstance(charset, str):
+        key = tuple(cast(Iterable[str], charset))
     try:
         return _ENCODINGS_CACHE[key]
     except (KeyError, TypeError):

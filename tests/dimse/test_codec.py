@@ -357,3 +357,25 @@ def test_decoded_dataset_is_safely_modifiable() -> None:
     back = codec.decode(codec.encode(ds, codec.EXPLICIT_VR_LE), codec.EXPLICIT_VR_LE)
     assert back == ds
     assert back.PatientSex == "F" and back.PatientName[3] == "P^Q"
+
+
+def test_multi_valued_charset_read_from_a_file() -> None:
+    """A file's multi-valued Specific Character Set is a MultiValue, not a list."""
+    import io
+
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset as _Dataset
+
+    ds = _Dataset()
+    ds.SpecificCharacterSet = ["ISO 2022 IR 6", "ISO 2022 IR 87"]
+    ds.PatientName = "Yamada^Tarou=山田^太郎"
+    ds.file_meta = _Dataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.3"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    back = dcmread(io.BytesIO(buf.getvalue()))
+    data = codec.encode(back, "1.2.840.10008.1.2.1")
+    assert data == codec.encode(ds, "1.2.840.10008.1.2.1")
+    assert codec.decode(data, "1.2.840.10008.1.2.1").PatientName == "Yamada^Tarou=山田^太郎"
