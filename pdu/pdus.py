@@ -286,20 +286,20 @@ def _ae_decode(raw: bytes) -> tuple[str, bytes | None]:
     return value, (None if _ae_canonical(value) == raw else raw)
 
 
+@dataclass(frozen=True, slots=True)
 class _Associate:
     """What A-ASSOCIATE-RQ and -AC share: the fixed part, the items and their accessors."""
 
-    __slots__ = ()
     pdu_type: ClassVar[int]
     _context_type: ClassVar[type]
     called_ae: str
     calling_ae: str
     variable_items: tuple[AssociateItem, ...]
-    protocol_version: int
-    reserved: bytes
-    version_reserved: int
-    called_ae_raw: bytes | None
-    calling_ae_raw: bytes | None
+    protocol_version: int = 1
+    reserved: bytes = bytes(32)
+    version_reserved: int = 0
+    called_ae_raw: bytes | None = None
+    calling_ae_raw: bytes | None = None
 
     @property
     def application_context(self) -> str:
@@ -414,15 +414,6 @@ class AAssociateRQ(_Associate):
 
     pdu_type: ClassVar[int] = PduType.A_ASSOCIATE_RQ
     _context_type: ClassVar[type] = PresentationContextRQ
-    called_ae: str
-    calling_ae: str
-    variable_items: tuple[AssociateItem, ...]
-    protocol_version: int = 1
-    reserved: bytes = bytes(32)
-    version_reserved: int = 0
-    called_ae_raw: bytes | None = None
-    calling_ae_raw: bytes | None = None
-
     @property
     def presentation_contexts(self) -> tuple[PresentationContextRQ, ...]:
         return tuple(i for i in self.variable_items if isinstance(i, PresentationContextRQ))
@@ -451,15 +442,6 @@ class AAssociateAC(_Associate):
 
     pdu_type: ClassVar[int] = PduType.A_ASSOCIATE_AC
     _context_type: ClassVar[type] = PresentationContextAC
-    called_ae: str
-    calling_ae: str
-    variable_items: tuple[AssociateItem, ...]
-    protocol_version: int = 1
-    reserved: bytes = bytes(32)
-    version_reserved: int = 0
-    called_ae_raw: bytes | None = None
-    calling_ae_raw: bytes | None = None
-
     @property
     def presentation_contexts(self) -> tuple[PresentationContextAC, ...]:
         return tuple(i for i in self.variable_items if isinstance(i, PresentationContextAC))
