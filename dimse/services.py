@@ -15,24 +15,18 @@ becomes a failure status chosen by :func:`failure_status` and is logged, never p
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import itertools
 import logging
-import os
-import re
-import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
 from pydicom.dataset import Dataset
 
-from pdu.constants import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pdu.negotiation import AcceptedContext
 
 from .errors import DataSetDecodeError, ServiceError
+from .file_sink import SINK_MEMORY_LIMIT, FileSink, file_meta_bytes, file_sink_factory
 from .messages import CEchoRQ, CEchoRSP, CommandField, CStoreRQ, CStoreRSP, Message
 from .status import Category, category
 
@@ -42,6 +36,7 @@ if TYPE_CHECKING:
     from .association import Association
 
 __all__ = [
+    "SINK_MEMORY_LIMIT",
     "VERIFICATION_SOP_CLASS",
     "DataSetSink",
     "EchoHandler",
@@ -53,6 +48,7 @@ __all__ = [
     "SinkFactory",
     "StoreHandler",
     "failure_status",
+    "file_meta_bytes",
     "file_sink_factory",
     "storage_sop_classes",
 ]
@@ -121,203 +117,6 @@ class ReceivedDataSet:
 
             return pydicom.dcmread(self.sink.temp_path)
         raise DataSetDecodeError("the data set went to a sink that cannot be read back")
-
-
-_ELEMENT_SHORT = struct.Struct("<HH2sH")  # explicit VR LE header with a 2-byte length
-_ELEMENT_LONG = struct.Struct("<HH2s2xL")  # OB/UN...: reserved bytes + 4-byte length
-
-
-def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
-    if vr == b"OB":
-        return _ELEMENT_LONG.pack(0x0002, element, vr, len(value)) + value
-    return _ELEMENT_SHORT.pack(0x0002, element, vr, len(value)) + value
-
-
-def _pad(text: str, pad: bytes) -> bytes:
-    raw = text.encode("ascii")
-    return raw + pad if len(raw) % 2 else raw
-
-
-def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str,
-                    source_ae: str = "") -> bytes:
-    """Preamble, ``DICM`` and the group 0002 File Meta Information (PS3.10 7.1)."""
-    body = b"".join((
-        _meta_element(0x0001, b"OB", b"\x00\x01"),
-        _meta_element(0x0002, b"UI", _pad(sop_class, b"\x00")),
-        _meta_element(0x0003, b"UI", _pad(sop_instance, b"\x00")),
-        _meta_element(0x0010, b"UI", _pad(transfer_syntax, b"\x00")),
-        _meta_element(0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\x00")),
-        _meta_element(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION_NAME, b" ")),
-        *((_meta_element(0x0016, b"AE", _pad(source_ae, b" ")),) if source_ae else ()),
-    ))
-    group_length = _meta_element(0x0000, b"UL", struct.pack("<L", len(body)))
-    return b"\x00" * 128 + b"DICM" + group_length + body
-
-
-#: Data set bytes a :class:`FileSink` keeps in memory before it opens its temp file: a small
-#: instance costs one open, one gathered write and one rename; a large one streams.
-SINK_MEMORY_LIMIT = 1 << 20
-_SINK_IDS = itertools.count()
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-_PROC_FD = "/proc/self/fd"
-#: Anonymous temp files need O_TMPFILE and /proc to link them in (Linux); 0 when unavailable.
-_TMPFILE_FLAGS = (os.O_WRONLY | os.O_TMPFILE | getattr(os, "O_CLOEXEC", 0)
-                  if hasattr(os, "O_TMPFILE") and os.path.isdir(_PROC_FD) else 0)
-
-
-class FileSink:
-    """Streams a C-STORE data set into a Part 10 file: a temp file, put in place on commit.
-
-    Fragments are held (as the received views, not copied) until :meth:`finish` or until they
-    pass :data:`SINK_MEMORY_LIMIT`; then the temp file is opened and written with one
-    ``os.writev`` per batch: the hot path of small instances. On Linux the temp file is
-    anonymous (``O_TMPFILE``) and linked in under its name on commit: one directory entry per
-    instance instead of a create and a rename, and nothing left behind by a crash. Elsewhere
-    (or when the folder's file system refuses) it is a hidden ``.part`` file, renamed on commit.
-    """
-
-    __slots__ = ("_anonymous", "_chunks", "_fd", "_folder", "_held", "_path", "_temp", "size")
-
-    def __init__(self, folder: str | Path, request: CStoreRQ, transfer_syntax: str,
-                 source_ae: str = "") -> None:
-        uid = request.affected_sop_instance_uid
-        name = _safe_name(uid)
-        folder = os.fspath(folder)
-        self._folder = folder
-        self._anonymous = False
-        self._path = os.path.join(folder, name + ".dcm")
-        self._temp = ""  # named when needed (an anonymous temp file has no name)
-        self._chunks: list[bytes | memoryview] = [
-            file_meta_bytes(request.affected_sop_class_uid, uid, transfer_syntax, source_ae)]
-        self._held = 0
-        self._fd = -1
-        self.size = 0
-
-    @property
-    def path(self) -> Path:
-        """Where the instance is once committed."""
-        return Path(self._path)
-
-    @property
-    def temp_path(self) -> Path:
-        """The file holding the data set until commit (complete after ``finish``).
-
-        For an anonymous temp file this is its ``/proc/self/fd`` link (readable until commit).
-        """
-        if self._anonymous and self._fd >= 0:
-            return Path(f"{_PROC_FD}/{self._fd}")
-        return Path(self._temp_name())
-
-    def _temp_name(self) -> str:
-        if not self._temp:
-            base = os.path.basename(self._path)[:-4]
-            self._temp = os.path.join(self._folder,
-                                      f".{base}.{os.getpid()}.{next(_SINK_IDS)}.part")
-        return self._temp
-
-    def write(self, fragment: memoryview) -> None:
-        self._chunks.append(fragment)
-        n = len(fragment)
-        self.size += n
-        self._held += n
-        if self._held >= SINK_MEMORY_LIMIT:
-            self._flush()
-
-    def _open(self) -> None:
-        if _TMPFILE_FLAGS:
-            try:
-                self._fd = os.open(self._folder, _TMPFILE_FLAGS, 0o644)
-            except OSError:  # e.g. a file system without O_TMPFILE: a named temp file
-                pass
-            else:
-                self._anonymous = True
-                return
-        self._fd = os.open(self._temp_name(), _TEMP_FLAGS, 0o644)
-
-    def _flush(self) -> None:
-        if self._fd < 0:
-            self._open()
-        chunks, self._chunks, self._held = self._chunks, [], 0
-        while chunks:
-            batch = chunks[:_IOV_MAX]
-            del chunks[:_IOV_MAX]
-            total = sum(len(c) for c in batch)
-            written = os.writev(self._fd, batch)
-            if written < total:  # a short write: finish this batch the slow way
-                rest = b"".join(batch)[written:]
-                while rest:
-                    rest = rest[os.write(self._fd, rest):]
-
-    def finish(self) -> None:
-        """The last fragment is in: the temp file is complete (closed unless anonymous)."""
-        self._flush()
-        if not self._anonymous:
-            self._close()
-
-    def commit(self) -> None:
-        if self._chunks or (self._fd >= 0 and not self._anonymous):
-            self.finish()
-        if not self._anonymous:
-            os.replace(self._temp_name(), self._path)
-            return
-        fd = self._fd
-        source = f"{_PROC_FD}/{fd}"
-        try:  # src_dir_fd: linkat with AT_SYMLINK_FOLLOW (the path is absolute, fd unused)
-            try:
-                os.link(source, self._path, src_dir_fd=fd, follow_symlinks=True)
-            except FileExistsError:  # an existing file is replaced, as os.replace does
-                os.link(source, self._temp_name(), src_dir_fd=fd, follow_symlinks=True)
-                os.replace(self._temp, self._path)
-        finally:
-            self._close()
-
-    def discard(self) -> None:
-        self._chunks, self._held = [], 0
-        anonymous = self._anonymous and self._fd >= 0
-        self._close()
-        if not anonymous and self._temp:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._temp)
-
-    def _close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-
-def _iov_max() -> int:
-    """How many buffers one ``os.writev`` takes (POSIX guarantees 16; Linux allows 1024)."""
-    try:
-        return max(16, min(int(os.sysconf("SC_IOV_MAX")), 1024))
-    except (AttributeError, ValueError, OSError):
-        return 16
-
-
-_IOV_MAX = _iov_max()
-
-
-_PLAIN_UID = re.compile(r"[0-9.]+")
-
-
-def _safe_name(uid: str) -> str:
-    """A file name from a UID (only digits and dots are kept)."""
-    if _PLAIN_UID.fullmatch(uid):
-        return uid
-    name = "".join(ch for ch in uid if ch.isdigit() or ch == ".")
-    return name or "instance"
-
-
-def file_sink_factory(folder: str | Path) -> SinkFactory:
-    """A :class:`SinkFactory` writing every received instance to ``folder/<SOPInstanceUID>.dcm``."""
-    target = Path(folder)
-
-    def open_sink(request: CStoreRQ, ctx: RequestContext) -> DataSetSink:
-        return FileSink(target, request, ctx.context.transfer_syntax, ctx.calling_ae)
-
-    return open_sink
-
-
-# --------------------------------------------------------------------------- requests and handlers
 
 
 @dataclass(frozen=True, slots=True)

@@ -297,9 +297,9 @@ async def _abort_mid_transfer(tmp_path: Path, side: str, sink: str) -> None:
         await asyncio.wait_for(assoc.wait_closed(), 5)
         assert SIZE_20MB // 2 <= seen[0] < SIZE_20MB  # really aborted half-way
         if sink == "file":  # at the abort the data was going to a temp file as it arrived
-            from dimse import services  # (an anonymous one has no name in the folder)
+            from dimse import file_sink  # (an anonymous one has no name in the folder)
 
-            assert [p.suffix for p in at_abort] == ([] if services._TMPFILE_FLAGS else [".part"])
+            assert [p.suffix for p in at_abort] == ([] if file_sink._TMPFILE_FLAGS else [".part"])
         for _ in range(100):
             if not server.associations:
                 break
@@ -405,21 +405,41 @@ async def test_store_many_sequential_without_a_window() -> None:
     assert recorder.max_running == 1
 
 
+async def test_store_many_one_at_a_time_stops_at_an_unsendable_instance() -> None:
+    """The next data set is prepared while one is on the wire; one that cannot be sent (no
+    context for its class) raises only after the stores before it got their responses."""
+    registry = HandlerRegistry()
+    recorder = Recorder(delay=0.01)
+    registry.on_store(recorder)
+    mr = "1.2.840.10008.5.1.4.1.1.4"
+    items = [make_ds(1), make_ds(2), make_ds(3, sop_class=mr), make_ds(4)]
+    async with Server("SRV", handlers=registry) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV", sop_classes=[CT]) as assoc:
+            with pytest.raises(NotNegotiatedError):
+                await assoc.store_many(items)
+            assert not assoc._pending  # nothing left outstanding
+            assert await assoc.store(make_ds(5)) == 0  # the association is still usable
+    uids = [rq.affected_sop_instance_uid.rsplit(".", 1)[1] for rq, _, _ in recorder.received]
+    assert uids == ["1", "2", "5"] and recorder.max_running == 1
+    assert recorder.received[1][1] is not None
+    assert recorder.received[1][1].PatientID == "P2"  # the prepared bytes were the right ones
+
+
 @pytest.mark.parametrize("anonymous", [True, False])
 def test_file_sink_commit_replace_and_discard(tmp_path: Path, anonymous: bool,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Both temp-file kinds: complete and readable after finish, in place (replacing an older
     file) only on commit, nothing left by discard."""
-    from dimse import services
+    from dimse import file_sink
     from dimse.messages import CStoreRQ
 
     if not anonymous:
-        monkeypatch.setattr(services, "_TMPFILE_FLAGS", 0)
-    elif not services._TMPFILE_FLAGS:
+        monkeypatch.setattr(file_sink, "_TMPFILE_FLAGS", 0)
+    elif not file_sink._TMPFILE_FLAGS:
         pytest.skip("no O_TMPFILE here")
     rq = CStoreRQ(message_id=1, affected_sop_class_uid=CT, affected_sop_instance_uid="1.2.3")
     (tmp_path / "1.2.3.dcm").write_bytes(b"old")
-    sink = services.FileSink(tmp_path, rq, "1.2.840.10008.1.2.1")
+    sink = file_sink.FileSink(tmp_path, rq, "1.2.840.10008.1.2.1")
     sink.write(memoryview(b"\x10\x00\x20\x00LO\x02\x00AB"))
     sink.finish()
     assert sink.temp_path.read_bytes().endswith(b"LO\x02\x00AB")
@@ -429,7 +449,7 @@ def test_file_sink_commit_replace_and_discard(tmp_path: Path, anonymous: bool,
     assert data[128:132] == b"DICM" and data.endswith(b"AB")
     assert [p.name for p in tmp_path.iterdir()] == ["1.2.3.dcm"]
     rq2 = CStoreRQ(message_id=2, affected_sop_class_uid=CT, affected_sop_instance_uid="1.2.4")
-    gone = services.FileSink(tmp_path, rq2, "1.2.840.10008.1.2.1")
-    gone.write(memoryview(b"\x00" * (services.SINK_MEMORY_LIMIT + 2)))  # streamed to disk
+    gone = file_sink.FileSink(tmp_path, rq2, "1.2.840.10008.1.2.1")
+    gone.write(memoryview(b"\x00" * (file_sink.SINK_MEMORY_LIMIT + 2)))  # streamed to disk
     gone.discard()
     assert [p.name for p in tmp_path.iterdir()] == ["1.2.3.dcm"]
