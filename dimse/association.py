@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
@@ -445,6 +445,13 @@ class Association:
         Pending responses are skipped. The same bookkeeping as :meth:`request_stream`, without
         an async generator per call (the hot path of C-STORE and C-ECHO).
         """
+        sent = await self._send_request(context, build, dataset)
+        return await self._final_response(*sent)
+
+    async def _send_request(self, context: AcceptedContext, build: Any,
+                            dataset: bytes | memoryview | None
+                            ) -> tuple[int, Operation, asyncio.Semaphore | None]:
+        """Take a window slot and a message ID, send the request, start its DIMSE timer."""
         window = self._window
         if window is not None:
             await window.acquire()
@@ -453,17 +460,24 @@ class Association:
                        timeout=self.dimse_timeout, expired=self._dimse_timeout,
                        watch=self._deadlines)
         self._pending[message_id] = op
-        sent = False
         try:
             await self.send_message(context.context_id, build(message_id), dataset)
-            sent = True
-            op.restart_timer()
+        except BaseException:
+            self._retire(message_id, op, window)
+            raise
+        op.restart_timer()
+        return message_id, op, window
+
+    async def _final_response(self, message_id: int, op: Operation,
+                              window: asyncio.Semaphore | None) -> Response:
+        """Wait for the final response of a sent request (Pending ones are skipped)."""
+        try:
             while True:
                 response = await op.next(_fresh)
                 if not is_pending(getattr(response[0], "status", 0)):
                     return response
         finally:
-            if not sent or op.final or op.error is not None or self._error is not None:
+            if op.final or op.error is not None or self._error is not None:
                 self._retire(message_id, op, window)
             else:  # cancelled before the final response: it frees the ID when it comes
                 op.drain(functools.partial(self._retire, message_id, op, window))
@@ -589,19 +603,24 @@ class Association:
     async def store(self, ds: Dataset, *, priority: int = Priority.MEDIUM,
                     move_originator: tuple[str, int] | None = None) -> int:
         """C-STORE ``ds``; returns the status (NotNegotiatedError before sending if no context)."""
-        sop_class, sop_instance = instance_uids(ds)
-        cx = self.storage_context(sop_class, instance_transfer_syntax(ds))
-        data = encode_instance(ds, cx.transfer_syntax)
+        sop_class, sop_instance, data, cx = self._prepare_store(ds)
         return await self.store_encoded(sop_class, sop_instance, data, cx,
                                         priority=priority, move_originator=move_originator)
+
+    def _prepare_store(self, ds: Dataset) -> tuple[str, str, bytes, AcceptedContext]:
+        """What a C-STORE of ``ds`` sends: its UIDs, its encoding and the context it goes on."""
+        sop_class, sop_instance = instance_uids(ds)
+        cx = self.storage_context(sop_class, instance_transfer_syntax(ds))
+        return sop_class, sop_instance, encode_instance(ds, cx.transfer_syntax), cx
 
     async def store_many(self, datasets: Iterable[Dataset], *,
                          priority: int = Priority.MEDIUM) -> list[int]:
         """C-STORE every data set, up to the negotiated window of them in flight at once.
 
-        Returns the statuses in the order of ``datasets``. With the default window (1, 1) this is
-        a plain loop; with a wider one (asynchronous operations negotiated) the round trips
-        overlap. The first error (e.g. NotNegotiatedError) cancels the stores still running.
+        Returns the statuses in the order of ``datasets``. With the default window (1, 1) the
+        C-STOREs go one at a time, each data set encoded while the previous one is on the wire;
+        with a wider one (asynchronous operations negotiated) the round trips overlap. The first
+        error (e.g. NotNegotiatedError) stops the run (cancelling the stores still running).
         """
         items = list(datasets)
         statuses = [0] * len(items)
@@ -613,25 +632,42 @@ class Association:
             for index, ds in work:
                 statuses[index] = await self.store(ds, priority=priority)
 
-        if workers <= 1:
-            await worker()
-        else:
+        if workers == 1:
+            await self._store_one_at_a_time(items, statuses, priority)
+        elif workers > 1:
             async with asyncio.TaskGroup() as group:
                 for _ in range(workers):
                     group.create_task(worker())
         return statuses
 
+    async def _store_one_at_a_time(self, items: list[Dataset], statuses: list[int],
+                                   priority: int) -> None:
+        """Sequential C-STOREs; the next data set is encoded while the peer works on this one.
+
+        An error preparing the next data set is raised once this one's response is in, as a
+        plain loop of :meth:`store` would.
+        """
+        prepared = self._prepare_store(items[0])
+        for index in range(len(items)):
+            sop_class, sop_instance, data, cx = prepared
+            sent = await self._send_request(
+                cx, _store_builder(sop_class, sop_instance, priority, None), data)
+            error: Exception | None = None
+            if index + 1 < len(items):
+                try:
+                    prepared = self._prepare_store(items[index + 1])
+                except Exception as exc:  # raised below, after the response
+                    error = exc
+            rsp, _ = await self._final_response(*sent)
+            statuses[index] = int(getattr(rsp, "status", 0))
+            if error is not None:
+                raise error
+
     async def store_encoded(self, sop_class: str, sop_instance: str, data: bytes | memoryview,
                             context: AcceptedContext, *, priority: int = Priority.MEDIUM,
                             move_originator: tuple[str, int] | None = None) -> int:
         """C-STORE a data set already encoded in ``context``'s transfer syntax."""
-        ae, mid_ = move_originator if move_originator is not None else (None, None)
-
-        def build(mid: int) -> CStoreRQ:
-            return CStoreRQ(message_id=mid, affected_sop_class_uid=sop_class,
-                            affected_sop_instance_uid=sop_instance, priority=priority,
-                            move_originator_ae_title=ae, move_originator_message_id=mid_)
-
+        build = _store_builder(sop_class, sop_instance, priority, move_originator)
         rsp, _ = await self.request(context, build, data)
         return int(getattr(rsp, "status", 0))
 
@@ -694,3 +730,14 @@ def _consume(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
+def _store_builder(sop_class: str, sop_instance: str, priority: int,
+                   move_originator: tuple[str, int] | None) -> Callable[[int], CStoreRQ]:
+    """``build(message_id)`` for a C-STORE-RQ (the message ID is chosen when it is sent)."""
+    ae, originator_id = move_originator if move_originator is not None else (None, None)
+
+    def build(message_id: int) -> CStoreRQ:
+        return CStoreRQ(message_id=message_id, affected_sop_class_uid=sop_class,
+                        affected_sop_instance_uid=sop_instance, priority=priority,
+                        move_originator_ae_title=ae, move_originator_message_id=originator_id)
+
+    return build
