@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
@@ -360,7 +360,22 @@ class Association:
         for op in self._pending.values():  # a sub-operation shows the peer is working
             if op.timer_wanted:
                 op.restart_timer()
-        task = self._loop.create_task(self._perform(request, self._track(request)))
+        message = request.message
+        cancel = self._track(request)
+        rest: Awaitable[None] | None = None
+        inline = self.handlers.inline(message.command_field) if not self._tasks else None
+        if inline is not None:  # nothing else is being performed: the order is kept
+            try:
+                rest = inline(request)
+            except AssociationError:
+                pass  # the association is gone; nothing to answer
+            except Exception:
+                log.exception("performer for %r failed", message)
+            if rest is None:
+                self._untrack(message, cancel)
+                self._maybe_release_response()
+                return
+        task = self._loop.create_task(self._perform(request, cancel, rest))
         self._tasks.add(task)
         task.add_done_callback(self._performed)
         if len(self._tasks) >= self._read_limit and not self._gate.backlog:
@@ -372,23 +387,31 @@ class Association:
         event = self._cancels[getattr(request.message, "message_id", -1)] = asyncio.Event()
         return event
 
-    async def _perform(self, request: RequestContext, cancel: asyncio.Event) -> None:
-        message = request.message
-        performer = self.handlers.get(message.command_field)
+    def _untrack(self, message: Message, cancel: asyncio.Event) -> None:
         message_id = getattr(message, "message_id", -1)
+        if self._cancels.get(message_id) is cancel:
+            del self._cancels[message_id]
+
+    async def _perform(self, request: RequestContext, cancel: asyncio.Event,
+                       started: Awaitable[None] | None = None) -> None:
+        """Perform a request in its task (or finish one an inline performer started)."""
+        message = request.message
         try:
-            async with self._performing:
-                if performer is None:
-                    await self._unsupported(request)
-                else:
-                    await performer(request)
+            if started is not None:
+                await started
+            else:
+                performer = self.handlers.get(message.command_field)
+                async with self._performing:
+                    if performer is None:
+                        await self._unsupported(request)
+                    else:
+                        await performer(request)
         except AssociationError:
             pass  # the association is gone; nothing to answer
         except Exception:
             log.exception("performer for %r failed", message)
         finally:
-            if self._cancels.get(message_id) is cancel:
-                del self._cancels[message_id]
+            self._untrack(message, cancel)
 
     def _performed(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -430,6 +453,20 @@ class Association:
                     raise _fresh(self._error)
                 protocol.send_pdata_bytes(pdu_bytes)
         self._idle.last_activity = self._loop.time()
+
+    def send_now(self, context_id: int, message: Message) -> bool:
+        """Send a message without a data set at once, if nothing is queued before it and the
+        transport is not paused (True); False when it must wait (use :meth:`send_message`)."""
+        if self._error is not None:
+            raise _fresh(self._error)
+        protocol = self.protocol
+        if self._send_lock.locked() or protocol.writing_paused:
+            return False
+        for pdu_bytes in fragment(context_id, commands.encode(message), None,
+                                  self.negotiated.peer_max_pdu):
+            protocol.send_pdata_bytes(pdu_bytes)
+        self._idle.last_activity = self._loop.time()
+        return True
 
     def _new_message_id(self) -> int:
         pending = self._pending

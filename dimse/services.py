@@ -16,10 +16,11 @@ becomes a failure status chosen by :func:`failure_status` and is logged, never p
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pydicom.dataset import Dataset
 
@@ -145,19 +146,34 @@ class RequestContext:
         """Send one response (a Pending one, or the final one) on the request's context."""
         await self.association.send_message(self.context.context_id, response, dataset)
 
+    def respond_now(self, response: Message) -> Awaitable[None] | None:
+        """Send a response without a data set now if the connection takes it at once (None);
+        otherwise the awaitable that sends it."""
+        if self.association.send_now(self.context.context_id, response):
+            return None
+        return self.respond(response)
+
 
 class EchoHandler(Protocol):
-    def __call__(self, request: CEchoRQ, ctx: RequestContext) -> Awaitable[int | None]: ...
+    """``(request, ctx) -> status``: a coroutine function, or a plain one (run inline)."""
+
+    def __call__(self, request: CEchoRQ, ctx: RequestContext, /
+                 ) -> Awaitable[int | None] | int | None: ...
 
 
 class StoreHandler(Protocol):
+    """``(request, dataset, ctx) -> status``: a coroutine function, or a plain one (inline)."""
+
     def __call__(
-        self, request: CStoreRQ, dataset: ReceivedDataSet, ctx: RequestContext
-    ) -> Awaitable[int | None]: ...
+        self, request: CStoreRQ, dataset: ReceivedDataSet, ctx: RequestContext, /
+    ) -> Awaitable[int | None] | int | None: ...
 
 
 #: What runs a request: it sends the response(s) itself through ``RequestContext.respond``.
 Performer = Callable[[RequestContext], Awaitable[None]]
+#: A performer run at once, in the callback that received the request (no task): it returns
+#: None when the request is done and answered, or an awaitable finishing it in a task.
+InlinePerformer = Callable[[RequestContext], Awaitable[None] | None]
 
 
 def failure_status(command_field: int, exc: BaseException) -> int:
@@ -178,35 +194,52 @@ def _error_fields(exc: BaseException, command_field: int) -> tuple[int, str, tup
     return failure_status(command_field, exc), comment, ()
 
 
-async def _default_echo(request: CEchoRQ, ctx: RequestContext) -> int:
+def _default_echo(request: CEchoRQ, ctx: RequestContext) -> int:
     return 0x0000
 
 
 class HandlerRegistry:
-    """Performers keyed by the request's command field, built from typed handlers."""
+    """Performers keyed by the request's command field, built from typed handlers.
+
+    A handler written as a plain function (not ``async def``) is run inline: in the callback
+    that received the request, with its response sent from there when the connection takes it,
+    so no task is made per request (the fast path of C-ECHO and of C-STORE into a sink).
+    """
 
     def __init__(self) -> None:
         self._performers: dict[int, Performer] = {}
+        self._inline: dict[int, InlinePerformer] = {}
         self._sinks: SinkFactory | None = None
         self.on_echo(_default_echo)
 
-    def register(self, command_field: int, performer: Performer) -> None:
-        """Install a raw performer (used by the Q/R services)."""
+    def register(self, command_field: int, performer: Performer,
+                 inline: InlinePerformer | None = None) -> None:
+        """Install a raw performer (used by the Q/R services), and its inline form if any."""
         self._performers[int(command_field)] = performer
+        if inline is None:
+            self._inline.pop(int(command_field), None)
+        else:
+            self._inline[int(command_field)] = inline
 
     def get(self, command_field: int) -> Performer | None:
         return self._performers.get(command_field)
+
+    def inline(self, command_field: int) -> InlinePerformer | None:
+        """The inline performer for ``command_field``, when its handler is a plain function."""
+        return self._inline.get(command_field)
 
     def __contains__(self, command_field: int) -> bool:
         return command_field in self._performers
 
     def on_echo(self, handler: EchoHandler) -> None:
-        self.register(CommandField.C_ECHO_RQ, functools.partial(_perform_echo, handler))
+        self.register(CommandField.C_ECHO_RQ, functools.partial(_perform_echo, handler),
+                      _inline_form(_echo_now, handler))
 
     def on_store(self, handler: StoreHandler, sink: SinkFactory | None = None) -> None:
         """C-STORE: ``sink`` (optional) receives the data set as it arrives."""
         self._sinks = sink
-        self.register(CommandField.C_STORE_RQ, functools.partial(_perform_store, handler))
+        self.register(CommandField.C_STORE_RQ, functools.partial(_perform_store, handler),
+                      _inline_form(_store_now, handler))
 
     def streams(self, request: Message) -> bool:
         """Whether the data set of ``request`` goes to a sink as it arrives."""
@@ -219,52 +252,118 @@ class HandlerRegistry:
         return None
 
 
+def _inline_form(now: Callable[[Any, RequestContext], Awaitable[None] | None],
+                 handler: object) -> InlinePerformer | None:
+    """``now`` bound to ``handler`` when the handler is a plain function (else None)."""
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)):  # noqa: B004 (an async __call__ counts)
+        return None
+    return functools.partial(now, handler)
+
+
+async def _outcome(result: Awaitable[int | None] | int | None) -> int | None:
+    return await result if inspect.isawaitable(result) else result
+
+
+# --------------------------------------------------------------------------- C-ECHO
+
+
+def _echo_response(rq: CEchoRQ, status: int | None, exc: Exception | None) -> CEchoRSP:
+    comment = ""
+    if exc is not None:
+        status, comment, _ = _error_fields(exc, CommandField.C_ECHO_RQ)
+    return CEchoRSP(message_id_being_responded_to=rq.message_id,
+                    affected_sop_class_uid=rq.affected_sop_class_uid,
+                    status=0 if status is None else status, error_comment=comment or None)
+
+
 async def _perform_echo(handler: EchoHandler, req: RequestContext) -> None:
-    rq = req.message
-    assert isinstance(rq, CEchoRQ)
-    comment, offending = "", cast(tuple[int, ...], ())
+    rq = cast(CEchoRQ, req.message)
     try:
-        status = await handler(rq, req)
-        status = 0 if status is None else status
+        status = await _outcome(handler(rq, req))
     except Exception as exc:
-        status, comment, offending = _error_fields(exc, CommandField.C_ECHO_RQ)
-    await req.respond(CEchoRSP(
+        await req.respond(_echo_response(rq, None, exc))
+    else:
+        await req.respond(_echo_response(rq, status, None))
+
+
+def _echo_now(handler: EchoHandler, req: RequestContext) -> Awaitable[None] | None:
+    rq = cast(CEchoRQ, req.message)
+    try:
+        result = handler(rq, req)
+    except Exception as exc:
+        return req.respond_now(_echo_response(rq, None, exc))
+    if inspect.isawaitable(result):  # a plain function that returned an awaitable
+        return _perform_echo(lambda _rq, _req: result, req)
+    return req.respond_now(_echo_response(rq, result, None))
+
+
+# --------------------------------------------------------------------------- C-STORE
+
+
+def _received(req: RequestContext) -> ReceivedDataSet:
+    return req.dataset or ReceivedDataSet(req.context.transfer_syntax, b"")
+
+
+def _store_response(rq: CStoreRQ, dataset: ReceivedDataSet, status: int | None,
+                    exc: Exception | None) -> CStoreRSP:
+    """Commit or discard the sink by the outcome, and the response saying it."""
+    sink = dataset.sink
+    if exc is None:
+        status = 0 if status is None else status
+        try:
+            if sink is not None:
+                if category(status) in (Category.SUCCESS, Category.WARNING):
+                    sink.commit()
+                else:
+                    sink.discard()
+        except Exception as commit_error:  # e.g. the disk is full
+            exc = commit_error
+    comment, offending = "", cast(tuple[int, ...], ())
+    if exc is not None:  # a handler never crashes the association
+        if sink is not None:
+            sink.discard()
+        status, comment, offending = _error_fields(exc, CommandField.C_STORE_RQ)
+    return CStoreRSP(
         message_id_being_responded_to=rq.message_id,
         affected_sop_class_uid=rq.affected_sop_class_uid,
-        status=status,
+        affected_sop_instance_uid=rq.affected_sop_instance_uid,
+        status=cast(int, status),
         error_comment=comment or None,
-    ))
-    del offending
+        offending_element=offending or None,
+    )
 
 
-async def _perform_store(handler: StoreHandler, req: RequestContext) -> None:
-    rq = req.message
-    assert isinstance(rq, CStoreRQ)
-    dataset = req.dataset or ReceivedDataSet(req.context.transfer_syntax, b"")
-    comment, offending = "", cast(tuple[int, ...], ())
+async def _perform_store(handler: StoreHandler, req: RequestContext,
+                         started: Awaitable[int | None] | None = None) -> None:
+    rq = cast(CStoreRQ, req.message)
+    dataset = _received(req)
     try:
-        if dataset.error is not None:
-            raise dataset.error
-        status = await handler(rq, dataset, req)
-        status = 0 if status is None else status
-        if dataset.sink is not None:
-            if category(status) in (Category.SUCCESS, Category.WARNING):
-                dataset.sink.commit()
-            else:
-                dataset.sink.discard()
-    except Exception as exc:  # a handler never crashes the association
-        if dataset.sink is not None:
-            dataset.sink.discard()
-        status, comment, offending = _error_fields(exc, CommandField.C_STORE_RQ)
+        if started is None:
+            if dataset.error is not None:
+                raise dataset.error
+            started = handler(rq, dataset, req)  # type: ignore[assignment]
+        status = await _outcome(started)
+    except Exception as exc:
+        response = _store_response(rq, dataset, None, exc)
     except BaseException:  # cancelled (association aborted): no partial file stays behind
         if dataset.sink is not None:
             dataset.sink.discard()
         raise
-    await req.respond(CStoreRSP(
-        message_id_being_responded_to=rq.message_id,
-        affected_sop_class_uid=rq.affected_sop_class_uid,
-        affected_sop_instance_uid=rq.affected_sop_instance_uid,
-        status=status,
-        error_comment=comment or None,
-        offending_element=offending or None,
-    ))
+    else:
+        response = _store_response(rq, dataset, status, None)
+    await req.respond(response)
+
+
+def _store_now(handler: StoreHandler, req: RequestContext) -> Awaitable[None] | None:
+    rq = cast(CStoreRQ, req.message)
+    dataset = _received(req)
+    try:
+        if dataset.error is not None:
+            raise dataset.error
+        result = handler(rq, dataset, req)
+    except Exception as exc:
+        return req.respond_now(_store_response(rq, dataset, None, exc))
+    if inspect.isawaitable(result):  # a plain function that returned an awaitable
+        return _perform_store(handler, req, result)
+    return req.respond_now(_store_response(rq, dataset, result, None))
