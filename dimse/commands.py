@@ -215,8 +215,8 @@ def _split(data: bytes | bytearray | memoryview) -> tuple[dict[int, memoryview],
     return values, duplicates
 
 
-def decode(data: bytes | bytearray | memoryview) -> Message:
-    """Decode a command set into its message dataclass (see the module docstring for leniency)."""
+def _decode_exact(data: bytes | bytearray | memoryview) -> Message:
+    """The general decoder: every leniency rule, every error, in one documented order."""
     values, duplicates = _split(data)
     raw_cf = values.pop(_TAG_COMMAND_FIELD, None)
     command_field = _us(_TAG_COMMAND_FIELD, raw_cf) if raw_cf is not None else None
@@ -247,3 +247,100 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
                     f"; duplicates ignored: {duplicates}" if duplicates else "")
         kwargs["unexpected"] = unexpected
     return MESSAGE_TYPES[command_field](**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast path: a well-formed command set, decoded in one walk in step with the plan
+
+_D_SKIP, _D_US, _D_PRIO, _D_UI, _D_TEXT, _D_AT, _D_CF = range(7)
+#: Header and the first value word at once (a US value is that word); the tag's 4 bytes read as
+#: one little-endian key, ``group | element << 16``, which orders group-0000 tags like the tags.
+_KEY_LEN_WORD = struct.Struct("<IIH").unpack_from
+_CF_HEADER = _HDR.pack(0, 0x0100, 2)
+_GROUP_LENGTH_HEADER = _HDR.pack(0, 0, 4)
+_PRIORITIES = tuple(Priority(p) for p in range(3))
+#: (key, kind, attr, mandatory) per element in tag order, GroupLength and CommandField included.
+_FastPlan = tuple[tuple[int, int, str, bool], ...]
+
+
+def _make_fast_plan(command_field: int) -> tuple[type[Message], _FastPlan, tuple[bool, ...],
+                                                 dict[str, Any]]:
+    """The message class, the plan, ``tail[i]``: "a mandatory element is at index i or later",
+    and the keyword arguments of a message with every element absent."""
+    kinds = {VR.US: _D_US, VR.UI: _D_UI, VR.AE: _D_TEXT, VR.LO: _D_TEXT, VR.AT: _D_AT}
+    rows = [(_TAG_GROUP_LENGTH, _D_SKIP, "", False), (_TAG_COMMAND_FIELD, _D_CF, "", True)]
+    for tag, presence in SPECS[command_field].fields:
+        el = ELEMENTS[tag]
+        kind = _D_PRIO if el.attr == "priority" else kinds[el.vr]
+        rows.append((tag, kind, el.attr, presence is Presence.MANDATORY))
+    rows.sort()
+    plan = tuple(((tag & 0xFFFF) << 16 | tag >> 16, kind, attr, mandatory)
+                 for tag, kind, attr, mandatory in rows)
+    tail = tuple(any(row[3] for row in plan[i:]) for i in range(len(plan) + 1))
+    return MESSAGE_TYPES[command_field], plan, tail, {row[2]: None for row in plan if row[2]}
+
+
+_FAST_PLANS = {cf: _make_fast_plan(cf) for cf in SPECS}
+#: How the fast path gives up without testing: under 10 bytes left (a truncated header, or a last
+#: value shorter than 2 bytes), more elements than the plan, a non-ASCII UID. Each is cheaper to catch once than to test for at every element.
+_NOT_FAST = (struct.error, IndexError, UnicodeDecodeError)
+
+
+def _decode_fast(data: bytes) -> Message | None:
+    """Decode a command set whose elements are all known, unique, in tag order, well formed and
+    complete; for anything else None, or an exception in :data:`_NOT_FAST`, and
+    :func:`_decode_exact` then handles and reports it."""
+    at = data.find(_CF_HEADER)  # a guess: the walk checks it is the real CommandField element
+    if at < 0 or at + 10 > len(data):
+        return None
+    fast = _FAST_PLANS.get(data[at + 8] | data[at + 9] << 8)
+    if fast is None:
+        return None
+    cls, plan, tail, absent = fast
+    kwargs = absent.copy()
+    end, cf_start = len(data), at + 8
+    offset, i = (12, 1) if data.startswith(_GROUP_LENGTH_HEADER) else (0, 0)
+    while offset < end:
+        key, length, word = _KEY_LEN_WORD(data, offset)  # struct.error: < 10 bytes left
+        start = offset + 8
+        offset = start + length
+        if offset > end:
+            return None
+        want, kind, attr, mandatory = plan[i]  # IndexError: unexpected/duplicate/out of order
+        i += 1
+        while want != key:  # skip absent elements; an absent mandatory one needs the exact path
+            if mandatory:
+                return None
+            want, kind, attr, mandatory = plan[i]
+            i += 1
+        if kind == _D_US:
+            if length != 2:
+                return None
+            kwargs[attr] = word
+        elif kind == _D_UI:  # UnicodeDecodeError when not ASCII
+            kwargs[attr] = data[start:offset].decode("ascii").strip(" \x00")
+        elif kind == _D_CF:
+            if start != cf_start:  # not the element whose command field chose the plan
+                return None
+        elif kind == _D_PRIO:
+            if length != 2:
+                return None
+            kwargs[attr] = _PRIORITIES[word] if word < 3 else word
+        elif kind == _D_TEXT:
+            kwargs[attr] = data[start:offset].decode("utf-8", "replace").strip(" \x00")
+        elif kind == _D_AT:
+            if length % 4:
+                return None
+            kwargs[attr] = _at(0, memoryview(data)[start:offset])  # cannot raise: length % 4 == 0
+    return None if tail[i] else cls(**kwargs)
+
+
+def decode(data: bytes | bytearray | memoryview) -> Message:
+    """Decode a command set into its message dataclass (see the module docstring for leniency)."""
+    if type(data) is not bytes:
+        data = bytes(data)  # command sets are small: one copy, then cheap bytes slices
+    try:
+        msg = _decode_fast(data)
+    except _NOT_FAST:
+        msg = None
+    return msg if msg is not None else _decode_exact(data)
