@@ -1,7 +1,7 @@
 """The asyncio shell around the sans-IO upper-layer core (``pdu.machine``).
 
-``UpperLayerProtocol`` is an :class:`asyncio.Protocol` (callbacks, not streams: this is the hot
-path). It feeds received bytes to :meth:`UpperLayerMachine.receive_data`, then drains the core's
+``UpperLayerProtocol`` is an :class:`asyncio.BufferedProtocol` (callbacks, not streams: this is
+the hot path). It feeds received bytes to :meth:`UpperLayerMachine.receive_data`, then drains the core's
 outbox: bytes go to ``transport.write``, ARTIM start/stop become ``loop.call_later`` handles,
 ``CloseTransport`` closes the socket, and every indication is handed to the owner through the
 ``on_indication`` callback (synchronously, in order).
@@ -16,6 +16,12 @@ the first, which Linux delays by up to 40 ms. So on Linux we set TCP_QUICKACK (w
 clears again by itself) each time data arrives: storescu -> our server went from ~23 to thousands
 of small instances per second (benchmarks/RESULTS-e2e.md).
 
+Receive buffer: a plain :class:`asyncio.Protocol` gets a new ``bytes`` from ``recv(262144)``
+per read, and allocating (then shrinking) a 256 KiB object each time cost asyncio's default loop
+20-40 us per read on Linux (a 10 KB request/response round trip: ~60 us -> ~20 us without it).
+So the socket is read into one reusable buffer per thread (:class:`_ReadBuffer`) and each read
+is copied out as ``bytes`` of its actual size.
+
 This is the only module of ``pdu`` that knows about asyncio and sockets.
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -67,7 +74,25 @@ def configure_socket(transport: asyncio.BaseTransport, *, keepalive: bool = Fals
         log.debug("could not set socket options", exc_info=True)
 
 
-class UpperLayerProtocol(asyncio.Protocol):
+#: Size of the shared receive buffer: as much as asyncio's own reads take at once.
+READ_BUFFER_SIZE = 256 * 1024
+
+
+class _ReadBuffer(threading.local):
+    """One receive buffer per thread (an event loop runs in one thread). Sharing it is safe
+    because every loop (asyncio's selector loop, its SSL layer, uvloop) asks for the buffer,
+    reads into it and reports the byte count in one go, before any other protocol runs; the
+    bytes are copied out at once. A read that fails (EAGAIN, EOF) reports nothing and leaves
+    nothing behind."""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(READ_BUFFER_SIZE))
+
+
+_READ_BUFFER = _ReadBuffer()
+
+
+class UpperLayerProtocol(asyncio.BufferedProtocol):
     """Bytes <-> ``UpperLayerMachine``; outbox -> socket, timers and the owner's callback."""
 
     def __init__(
@@ -88,6 +113,7 @@ class UpperLayerProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._connection_lost = False
         self._flushing = False
+        self._buffer: memoryview | None = None  # lent by get_buffer until buffer_updated
         self._quickack: Any = None  # the TCP socket to re-arm TCP_QUICKACK on, if any
         #: Resolved when the socket is closed (never raises).
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -102,6 +128,13 @@ class UpperLayerProtocol(asyncio.Protocol):
             self._quickack = sock
         self.machine.transport_connected()
         self.flush()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        self._buffer = _READ_BUFFER.view
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._buffer[:nbytes]))  # type: ignore[index]
 
     def data_received(self, data: bytes) -> None:
         sock = self._quickack
