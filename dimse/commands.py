@@ -1,8 +1,13 @@
 """Group-0000 command set codec: implicit VR little endian, CommandGroupLength first (PS3.7 6.3.1).
 
 Driven by :data:`dimse.messages.SPECS`: at import, every message class gets an encoding plan
-(its elements in tag order with precompiled ``struct`` packers and the command field element
+(its elements in tag order, one ``attrgetter`` reading them all, the command field element
 pre-encoded), so :func:`encode` is one pass building a list of parts and one ``join``.
+
+Decoding has two paths with one behaviour. The fast path walks a canonical command set (known,
+unique elements in tag order, all well formed) once, in step with the plan of its command field.
+Anything else goes to the exact decoder, which applies the rules below and reports errors in a
+fixed order; the fast path only ever returns what the exact one would (tested differentially).
 
 :func:`decode` is lenient where real peers differ and strict where it matters:
 
