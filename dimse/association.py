@@ -122,7 +122,8 @@ class Association:
         self.idle_timeout = idle_timeout
         self.machine = UpperLayerMachine(role, artim_timeout=artim_timeout,
                                          max_pdata_length=max_pdu)
-        self.protocol = UpperLayerProtocol(self.machine, self._on_indication, keepalive=keepalive)
+        self.protocol = UpperLayerProtocol(self.machine, self._on_indication, keepalive=keepalive,
+                                           on_pdata=self._on_pdata)
         self.rq: AAssociateRQ | None = None
         self._negotiated: Negotiated | None = None
         self._established: asyncio.Future[Negotiated] = self._loop.create_future()

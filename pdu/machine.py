@@ -29,6 +29,7 @@ Choices where PS3.8 leaves room (see the spec notes, section 7.3/7.5):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -189,6 +190,7 @@ _CLOSE_TRANSPORT: Final = CloseTransport()
 _CLOSED: Final = Closed()
 _CONNECT_TRANSPORT: Final = ConnectTransport()
 _RELEASE_CONFIRMATION: Final = ReleaseConfirmation()
+_STA6: Final = State.STA6
 
 _EVENT_OF_PDU: Final[dict[type, Event]] = {
     AAssociateAC: Event.EVT3,
@@ -222,6 +224,8 @@ class UpperLayerMachine:
         self._state = State.STA1
         self._outbox: list[Output] = []
         self._framer: PduFramer | None = None
+        #: Optional direct receiver of P-DATA indications (see :meth:`receive_data`).
+        self.pdata_handler: Callable[[PDataTF], None] | None = None
         self._artim_running = False
         self._rq_bytes: bytes | None = None
         self._actions = {
@@ -304,7 +308,13 @@ class UpperLayerMachine:
         self._event(Event.EVT2 if self.role is Role.REQUESTOR else Event.EVT5, None)
 
     def receive_data(self, data: Buffer) -> None:
-        """Bytes from the transport: each whole PDU is an event; a decode error is Evt19."""
+        """Bytes from the transport: each whole PDU is an event; a decode error is Evt19.
+
+        Fast path: a P-DATA-TF arriving in Sta6 is DT-2, which changes no state and starts no
+        timer; when ``pdata_handler`` is set and nothing is waiting in the outbox (so the order
+        of outputs is kept) it is handed to the handler at once instead of being queued as a
+        :class:`PDataIndication`.
+        """
         framer = self._framer
         if framer is None:
             if data:
@@ -314,6 +324,11 @@ class UpperLayerMachine:
         try:
             # iter_feed: PDUs that precede a malformed one in the same chunk are handled first.
             for p in framer.iter_feed(data):
+                if p.__class__ is PDataTF and self._state is _STA6 and not self._outbox:
+                    handler = self.pdata_handler
+                    if handler is not None:
+                        handler(p)
+                        continue
                 self._event(event_of[type(p)], p)
         except PduDecodeError as exc:
             self._framer = None  # unusable after an error; later bytes are ignored

@@ -13,8 +13,9 @@ buffer is above its high-water mark (``pause_writing``/``resume_writing``).
 Delayed ACKs: a peer that does not set TCP_NODELAY (DCMTK storescu/storescp, pynetdicom) writes
 a C-STORE command and its data set separately, and Nagle holds the second write until our ACK of
 the first, which Linux delays by up to 40 ms. So on Linux we set TCP_QUICKACK (which the kernel
-clears again by itself) each time data arrives: storescu -> our server went from ~23 to thousands
-of small instances per second (benchmarks/RESULTS-e2e.md).
+clears again by itself, and which also sends the pending ACK) after handling each read that we
+did not answer on the spot: storescu -> our server went from ~23 to thousands of small
+instances per second (benchmarks/RESULTS-e2e.md).
 
 Receive buffer: a plain :class:`asyncio.Protocol` gets a new ``bytes`` from ``recv(262144)``
 per read, and allocating (then shrinking) a 256 KiB object each time cost asyncio's default loop
@@ -45,6 +46,7 @@ from .machine import (
     StopArtim,
     UpperLayerMachine,
 )
+from .pdus import PDataTF
 
 __all__ = ["UpperLayerProtocol", "configure_socket"]
 
@@ -101,8 +103,12 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         on_indication: Indication,
         *,
         keepalive: bool = False,
+        on_pdata: Callable[[PDataTF], None] | None = None,
     ) -> None:
+        """``on_pdata`` (optional) receives the P-DATA-TF PDUs of an established association
+        directly (the machine's fast path); other indications go to ``on_indication``."""
         self.machine = machine
+        machine.pdata_handler = on_pdata
         self._on_indication = on_indication
         self._keepalive = keepalive
         self._loop = asyncio.get_running_loop()
@@ -115,6 +121,7 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         self._flushing = False
         self._buffer: memoryview | None = None  # lent by get_buffer until buffer_updated
         self._quickack: Any = None  # the TCP socket to re-arm TCP_QUICKACK on, if any
+        self._writes = 0  # transport.write calls so far
         #: Resolved when the socket is closed (never raises).
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
@@ -137,14 +144,18 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         self.data_received(bytes(self._buffer[:nbytes]))  # type: ignore[index]
 
     def data_received(self, data: bytes) -> None:
+        writes = self._writes
+        self.machine.receive_data(data)
+        self.flush()
         sock = self._quickack
-        if sock is not None:  # ACK at once: see the module docstring (delayed ACKs)
+        if sock is not None and self._writes == writes:
+            # Nothing sent back while handling this read: ACK it at once rather than after
+            # the delayed-ACK timeout (see the module docstring). When we did answer, the ACK
+            # went out with the answer and the system call is saved.
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
             except OSError:
                 self._quickack = None
-        self.machine.receive_data(data)
-        self.flush()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost follows
@@ -189,6 +200,7 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
             transport = self.transport
             if transport is not None and not transport.is_closing():
                 transport.write(out.data)
+                self._writes += 1
         elif isinstance(out, StartArtim):
             self._cancel_artim()
             self._artim = self._loop.call_later(out.seconds, self._artim_expired)
@@ -217,6 +229,7 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         if transport is not None and self.machine.state in _PDATA_SEND_STATES:
             if not transport.is_closing():
                 transport.write(data)
+                self._writes += 1
             return
         self.machine.send_pdata_bytes(data)  # raises LocalProtocolError in other states
         self.flush()

@@ -267,6 +267,48 @@ def test_dt2_ar6_pdata_indication(state: State, role: Role | None) -> None:
     assert m.state is state
 
 
+def test_pdata_handler_gets_sta6_pdata_directly_and_in_order() -> None:
+    """The fast path: in Sta6 with an empty outbox P-DATA goes to ``pdata_handler`` at once;
+    otherwise (another state, or outputs still queued) it is a queued PDataIndication."""
+    got: list[object] = []
+    m = drive(State.STA6)
+    m.pdata_handler = got.append
+    m.receive_data(PDATA_BYTES + PDATA_BYTES)
+    assert m.take_outputs() == [] and len(got) == 2 and m.state is State.STA6
+    assert bytes(got[0].pdvs[0].data) == b"\x08\x00\x00\x01"  # type: ignore[attr-defined]
+
+    m.release_request()  # Sta7: the indication is queued as before
+    m.take_outputs()
+    m.receive_data(PDATA_BYTES)
+    assert [type(o) for o in m.take_outputs()] == [PDataIndication] and len(got) == 2
+
+    # a requestor receiving the A-ASSOCIATE-AC and a P-DATA-TF in one read: the P-DATA waits
+    # behind the AssociateAccepted still in the outbox
+    r = UpperLayerMachine(Role.REQUESTOR)
+    r.pdata_handler = got.append
+    r.associate_request(make_rq())
+    r.transport_connected()
+    r.take_outputs()
+    r.receive_data(AC_BYTES + PDATA_BYTES + PDATA_BYTES)
+    outs = [type(o).__name__ for o in r.take_outputs() if type(o).__name__ != "StopArtim"]
+    assert outs == ["AssociateAccepted", "PDataIndication", "PDataIndication"]
+    assert len(got) == 2 and r.state is State.STA6
+
+
+def test_pdata_handler_abort_stops_the_fast_path() -> None:
+    """A handler that aborts leaves Sta6: the rest of the read goes through the table."""
+    m = drive(State.STA6)
+    calls: list[object] = []
+
+    def handler(p: object) -> None:
+        calls.append(p)
+        m.abort()
+
+    m.pdata_handler = handler
+    m.receive_data(PDATA_BYTES + PDATA_BYTES)
+    assert len(calls) == 1 and m.state is State.STA13
+
+
 # -- release -----------------------------------------------------------------------------------
 def test_ar1_sends_release_rq() -> None:
     m = drive(State.STA6)
