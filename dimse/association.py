@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
@@ -57,7 +57,7 @@ from pdu.negotiation import AcceptedContext, Negotiated, negotiated_from_ac
 from pdu.pdus import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF
 from pdu.transport import UpperLayerProtocol
 
-from . import commands
+from . import commands, storage_scu
 from .assembly import CommandReceived, DataFragment, MessageReceived, fragment
 from .errors import (
     AssociationAborted,
@@ -67,12 +67,11 @@ from .errors import (
     NotNegotiatedError,
 )
 from .inbound import InboundStores
-from .instances import UNCOMPRESSED, encode_instance, instance_transfer_syntax, instance_uids
+from .instances import instance_transfer_syntax
 from .messages import (
     MESSAGE_TYPES,
     CCancelRQ,
     CEchoRQ,
-    CStoreRQ,
     Message,
     Priority,
 )
@@ -483,13 +482,14 @@ class Association:
         Pending responses are skipped. The same bookkeeping as :meth:`request_stream`, without
         an async generator per call (the hot path of C-STORE and C-ECHO).
         """
-        sent = await self._send_request(context, build, dataset)
-        return await self._final_response(*sent)
+        sent = await self.send_request(context, build, dataset)
+        return await self.final_response(*sent)
 
-    async def _send_request(self, context: AcceptedContext, build: Any,
+    async def send_request(self, context: AcceptedContext, build: Any,
                             dataset: bytes | memoryview | None
                             ) -> tuple[int, Operation, asyncio.Semaphore | None]:
-        """Take a window slot and a message ID, send the request, start its DIMSE timer."""
+        """The first half of :meth:`request`: take a window slot and a message ID, send the
+        request, start its DIMSE timer; :meth:`final_response` is the second half."""
         window = self._window
         if window is not None:
             await window.acquire()
@@ -506,7 +506,7 @@ class Association:
         op.restart_timer()
         return message_id, op, window
 
-    async def _final_response(self, message_id: int, op: Operation,
+    async def final_response(self, message_id: int, op: Operation,
                               window: asyncio.Semaphore | None) -> Response:
         """Wait for the final response of a sent request (Pending ones are skipped)."""
         try:
@@ -613,24 +613,9 @@ class Association:
         return cx
 
     def storage_context(self, sop_class: str, transfer_syntax: str | None) -> AcceptedContext:
-        """The context to send an instance of ``sop_class`` encoded in ``transfer_syntax``.
-
-        The exact transfer syntax is preferred; an uncompressed instance (or one of unknown
-        encoding) may go on any uncompressed context (the codec transcodes); a compressed one
-        needs its own transfer syntax.
-        """
-        negotiated = self.negotiated
-        if transfer_syntax is not None:
-            cx = negotiated.context_for(sop_class, transfer_syntax,
-                                        scp=self.role is Role.ACCEPTOR)
-            if cx is not None:
-                return cx
-        if transfer_syntax is None or transfer_syntax in UNCOMPRESSED:
-            for ts in UNCOMPRESSED:
-                cx = negotiated.context_for(sop_class, ts, scp=self.role is Role.ACCEPTOR)
-                if cx is not None:
-                    return cx
-        return self.context_for(sop_class, transfer_syntax)
+        """The context to send an instance of ``sop_class`` encoded in ``transfer_syntax``
+        (see :func:`dimse.storage_scu.storage_context`)."""
+        return storage_scu.storage_context(self, sop_class, transfer_syntax)
 
     async def echo(self) -> int:
         """C-ECHO; returns the status."""
@@ -641,15 +626,9 @@ class Association:
     async def store(self, ds: Dataset, *, priority: int = Priority.MEDIUM,
                     move_originator: tuple[str, int] | None = None) -> int:
         """C-STORE ``ds``; returns the status (NotNegotiatedError before sending if no context)."""
-        sop_class, sop_instance, data, cx = self._prepare_store(ds)
+        sop_class, sop_instance, data, cx = storage_scu.prepare_store(self, ds)
         return await self.store_encoded(sop_class, sop_instance, data, cx,
                                         priority=priority, move_originator=move_originator)
-
-    def _prepare_store(self, ds: Dataset) -> tuple[str, str, bytes, AcceptedContext]:
-        """What a C-STORE of ``ds`` sends: its UIDs, its encoding and the context it goes on."""
-        sop_class, sop_instance = instance_uids(ds)
-        cx = self.storage_context(sop_class, instance_transfer_syntax(ds))
-        return sop_class, sop_instance, encode_instance(ds, cx.transfer_syntax), cx
 
     async def store_many(self, datasets: Iterable[Dataset], *,
                          priority: int = Priority.MEDIUM) -> list[int]:
@@ -660,52 +639,13 @@ class Association:
         with a wider one (asynchronous operations negotiated) the round trips overlap. The first
         error (e.g. NotNegotiatedError) stops the run (cancelling the stores still running).
         """
-        items = list(datasets)
-        statuses = [0] * len(items)
-        work = iter(enumerate(items))
-        invoked = self.negotiated.async_window[1 if self.role is Role.ACCEPTOR else 0]
-        workers = min(len(items), invoked if invoked > 0 else _PERFORM_CAP)
-
-        async def worker() -> None:
-            for index, ds in work:
-                statuses[index] = await self.store(ds, priority=priority)
-
-        if workers == 1:
-            await self._store_one_at_a_time(items, statuses, priority)
-        elif workers > 1:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(workers):
-                    group.create_task(worker())
-        return statuses
-
-    async def _store_one_at_a_time(self, items: list[Dataset], statuses: list[int],
-                                   priority: int) -> None:
-        """Sequential C-STOREs; the next data set is encoded while the peer works on this one.
-
-        An error preparing the next data set is raised once this one's response is in, as a
-        plain loop of :meth:`store` would.
-        """
-        prepared = self._prepare_store(items[0])
-        for index in range(len(items)):
-            sop_class, sop_instance, data, cx = prepared
-            sent = await self._send_request(
-                cx, _store_builder(sop_class, sop_instance, priority, None), data)
-            error: Exception | None = None
-            if index + 1 < len(items):
-                try:
-                    prepared = self._prepare_store(items[index + 1])
-                except Exception as exc:  # raised below, after the response
-                    error = exc
-            rsp, _ = await self._final_response(*sent)
-            statuses[index] = int(getattr(rsp, "status", 0))
-            if error is not None:
-                raise error
+        return await storage_scu.store_many(self, list(datasets), priority)
 
     async def store_encoded(self, sop_class: str, sop_instance: str, data: bytes | memoryview,
                             context: AcceptedContext, *, priority: int = Priority.MEDIUM,
                             move_originator: tuple[str, int] | None = None) -> int:
         """C-STORE a data set already encoded in ``context``'s transfer syntax."""
-        build = _store_builder(sop_class, sop_instance, priority, move_originator)
+        build = storage_scu.store_builder(sop_class, sop_instance, priority, move_originator)
         rsp, _ = await self.request(context, build, data)
         return int(getattr(rsp, "status", 0))
 
@@ -766,16 +706,3 @@ def _consume(fut: asyncio.Future[Any]) -> None:
     """Mark a future's exception as retrieved (nobody may be waiting on it)."""
     if not fut.cancelled():
         fut.exception()
-
-
-def _store_builder(sop_class: str, sop_instance: str, priority: int,
-                   move_originator: tuple[str, int] | None) -> Callable[[int], CStoreRQ]:
-    """``build(message_id)`` for a C-STORE-RQ (the message ID is chosen when it is sent)."""
-    ae, originator_id = move_originator if move_originator is not None else (None, None)
-
-    def build(message_id: int) -> CStoreRQ:
-        return CStoreRQ(message_id=message_id, affected_sop_class_uid=sop_class,
-                        affected_sop_instance_uid=sop_instance, priority=priority,
-                        move_originator_ae_title=ae, move_originator_message_id=originator_id)
-
-    return build
