@@ -11,7 +11,10 @@ Scenarios:
   ours->ours, pynetdicom->pynetdicom, pynetdicom->dcmqrscp, ours->dcmqrscp, echoscu->ours;
 * C-STORE of 2,000 instances of 10 KB and of 20 instances of 5 MB on one association:
   ours->ours, storescu->storescp, pynetdicom->pynetdicom and the crossed pairs.
-All SCPs write the received instances to files. A table with ratios to pynetdicom is printed.
+All SCPs write the received instances to files (in the run's temporary folder, or under
+``--rx-dir``, e.g. /dev/shm, so that a throttled virtual disk does not decide the comparison).
+``--rounds N`` runs the C-STORE pairs N times, interleaved, and reports each pair's median.
+A table with ratios to pynetdicom is printed.
 
 Also holds a pytest-benchmark test (``python3 -m pytest benchmarks/bench_e2e.py
 --benchmark-enable``) of one in-process association + echo + release.
