@@ -1,0 +1,242 @@
+"""The invoking side of an association: sending DIMSE messages and awaiting their responses.
+
+:class:`Invoker` is a mixin of :class:`~dimse.association.Association` (the one public class):
+it holds the methods that send messages (:meth:`~Invoker.send_message`,
+:meth:`~Invoker.send_now`), pick message IDs, invoke operations (:meth:`~Invoker.request` and
+its two halves :meth:`~Invoker.send_request` / :meth:`~Invoker.final_response`,
+:meth:`~Invoker.request_stream`), retire them, send C-CANCEL, and handle the DIMSE timeout. The
+association owns the state these methods use (declared below for the type checker) and the
+dispatch that delivers incoming responses to the pending :class:`~dimse.operations.Operation`.
+
+Operations in flight are bounded by the negotiated asynchronous operations window (a semaphore;
+with the default window (1, 1) operations are serialized). Every response is awaited under the
+DIMSE timeout, which a Pending response or an incoming sub-operation restarts; on expiry the
+association is aborted and :class:`~dimse.errors.DimseTimeout` raised.
+
+Flow control (:meth:`Invoker.request_stream`): each invoked operation buffers at most ``buffer``
+responses for its consumer; above that, reading from the socket pauses (resumed at half), and the
+DIMSE timers are suspended meanwhile (they time the peer, not our consumer). A consumer that
+leaves early makes the operation drain in the background (optionally after a C-CANCEL).
+
+Also here: :func:`_fresh`, the copy of a stored association error that is raised instead of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pdu.constants import AbortSource
+from pdu.negotiation import AcceptedContext, Negotiated
+from pdu.transport import UpperLayerProtocol
+
+from . import commands
+from .assembly import fragment
+from .errors import AssociationAborted, AssociationError, DimseTimeout
+from .messages import CCancelRQ, Message
+from .operations import DEFAULT_BUFFER, DeadlineWatch, IdleWatch, Operation, ReadGate
+from .services import ReceivedDataSet
+from .status import is_pending
+
+__all__ = ["Invoker", "Response"]
+
+_E = TypeVar("_E", bound=BaseException)
+
+#: A response message and its data set, if any.
+Response = tuple[Message, ReceivedDataSet | None]
+
+
+class Invoker:
+    """Invoking DIMSE operations; mixed into :class:`~dimse.association.Association`."""
+
+    # State owned and initialised by Association.__init__ / _setup.
+    _loop: asyncio.AbstractEventLoop
+    protocol: UpperLayerProtocol
+    dimse_timeout: float | None
+    _error: AssociationError | None
+    _pending: dict[int, Operation]
+    _next_id: int
+    _window: asyncio.Semaphore | None
+    _send_lock: asyncio.Lock
+    _gate: ReadGate
+    _idle: IdleWatch
+    _deadlines: DeadlineWatch
+
+    if TYPE_CHECKING:
+        @property
+        def negotiated(self) -> Negotiated: ...
+
+        def _fail(self, error: AssociationError) -> None: ...
+
+    # -- sending -------------------------------------------------------------------------------
+    async def send_message(self, context_id: int, message: Message,
+                           dataset: bytes | memoryview | None = None) -> None:
+        """Send one DIMSE message (command + optional data set) on ``context_id``."""
+        if self._error is not None:
+            raise _fresh(self._error)
+        command = commands.encode(message)
+        peer_max = self.negotiated.peer_max_pdu
+        protocol = self.protocol
+        async with self._send_lock:
+            for pdu_bytes in fragment(context_id, command, dataset, peer_max):
+                if protocol.writing_paused:
+                    try:
+                        await protocol.drain()
+                    except ConnectionError as exc:
+                        raise (_fresh(self._error) if self._error is not None
+                               else AssociationAborted("connection lost")) from exc
+                if self._error is not None:
+                    raise _fresh(self._error)
+                protocol.send_pdata_bytes(pdu_bytes)
+        self._idle.last_activity = self._loop.time()
+
+    def send_now(self, context_id: int, message: Message) -> bool:
+        """Send a message without a data set at once, if nothing is queued before it and the
+        transport is not paused (True); False when it must wait (use :meth:`send_message`)."""
+        if self._error is not None:
+            raise _fresh(self._error)
+        protocol = self.protocol
+        if self._send_lock.locked() or protocol.writing_paused:
+            return False
+        for pdu_bytes in fragment(context_id, commands.encode(message), None,
+                                  self.negotiated.peer_max_pdu):
+            protocol.send_pdata_bytes(pdu_bytes)
+        self._idle.last_activity = self._loop.time()
+        return True
+
+    def _new_message_id(self) -> int:
+        pending = self._pending
+        while True:
+            self._next_id = self._next_id % 0xFFFF + 1
+            if self._next_id not in pending:
+                return self._next_id
+
+    # -- invoking ------------------------------------------------------------------------------
+    async def request(self, context: AcceptedContext, build: Any,
+                      dataset: bytes | memoryview | None = None) -> Response:
+        """Invoke one operation with a single final response; ``build(message_id) -> Message``.
+
+        Pending responses are skipped. The same bookkeeping as :meth:`request_stream`, without
+        an async generator per call (the hot path of C-STORE and C-ECHO).
+        """
+        sent = await self.send_request(context, build, dataset)
+        return await self.final_response(*sent)
+
+    async def send_request(self, context: AcceptedContext, build: Any,
+                            dataset: bytes | memoryview | None
+                            ) -> tuple[int, Operation, asyncio.Semaphore | None]:
+        """The first half of :meth:`request`: take a window slot and a message ID, send the
+        request, start its DIMSE timer; :meth:`final_response` is the second half."""
+        window = self._window
+        if window is not None:
+            await window.acquire()
+        message_id = self._new_message_id()
+        op = Operation(context.context_id, self._gate, self._loop,
+                       timeout=self.dimse_timeout, expired=self._dimse_timeout,
+                       watch=self._deadlines)
+        self._pending[message_id] = op
+        try:
+            await self.send_message(context.context_id, build(message_id), dataset)
+        except BaseException:
+            self._retire(message_id, op, window)
+            raise
+        op.restart_timer()
+        return message_id, op, window
+
+    async def final_response(self, message_id: int, op: Operation,
+                              window: asyncio.Semaphore | None) -> Response:
+        """Wait for the final response of a sent request (Pending ones are skipped)."""
+        try:
+            while True:
+                response = await op.next(_fresh)
+                if not is_pending(getattr(response[0], "status", 0)):
+                    return response
+        finally:
+            if op.final or op.error is not None or self._error is not None:
+                self._retire(message_id, op, window)
+            else:  # cancelled before the final response: it frees the ID when it comes
+                op.drain(functools.partial(self._retire, message_id, op, window))
+
+    async def request_stream(self, context: AcceptedContext, build: Any,
+                             dataset: bytes | memoryview | None = None, *,
+                             buffer: int = DEFAULT_BUFFER, cancel_on_exit: bool = False
+                             ) -> AsyncGenerator[Response, None]:
+        """Invoke one operation and yield every response until the final (non-Pending) one.
+
+        At most ``buffer`` responses wait for the consumer before reading from the socket pauses
+        (it resumes at half); the DIMSE timer does not run meanwhile. A consumer leaving early
+        (break, ``aclose()``, cancellation) makes the operation drain in the background: later
+        responses are dropped until the final one, which frees the message ID and the window
+        slot; ``cancel_on_exit`` also sends C-CANCEL for it.
+        """
+        window = self._window
+        if window is not None:
+            await window.acquire()
+        message_id = self._new_message_id()
+        op = Operation(context.context_id, self._gate, self._loop, buffer=buffer,
+                       timeout=self.dimse_timeout, expired=self._dimse_timeout,
+                       watch=self._deadlines)
+        self._pending[message_id] = op
+        retire = functools.partial(self._retire, message_id, op, window)
+        sent = False
+        try:
+            await self.send_message(context.context_id, build(message_id), dataset)
+            sent = True
+            op.restart_timer()
+            while True:
+                response = await op.next(_fresh)
+                yield response
+                if not is_pending(getattr(response[0], "status", 0)):
+                    return
+        finally:
+            if not sent or op.final or op.error is not None or self._error is not None:
+                retire()
+            else:  # abandoned before the final response
+                op.drain(retire)
+                if cancel_on_exit:
+                    await self._cancel_abandoned(context, message_id, op)
+
+    def _retire(self, message_id: int, op: Operation, window: asyncio.Semaphore | None) -> None:
+        op.stop_timer()
+        if self._pending.get(message_id) is op:
+            del self._pending[message_id]
+            if window is not None:
+                window.release()
+
+    async def _cancel_abandoned(self, context: AcceptedContext, message_id: int,
+                                op: Operation) -> None:
+        """C-CANCEL an operation its consumer left; its final response must follow in time."""
+        op.await_final_after_cancel()
+        with contextlib.suppress(AssociationError):
+            await self.cancel(context, message_id)
+
+    async def cancel(self, context: AcceptedContext, message_id: int) -> None:
+        """Send C-CANCEL for an outstanding C-FIND/C-GET/C-MOVE."""
+        await self.send_message(context.context_id,
+                                CCancelRQ(message_id_being_responded_to=message_id))
+
+    # -- DIMSE timeout (the timers live in dimse.operations) -----------------------------------
+    def _on_gate(self, paused: bool) -> None:
+        """Reading paused by us: the DIMSE timers wait (the delay is ours, not the peer's)."""
+        for op in self._pending.values():
+            op.suspend_timer(paused)
+
+    def _dimse_timeout(self, op: Operation) -> None:
+        error = DimseTimeout(f"no response within {self.dimse_timeout} s; association aborted")
+        op.fail(error)
+        self._fail(AssociationAborted("aborted after a DIMSE timeout",
+                                      source=AbortSource.SERVICE_USER, reason=0))
+        self.protocol.abort()
+
+
+def _fresh(error: _E) -> _E:
+    """A copy of a stored error to raise: raising the stored object itself would attach the
+    raising frames' traceback to it, so the association (which keeps ``error``) would pin their
+    locals, e.g. the 20 MB data set of an aborted C-STORE, for as long as it lives."""
+    cls = type(error)
+    fresh = cls.__new__(cls, *error.args)  # not cls(...): __init__ signatures differ
+    fresh.__dict__.update(vars(error))
+    return fresh
