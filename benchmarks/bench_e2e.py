@@ -255,12 +255,12 @@ def run_assoc_bench(tmp: Path, count: int, uvloop: bool = False) -> list[tuple[s
     cases: list[tuple[str, Callable[[], contextlib.AbstractContextManager[int]],
                       Callable[[int, int, int], None]]] = [
         ("ours -> ours", lambda: python_server("ours", ours_dir),
-         lambda p, n, c: asyncio.run(ours_echo_assocs(p, n, c))),
+         lambda p, n, c: run(ours_echo_assocs(p, n, c), use_uvloop=False)),
         ("pynetdicom -> pynetdicom", lambda: python_server("pynetdicom", py_dir),
          pynetdicom_echo_assocs),
         ("pynetdicom -> dcmqrscp", lambda: dcmqrscp_server(tmp / "q1"), pynetdicom_echo_assocs),
         ("ours -> dcmqrscp", lambda: dcmqrscp_server(tmp / "q2"),
-         lambda p, n, c: asyncio.run(ours_echo_assocs(p, n, c))),
+         lambda p, n, c: run(ours_echo_assocs(p, n, c), use_uvloop=False)),
         ("echoscu -> ours", lambda: python_server("ours", ours_dir), echoscu_assocs),
     ]
     if uvloop:
@@ -297,11 +297,11 @@ def run_store_bench(tmp: Path, small: int, large: int, only: set[str] | None = N
         "ours (uvloop)": lambda d: python_server("ours", d, "--uvloop"),
     }
     clients: dict[str, Callable[[int, str], None]] = {
-        "ours": lambda p, k: asyncio.run(ours_store(p, loaded[k])),
+        "ours": lambda p, k: run(ours_store(p, loaded[k]), use_uvloop=False),
         "pynetdicom": lambda p, k: pynetdicom_store(p, loaded[k]),
         "storescu": lambda p, k: storescu_store(p, sets[k]),
         "ours (uvloop)": lambda p, k: run(ours_store(p, loaded[k]), use_uvloop=True),
-        "ours (window 16)": lambda p, k: asyncio.run(ours_store_window(p, loaded[k], 16)),
+        "ours (window 16)": lambda p, k: run(ours_store_window(p, loaded[k], 16), use_uvloop=False),
     }
     pairs = [("ours", "ours"), ("ours (window 16)", "ours (window 16)"),
              ("storescu", "storescp"),

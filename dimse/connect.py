@@ -12,6 +12,7 @@ context manager (the caller then calls ``release()`` or ``abort()``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import os
 import ssl as ssl_module
@@ -169,13 +170,22 @@ def uvloop_available() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
-def run(main: Coroutine[Any, Any, _T], *, use_uvloop: bool | None = None) -> _T:
-    """``asyncio.run(main)``, on uvloop when it is installed (or when ``use_uvloop`` is True).
+def run(main: Coroutine[Any, Any, _T], *, use_uvloop: bool | None = None,
+        freeze_gc: bool = True) -> _T:
+    """``asyncio.run(main)`` for a program's entry point, on uvloop when it is installed (or when
+    ``use_uvloop`` is True).
 
     uvloop measured ~30% more associations per second and ~7% faster small C-STOREs ours<->ours
     (benchmarks/RESULTS-e2e.md). ``use_uvloop=None`` picks it when installed unless the
     environment variable ``DIMSE_UVLOOP=0``; True without uvloop raises ImportError.
+
+    ``freeze_gc`` (default) calls :func:`gc.freeze` first: everything alive at that point
+    (modules, pydicom's dictionaries) leaves the cyclic collector's generations, so the many
+    short-lived objects of each association no longer trigger collections that walk them all
+    (+20% associations per second from 64 concurrent clients).
     """
+    if freeze_gc:
+        gc.freeze()
     if use_uvloop is None:
         use_uvloop = os.environ.get(UVLOOP_ENV, "1") != "0" and uvloop_available()
     if not use_uvloop:

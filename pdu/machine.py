@@ -228,18 +228,6 @@ class UpperLayerMachine:
         self.pdata_handler: Callable[[PDataTF], None] | None = None
         self._artim_running = False
         self._rq_bytes: bytes | None = None
-        self._actions = {
-            Action.AE_1: self._ae_1, Action.AE_2: self._ae_2, Action.AE_3: self._ae_3,
-            Action.AE_4: self._ae_4, Action.AE_5: self._ae_5, Action.AE_6: self._ae_6,
-            Action.AE_7: self._send_payload, Action.AE_8: self._ae_8,
-            Action.DT_1: self._send_payload, Action.DT_2: self._indicate_pdata,
-            Action.AR_1: self._ar_1, Action.AR_2: self._ar_2, Action.AR_3: self._ar_3,
-            Action.AR_4: self._ar_4, Action.AR_5: self._ar_5, Action.AR_6: self._indicate_pdata,
-            Action.AR_7: self._send_payload, Action.AR_8: self._ar_8, Action.AR_9: self._ar_9,
-            Action.AR_10: self._ar_10, Action.AA_1: self._aa_1, Action.AA_2: self._aa_2,
-            Action.AA_3: self._aa_3, Action.AA_4: self._aa_4, Action.AA_5: self._aa_5,
-            Action.AA_6: self._aa_6, Action.AA_7: self._aa_7, Action.AA_8: self._aa_8,
-        }
 
     # -- inspection ------------------------------------------------------------------------------
     @property
@@ -355,10 +343,11 @@ class UpperLayerMachine:
             log.debug("ignored: %s", message)
             return
         action, nxt = cell
-        if self._actions[action](event, payload):
+        perform, quiet = _PERFORM[action]
+        if perform(self, event, payload):
             nxt = ALTERNATE_NEXT[key]
         self._state = nxt
-        if action not in _DATA_ACTIONS:
+        if not quiet:
             log.debug("%s %s: %s -> %s (%s)", self.role.value, event, state, nxt, action)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -557,3 +546,25 @@ class UpperLayerMachine:
         self._outbox.append(AbortIndication(int(AbortSource.SERVICE_PROVIDER), reason, provider=True))
         self._start_artim()
         return False
+
+
+_Perform = Callable[[UpperLayerMachine, Event, object], bool]
+_M = UpperLayerMachine
+#: Each action's method, and whether it is a data-transfer action (not logged), built once for
+#: all machines (an enum-keyed dict of bound methods per machine cost ~10 us per association).
+_PERFORM: Final[dict[Action, tuple[_Perform, bool]]] = {
+    action: (method, action in _DATA_ACTIONS) for action, method in {
+        Action.AE_1: _M._ae_1, Action.AE_2: _M._ae_2, Action.AE_3: _M._ae_3,
+        Action.AE_4: _M._ae_4, Action.AE_5: _M._ae_5, Action.AE_6: _M._ae_6,
+        Action.AE_7: _M._send_payload, Action.AE_8: _M._ae_8,
+        Action.DT_1: _M._send_payload, Action.DT_2: _M._indicate_pdata,
+        Action.AR_1: _M._ar_1, Action.AR_2: _M._ar_2, Action.AR_3: _M._ar_3,
+        Action.AR_4: _M._ar_4, Action.AR_5: _M._ar_5, Action.AR_6: _M._indicate_pdata,
+        Action.AR_7: _M._send_payload, Action.AR_8: _M._ar_8, Action.AR_9: _M._ar_9,
+        Action.AR_10: _M._ar_10, Action.AA_1: _M._aa_1, Action.AA_2: _M._aa_2,
+        Action.AA_3: _M._aa_3, Action.AA_4: _M._aa_4, Action.AA_5: _M._aa_5,
+        Action.AA_6: _M._aa_6, Action.AA_7: _M._aa_7, Action.AA_8: _M._aa_8,
+    }.items()
+}
+if set(_PERFORM) != set(Action):  # pragma: no cover - caught at import
+    raise RuntimeError("an action of pdu.fsm.Action has no method in the machine")

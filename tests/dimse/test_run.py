@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,6 +13,21 @@ from dimse.connect import UVLOOP_ENV, run, uvloop_available
 
 async def _loop_module() -> str:
     return type(asyncio.get_running_loop()).__module__
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze() -> Iterator[None]:
+    """run() freezes the collector's view of the process: undo it for the other tests."""
+    yield
+    gc.unfreeze()
+
+
+def test_run_freezes_what_exists_at_startup() -> None:
+    gc.unfreeze()
+    run(_loop_module(), use_uvloop=False, freeze_gc=False)
+    assert gc.get_freeze_count() == 0
+    run(_loop_module(), use_uvloop=False)
+    assert gc.get_freeze_count() > 1000  # modules, pydicom's dictionaries...
 
 
 def test_default_loop_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
