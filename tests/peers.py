@@ -81,6 +81,17 @@ def dcmtk_version(tool: str = "echoscu") -> str:
     return " ".join(parts[2:]) if len(parts) > 2 else first
 
 
+def settle_pynetdicom() -> None:
+    """Let a pynetdicom SCU's association thread pause again before its next ``send_c_*()``.
+
+    pynetdicom 3.0.4 re-pauses its reactor only after that thread wakes from the previous
+    call's checkpoint; a fast SCP's response that arrives in between is taken by the reactor
+    (pynetdicom logs "Received unexpected C-STORE service message") and ``send_c_*()`` waits out
+    its DIMSE timeout. The reactor loop re-pauses within about a millisecond.
+    """
+    time.sleep(0.02)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it back)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

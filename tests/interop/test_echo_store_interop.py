@@ -19,6 +19,7 @@ from tests.peers import (
     free_port,
     make_ct,
     run_storescp,
+    settle_pynetdicom,
 )
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
@@ -171,6 +172,7 @@ async def test_pynetdicom_scu_against_our_server(tmp_path: Path) -> None:
         try:
             statuses = [int(assoc.send_c_echo().Status)]
             for f in files:
+                settle_pynetdicom()  # see there: a pynetdicom race, not ours
                 statuses.append(int(assoc.send_c_store(pydicom.dcmread(f)).Status))
         finally:
             assoc.release()
