@@ -73,7 +73,14 @@ from .messages import (
     Message,
     Priority,
 )
-from .operations import DEFAULT_BUFFER, DeadlineWatch, IdleWatch, Operation, ReadGate
+from .operations import (
+    DEFAULT_BUFFER,
+    UNLIMITED_WINDOW_CAP,
+    DeadlineWatch,
+    IdleWatch,
+    Operation,
+    ReadGate,
+)
 from .qr import Mode, QueryModel
 from .services import (
     VERIFICATION_SOP_CLASS,
@@ -87,8 +94,6 @@ __all__ = ["Association", "Response", "instance_transfer_syntax"]
 
 log = logging.getLogger(__name__)
 
-#: How many requests we perform at once when the window says "unlimited" (0).
-_PERFORM_CAP = 64
 #: Requests queued beyond the window before we stop reading from the peer.
 _BACKLOG = 16
 
@@ -211,7 +216,7 @@ class Association(Invoker):
         if self.role is Role.ACCEPTOR:
             invoked, performed = performed, invoked
         self._window = asyncio.Semaphore(invoked) if invoked > 0 else None
-        self._perform_limit = performed if performed > 0 else _PERFORM_CAP
+        self._perform_limit = performed if performed > 0 else UNLIMITED_WINDOW_CAP
         self._performing = asyncio.Semaphore(self._perform_limit)
         # Reading stops only when the peer queues far more than the window allows: below that
         # we keep reading so that C-CANCEL and A-ABORT are seen while requests are performed.

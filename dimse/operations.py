@@ -28,8 +28,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CANCEL_DRAIN_TIMEOUT", "DEFAULT_BUFFER", "DeadlineWatch", "IdleWatch", "Operation",
-           "ReadGate"]
+__all__ = ["CANCEL_DRAIN_TIMEOUT", "DEFAULT_BUFFER", "UNLIMITED_WINDOW_CAP", "DeadlineWatch",
+           "IdleWatch", "Operation", "ReadGate"]
 
 #: The smallest delay the idle check re-arms itself with (avoids a busy loop near the deadline).
 _MIN_IDLE_RECHECK = 0.05
@@ -37,6 +37,9 @@ _MIN_IDLE_RECHECK = 0.05
 DEFAULT_BUFFER = 32
 #: How long the final response may take after a C-CANCEL when no DIMSE timeout is set.
 CANCEL_DRAIN_TIMEOUT = 30.0
+#: Operations run at once (performed, or invoked by store_many) when the negotiated
+#: asynchronous operations window says "unlimited" (0).
+UNLIMITED_WINDOW_CAP = 64
 
 
 class ReadGate:

@@ -277,10 +277,12 @@ def _echo_response(rq: CEchoRQ, status: int | None, exc: Exception | None) -> CE
                     status=0 if status is None else status, error_comment=comment or None)
 
 
-async def _perform_echo(handler: EchoHandler, req: RequestContext) -> None:
+async def _perform_echo(handler: EchoHandler, req: RequestContext,
+                        started: Awaitable[int | None] | None = None) -> None:
+    """Perform a C-ECHO (or finish one whose plain handler returned ``started``)."""
     rq = cast(CEchoRQ, req.message)
     try:
-        status = await _outcome(handler(rq, req))
+        status = await _outcome(handler(rq, req) if started is None else started)
     except Exception as exc:
         await req.respond(_echo_response(rq, None, exc))
     else:
@@ -294,7 +296,7 @@ def _echo_now(handler: EchoHandler, req: RequestContext) -> Awaitable[None] | No
     except Exception as exc:
         return req.respond_now(_echo_response(rq, None, exc))
     if inspect.isawaitable(result):  # a plain function that returned an awaitable
-        return _perform_echo(lambda _rq, _req: result, req)
+        return _perform_echo(handler, req, result)
     return req.respond_now(_echo_response(rq, result, None))
 
 
@@ -336,6 +338,7 @@ def _store_response(rq: CStoreRQ, dataset: ReceivedDataSet, status: int | None,
 
 async def _perform_store(handler: StoreHandler, req: RequestContext,
                          started: Awaitable[int | None] | None = None) -> None:
+    """Perform a C-STORE (or finish one whose plain handler returned ``started``)."""
     rq = cast(CStoreRQ, req.message)
     dataset = _received(req)
     try:

@@ -17,6 +17,7 @@ from pdu.negotiation import AcceptedContext
 
 from .instances import UNCOMPRESSED, encode_instance, instance_transfer_syntax, instance_uids
 from .messages import CStoreRQ
+from .operations import UNLIMITED_WINDOW_CAP
 
 if TYPE_CHECKING:
     from .association import Association
@@ -25,9 +26,6 @@ __all__ = ["PreparedStore", "prepare_store", "storage_context", "store_builder",
 
 #: What a C-STORE sends: SOP class and instance UIDs, the encoded data set, its context.
 PreparedStore = tuple[str, str, bytes, AcceptedContext]
-
-#: Workers when the negotiated window says "unlimited" (0).
-_UNLIMITED_WORKERS = 64
 
 
 def storage_context(assoc: Association, sop_class: str,
@@ -76,7 +74,7 @@ async def store_many(assoc: Association, items: list[Dataset], priority: int) ->
     """See :meth:`dimse.association.Association.store_many`."""
     statuses = [0] * len(items)
     invoked = assoc.negotiated.async_window[1 if assoc.role is Role.ACCEPTOR else 0]
-    workers = min(len(items), invoked if invoked > 0 else _UNLIMITED_WORKERS)
+    workers = min(len(items), invoked if invoked > 0 else UNLIMITED_WINDOW_CAP)
     if workers == 1:
         await _one_at_a_time(assoc, items, statuses, priority)
     elif workers > 1:

@@ -119,7 +119,6 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._connection_lost = False
         self._flushing = False
-        self._buffer: memoryview | None = None  # lent by get_buffer until buffer_updated
         self._quickack: Any = None  # the TCP socket to re-arm TCP_QUICKACK on, if any
         self._writes = 0  # transport.write calls so far
         #: Resolved when the socket is closed (never raises).
@@ -137,11 +136,10 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         self.flush()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        self._buffer = _READ_BUFFER.view
-        return self._buffer
+        return _READ_BUFFER.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self._buffer[:nbytes]))  # type: ignore[index]
+        self.data_received(bytes(_READ_BUFFER.view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         writes = self._writes

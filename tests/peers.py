@@ -6,6 +6,7 @@ only the process groups it started itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -79,6 +80,22 @@ def dcmtk_version(tool: str = "echoscu") -> str:
     # "$dcmtk: echoscu v3.6.7 2022-04-22 $"
     parts = first.strip("$ ").split()
     return " ".join(parts[2:]) if len(parts) > 2 else first
+
+
+async def run_tool_async(args: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Run a command-line peer (e.g. a DCMTK tool) to completion without blocking the event
+    loop: (exit code, stdout and stderr). Killed and re-raised when it outlives ``timeout``."""
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
 
 
 def settle_pynetdicom() -> None:

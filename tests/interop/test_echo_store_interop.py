@@ -19,6 +19,7 @@ from tests.peers import (
     free_port,
     make_ct,
     run_storescp,
+    run_tool_async,
     settle_pynetdicom,
 )
 
@@ -35,27 +36,13 @@ def _ct_files(folder: Path, count: int, rows: int = 16) -> list[Path]:
     ]
 
 
-async def _run(args: list[str], timeout: float = 60) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
-
-
 async def test_dcmtk_echoscu_against_our_server() -> None:
     echoscu = dcmtk("echoscu")
     async with Server("OURSCP") as server:
-        code, out = await _run([echoscu, "-v", "-aec", "OURSCP", "127.0.0.1", str(server.port)])
+        code, out = await run_tool_async([echoscu, "-v", "-aec", "OURSCP", "127.0.0.1", str(server.port)])
         assert code == 0, out
         assert "Received Echo Response (Success)" in out
-        code, out = await _run([echoscu, "-aec", "WRONG", "127.0.0.1", str(server.port)])
+        code, out = await run_tool_async([echoscu, "-aec", "WRONG", "127.0.0.1", str(server.port)])
         assert code != 0
         assert "Called AE Title Not Recognized" in out or "Rejected" in out, out
 
@@ -74,7 +61,7 @@ async def test_dcmtk_storescu_against_our_server(tmp_path: Path) -> None:
     out_dir.mkdir()
     registry.on_store(on_store, sink=file_sink_factory(out_dir))
     async with Server("OURSCP", handlers=registry) as server:
-        code, out = await _run([storescu, "-aec", "OURSCP", "127.0.0.1", str(server.port),
+        code, out = await run_tool_async([storescu, "-aec", "OURSCP", "127.0.0.1", str(server.port),
                                 *map(str, files)])
         assert code == 0, out
     assert len(stored) == 5

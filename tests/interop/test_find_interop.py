@@ -27,6 +27,7 @@ from tests.peers import (
     index_files,
     make_ct,
     run_dcmqrscp,
+    run_tool_async,
     storage_dir,
 )
 
@@ -151,20 +152,6 @@ async def test_our_scu_against_pynetdicom_scp_with_cancel() -> None:
 # --------------------------------------------------------------------------- our SCP
 
 
-async def _run(args: list[str], timeout: float = 60) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
-
-
 @pytest.mark.parametrize(("flag", "keys", "expected"), [
     ("-P", ["QueryRetrieveLevel=STUDY", "PatientID=P1", "StudyInstanceUID"], 2),
     ("-S", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientName=Doe*"], 3),
@@ -178,7 +165,7 @@ async def test_dcmtk_findscu_against_our_scp(archive: Archive, flag: str, keys: 
         args = [findscu, "-v", flag, "-aec", "OURQR"]
         for k in keys:
             args += ["-k", k]
-        code, out = await _run([*args, "127.0.0.1", str(server.port)])
+        code, out = await run_tool_async([*args, "127.0.0.1", str(server.port)])
     assert code == 0, out
     assert out.count("(Pending)") == expected, out
     assert "Received Final Find Response (Success)" in out, out
@@ -188,7 +175,7 @@ async def test_dcmtk_findscu_against_our_scp(archive: Archive, flag: str, keys: 
 async def test_dcmtk_findscu_violation_gets_a900(archive: Archive) -> None:
     findscu = dcmtk("findscu")
     async with archive_server(archive, "OURQR") as server:
-        code, out = await _run([findscu, "-v", "-P", "-aec", "OURQR", "-k",
+        code, out = await run_tool_async([findscu, "-v", "-P", "-aec", "OURQR", "-k",
                                 "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID",
                                 "127.0.0.1", str(server.port)])
     assert "DataSetDoesNotMatchSOPClass" in out, out
@@ -267,7 +254,7 @@ async def test_cli_qrscp_subprocess_serves_findscu(tmp_path: Path) -> None:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 20)
         assert b"listening" in line
-        code, out = await _run([dcmtk("findscu"), "-v", "-S", "-aec", "CLIQR", "-k",
+        code, out = await run_tool_async([dcmtk("findscu"), "-v", "-S", "-aec", "CLIQR", "-k",
                                 "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID",
                                 "127.0.0.1", str(port)])
         assert code == 0 and out.count("(Pending)") == 3, out

@@ -35,14 +35,10 @@ from pdu import (
     UserIdentityRQ,
     UserInformation,
 )
+from tests.fixtures.captured import FIXTURES
 
 from . import strategies as S
 from .test_roundtrip import ECHOSCU_RQ
-
-try:
-    from tests.fixtures.captured import FIXTURES
-except ImportError:  # pragma: no cover - the fixtures module is written by another task
-    FIXTURES = {}
 
 _STORAGE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50")
 _RICH_INFO = UserInformation.build(

@@ -29,13 +29,9 @@ from pdu import (
     UserInformation,
 )
 from pdu.constants import DEFAULT_MAX_PDU_LENGTH, IMPLEMENTATION_CLASS_UID
+from tests.fixtures.captured import FIXTURES
 
 from . import strategies as S
-
-try:
-    from tests.fixtures.captured import FIXTURES
-except ImportError:  # pragma: no cover - the fixtures module is written by another task
-    FIXTURES = {}
 
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
