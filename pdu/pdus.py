@@ -73,7 +73,9 @@ def _pdv_data(pdv: object) -> bytes | memoryview:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise PduEncodeError("PresentationDataValue.data must be bytes-like")
     view = memoryview(data)
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    if view.format == "B" and view.ndim == 1 and view.c_contiguous:
+        return view
+    return view.cast("B") if view.c_contiguous else view.tobytes()  # strided: its logical bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,37 +86,7 @@ class PDataTF:
     pdvs: tuple[PresentationDataValue, ...]
 
     def encode(self) -> bytes:
-        pdvs = self.pdvs
-        if len(pdvs) == 1:
-            pdv = pdvs[0]
-            if type(pdv) is PresentationDataValue:  # fast path: valid fields, bytes data
-                data = pdv.data
-                cid = pdv.context_id
-                control = pdv.control
-                if type(data) is bytes and type(cid) is int and type(control) is int and \
-                        cid & 1 and 0 < cid < 256 and 0 <= control < 256:
-                    size = len(data)
-                    return b"".join((_PDATA_ONE.pack(4, 0, size + 6, size + 2, cid, control),
-                                     data))
-            data = _pdv_data(pdv)
-            size = len(data)
-            if size > _MAX_U32 - 6:
-                raise PduEncodeError("PresentationDataValue.data is too long for one PDU")
-            return b"".join((_PDATA_ONE.pack(4, 0, size + 6, size + 2, pdv.context_id,
-                                             pdv.control), data))
-        if not pdvs:
-            raise PduEncodeError("PDataTF needs at least one PresentationDataValue")
-        parts: list[bytes | memoryview] = [b""]
-        total = 0
-        for pdv in pdvs:
-            data = _pdv_data(pdv)
-            parts.append(_PDV_HDR.pack(len(data) + 2, pdv.context_id, pdv.control))
-            parts.append(data)
-            total += len(data) + 6
-        if total > _MAX_U32:
-            raise PduEncodeError("PDataTF is too long for one PDU")
-        parts[0] = _PDU_HDR.pack(4, 0, total)
-        return b"".join(parts)
+        return encode(self)
 
     @classmethod
     def decode(cls, view: memoryview, length: int) -> PDataTF:
@@ -150,6 +122,31 @@ def _decode_pdvs(view: memoryview, end: int) -> tuple[PresentationDataValue, ...
         pdvs.append(_new_pdv(context_id, control, view[pos + 6:nxt]))
         pos = nxt
     return tuple(pdvs)
+
+
+def _encode_pdvs(pdvs: tuple[PresentationDataValue, ...]) -> bytes:
+    """Encode a P-DATA-TF off the hot path: any number of PDVs, any bytes-like data, checked."""
+    if not isinstance(pdvs, tuple | list) or not pdvs:
+        raise PduEncodeError("PDataTF.pdvs must be a non-empty tuple of PresentationDataValue")
+    if len(pdvs) == 1:
+        pdv = pdvs[0]
+        data = _pdv_data(pdv)
+        size = len(data)
+        if size > _MAX_U32 - 6:
+            raise PduEncodeError("PresentationDataValue.data is too long for one PDU")
+        return b"".join((_PDATA_ONE.pack(4, 0, size + 6, size + 2, pdv.context_id,
+                                         pdv.control), data))
+    parts: list[bytes | memoryview] = [b""]
+    total = 0
+    for pdv in pdvs:
+        data = _pdv_data(pdv)
+        parts.append(_PDV_HDR.pack(len(data) + 2, pdv.context_id, pdv.control))
+        parts.append(data)
+        total += len(data) + 6
+    if total > _MAX_U32:
+        raise PduEncodeError("PDataTF is too long for one PDU")
+    parts[0] = _PDU_HDR.pack(4, 0, total)
+    return b"".join(parts)
 
 
 # Frozen dataclasses set each field through object.__setattr__; on the P-DATA hot path we build
@@ -514,6 +511,18 @@ def _as_view(data: object) -> memoryview:
 def decode(data: bytes | bytearray | memoryview) -> Pdu:
     """Decode a buffer holding exactly one PDU. Raises PduDecodeError (and nothing else)."""
     if type(data) is bytes:
+        size = len(data)
+        if size >= 12:  # hot path: a P-DATA-TF with one PDV filling it, built inline
+            pdu_type, _, length, item_length, context_id, control = _PDATA_ONE.unpack_from(data)
+            if pdu_type == 4 and size == length + 6 and item_length == length - 4 \
+                    and item_length >= 2:
+                pdv = _object_new(PresentationDataValue)
+                _set_cid(pdv, context_id)
+                _set_control(pdv, control)
+                _set_data(pdv, memoryview(data)[12:])
+                pdata = _object_new(PDataTF)
+                _set_pdvs(pdata, (pdv,))
+                return pdata
         view = memoryview(data)
     else:
         view = _as_view(data)
@@ -542,6 +551,28 @@ def decode(data: bytes | bytearray | memoryview) -> Pdu:
 
 def encode(p: Pdu) -> bytes:
     """Encode a PDU (validating its fields; PduEncodeError if it cannot be encoded)."""
-    if type(p) is PDataTF or type(p) in _PDU_CLASSES:
+    if type(p) is PDataTF:
+        pdvs = p.pdvs
+        if type(pdvs) is tuple and len(pdvs) == 1:  # hot path: one PDV, flat data, inline
+            pdv = pdvs[0]
+            if type(pdv) is PresentationDataValue:
+                data = pdv.data
+                cid = pdv.context_id
+                control = pdv.control
+                if type(data) is bytes:
+                    size = len(data)
+                elif type(data) is memoryview and data.c_contiguous:
+                    size = data.nbytes
+                else:
+                    size = _MAX_U32
+                # struct's "B" rejects a context ID or control byte outside 0-255 (slow path)
+                if type(cid) is int and type(control) is int and cid & 1 and \
+                        size <= _MAX_U32 - 6:
+                    try:
+                        return _PDATA_ONE.pack(4, 0, size + 6, size + 2, cid, control) + data
+                    except struct.error:
+                        pass
+        return _encode_pdvs(pdvs)
+    if type(p) in _PDU_CLASSES:
         return p.encode()
     raise PduEncodeError(f"not a PDU: {p!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -227,9 +229,24 @@ def test_pdv_data_is_a_slice_of_the_input() -> None:
 
 def test_pdata_accepts_bytes_like_data() -> None:
     payload = bytearray(b"0123")
-    for data in (payload, memoryview(payload), memoryview(bytes(payload)).cast("H")):
-        one = PDataTF((PresentationDataValue(1, 2, data),)).encode()
-        assert one == b"\x04\x00\x00\x00\x00\x0a\x00\x00\x00\x06\x01\x020123"
+    strided = memoryview(b"0a1b2c3d")[::2]
+    for data in (payload, memoryview(payload), memoryview(bytes(payload)).cast("H"), strided,
+                 memoryview(b"xx0123")[2:]):
+        expected = b"\x04\x00\x00\x00\x00\x0a\x00\x00\x00\x06\x01\x020123"
+        assert PDataTF((PresentationDataValue(1, 2, data),)).encode() == expected
+        assert pdu.encode(PDataTF([PresentationDataValue(1, 2, data)])) == expected  # type: ignore[arg-type]
+        two = pdu.encode(PDataTF((PresentationDataValue(1, 2, data),) * 2))
+        assert two == b"\x04\x00\x00\x00\x00\x14" + (b"\x00\x00\x00\x06\x01\x020123" * 2)
+
+
+def test_pdata_hot_path_matches_checked_path() -> None:
+    """pdu.encode's inline single-PDV path and the general path give the same bytes."""
+    for data in (b"", b"x" * 300, memoryview(b"_" * 12 + b"y" * 70000)[12:]):
+        for cid, control in ((1, 0), (255, 3), (17, 2)):
+            fast = pdu.encode(PDataTF((PresentationDataValue(cid, control, data),)))
+            header = PresentationDataValue(cid, control, b"")
+            pair = pdu.encode(PDataTF((header, PresentationDataValue(cid, control, data))))
+            assert fast[6:] == pair[12:] and fast[:6] == struct.pack(">BBI", 4, 0, len(data) + 6)
 
 
 def test_fixed_pdus_bytes() -> None:
@@ -247,6 +264,14 @@ def test_fixed_pdus_bytes() -> None:
     PDataTF((PresentationDataValue(257, 0, b""),)),
     PDataTF((PresentationDataValue(1, 256, b""),)),
     PDataTF((PresentationDataValue(1, 0, "text"),)),  # type: ignore[arg-type]
+    PDataTF((PresentationDataValue(-1, 0, b""),)),
+    PDataTF((PresentationDataValue(1, -1, b""),)),
+    PDataTF((PresentationDataValue(1.0, 0, b""),)),  # type: ignore[arg-type]
+    PDataTF((PresentationDataValue(257, 0, memoryview(b"x")),)),
+    PDataTF((PresentationDataValue(1, 256, memoryview(b"x")),)),
+    PDataTF((PresentationDataValue(2, 0, memoryview(b"x")),)),
+    PDataTF(None),  # type: ignore[arg-type]
+    PDataTF(((1, 0, b"x"),)),  # type: ignore[arg-type]
     AAbort(256, 0),
     AAssociateRJ(-1, 1, 1),
     AAssociateRQ.build(called_ae="A" * 17, calling_ae="B"),
