@@ -552,27 +552,27 @@ def decode(data: bytes | bytearray | memoryview) -> Pdu:
 def encode(p: Pdu) -> bytes:
     """Encode a PDU (validating its fields; PduEncodeError if it cannot be encoded)."""
     if type(p) is PDataTF:
-        pdvs = p.pdvs
-        if type(pdvs) is tuple and len(pdvs) == 1:  # hot path: one PDV, flat data, inline
-            pdv = pdvs[0]
-            if type(pdv) is PresentationDataValue:
-                data = pdv.data
-                cid = pdv.context_id
-                control = pdv.control
-                if type(data) is bytes:
-                    size = len(data)
-                elif type(data) is memoryview and data.c_contiguous:
-                    size = data.nbytes
-                else:
-                    size = _MAX_U32
-                # struct's "B" rejects a context ID or control byte outside 0-255 (slow path)
-                if type(cid) is int and type(control) is int and cid & 1 and \
-                        size <= _MAX_U32 - 6:
-                    try:
-                        return _PDATA_ONE.pack(4, 0, size + 6, size + 2, cid, control) + data
-                    except struct.error:
-                        pass
-        return _encode_pdvs(pdvs)
+        try:  # hot path: one PDV with flat data, encoded inline
+            (pdv,) = p.pdvs
+        except (TypeError, ValueError):
+            pdv = None
+        if type(pdv) is PresentationDataValue:
+            data = pdv.data
+            cid = pdv.context_id
+            control = pdv.control
+            if type(data) is memoryview:
+                size = data.nbytes
+            elif type(data) is bytes:
+                size = len(data)
+            else:
+                size = _MAX_U32
+            if type(cid) is int and type(control) is int and cid & 1 and size <= _MAX_U32 - 6:
+                try:  # struct rejects a context ID or control outside 0-255, bytes + a strided
+                    # memoryview fails: both go to the checked path
+                    return _PDATA_ONE.pack(4, 0, size + 6, size + 2, cid, control) + data
+                except (struct.error, TypeError):
+                    pass
+        return _encode_pdvs(p.pdvs)
     if type(p) in _PDU_CLASSES:
         return p.encode()
     raise PduEncodeError(f"not a PDU: {p!r}")
