@@ -6,6 +6,7 @@ Each group holds one pair (ours, pynetdicom); the target is ours >= 5x faster.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from functools import partial
 
@@ -88,3 +89,45 @@ def test_encode(benchmark: pytest.FixtureDef, name: str, impl: str) -> None:  # 
     benchmark.group = f"encode {name}"  # type: ignore[attr-defined]
     fn = _encoder(name, impl)
     assert benchmark(fn) == INPUTS[name][0]  # type: ignore[operator]
+
+
+# Floors: what any pure-Python codec with this API must spend on a P-DATA-TF, measured in the same
+# run so the ratios above can be read against them. Decode: build the result (two frozen
+# dataclass instances, set slot by slot, and a zero-copy memoryview slice) for already-parsed
+# header fields, with no parsing or checks at all. Encode: one struct-packed header plus the one
+# copy of the data that producing a single ``bytes`` takes.
+_new = object.__new__
+_PDV_SLOTS = tuple(vars(PresentationDataValue)[f].__set__ for f in ("context_id", "control", "data"))
+_PDATA_SLOT = vars(PDataTF)["pdvs"].__set__
+_HEADER = struct.Struct(">BBIIBB")
+
+
+def _decode_floor(data: bytes) -> PDataTF:
+    pdv = _new(PresentationDataValue)
+    set_cid, set_control, set_data = _PDV_SLOTS
+    set_cid(pdv, 1)
+    set_control(pdv, 2)
+    set_data(pdv, memoryview(data)[12:])
+    pdata = _new(PDataTF)
+    _PDATA_SLOT(pdata, (pdv,))
+    return pdata
+
+
+def _encode_floor(data: bytes) -> bytes:
+    return _HEADER.pack(4, 0, len(data) + 6, len(data) + 2, 1, 2) + data
+
+
+@FAST
+@pytest.mark.parametrize("name", ["p-data-16KiB", "p-data-1MiB"])
+def test_decode_floor(benchmark: pytest.FixtureDef, name: str) -> None:  # type: ignore[type-arg]
+    benchmark.group = f"decode {name}"  # type: ignore[attr-defined]
+    data = INPUTS[name][0]
+    assert benchmark(partial(_decode_floor, data)) == pdu.decode(data)  # type: ignore[operator]
+
+
+@FAST
+@pytest.mark.parametrize("name", ["p-data-16KiB", "p-data-1MiB"])
+def test_encode_floor(benchmark: pytest.FixtureDef, name: str) -> None:  # type: ignore[type-arg]
+    benchmark.group = f"encode {name}"  # type: ignore[attr-defined]
+    data = INPUTS[name][0]
+    assert benchmark(partial(_encode_floor, data[12:])) == data  # type: ignore[operator]
