@@ -309,3 +309,23 @@ def test_encode_validates(bad: pdu.Pdu) -> None:
 def test_encode_rejects_non_pdus() -> None:
     with pytest.raises(PduEncodeError):
         pdu.encode("not a pdu")  # type: ignore[arg-type]
+
+
+_FIELD = st.integers(-2, 300) | st.booleans() | st.sampled_from([1.0, "1", None])
+_DATA = st.binary(max_size=64).flatmap(lambda b: st.sampled_from(
+    [b, bytearray(b), memoryview(b), memoryview(b"ab" + b)[2:], memoryview(b + b)[::2]]))
+
+
+@given(cid=_FIELD, control=_FIELD, data=_DATA)
+def test_pdata_encode_checks_every_field(cid: object, control: object, data: object) -> None:
+    """One PDV, any field values: the encoded bytes, or PduEncodeError when a field is invalid."""
+    p = PDataTF((PresentationDataValue(cid, control, data),))  # type: ignore[arg-type]
+    valid = isinstance(cid, int) and 1 <= cid <= 255 and cid % 2 == 1 and \
+        isinstance(control, int) and 0 <= control <= 255
+    if not valid:
+        with pytest.raises(PduEncodeError):
+            pdu.encode(p)
+        return
+    payload = bytes(data)  # type: ignore[call-overload]
+    assert pdu.encode(p) == struct.pack(">BBIIBB", 4, 0, len(payload) + 6, len(payload) + 2,
+                                        cid, control) + payload
