@@ -510,31 +510,24 @@ def _as_view(data: object) -> memoryview:
 
 def decode(data: bytes | bytearray | memoryview) -> Pdu:
     """Decode a buffer holding exactly one PDU. Raises PduDecodeError (and nothing else)."""
-    if type(data) is bytes:
-        size = len(data)
-        if size >= 12:  # hot path: a P-DATA-TF with one PDV filling it, built inline
-            pdu_type, _, length, item_length, context_id, control = _PDATA_ONE.unpack_from(data)
-            if pdu_type == 4 and size == length + 6 and item_length == length - 4 \
-                    and item_length >= 2:
-                pdv = _object_new(PresentationDataValue)
-                _set_cid(pdv, context_id)
-                _set_control(pdv, control)
-                _set_data(pdv, memoryview(data)[12:])
-                pdata = _object_new(PDataTF)
-                _set_pdvs(pdata, (pdv,))
-                return pdata
-        view = memoryview(data)
-    else:
-        view = _as_view(data)
-    size = len(view)
-    if size < 6:
+    buf = data if type(data) is bytes else _as_view(data)  # bytes, or a flat memoryview
+    size = len(buf)
+    if size >= 12:  # hot path: a P-DATA-TF with one PDV filling it, built inline
+        pdu_type, _, length, item_length, context_id, control = _PDATA_ONE.unpack_from(buf)
+        if pdu_type == 4 and size == length + 6 and item_length == length - 4 \
+                and item_length >= 2:
+            pdv = _object_new(PresentationDataValue)
+            _set_cid(pdv, context_id)
+            _set_control(pdv, control)
+            _set_data(pdv, memoryview(buf)[12:])
+            pdata = _object_new(PDataTF)
+            _set_pdvs(pdata, (pdv,))
+            return pdata
+    elif size < 6:
         raise PduDecodeError(f"truncated PDU: {size} bytes, a PDU header has 6", offset=size,
                              item="PDU", field="pdu-header")
+    view = memoryview(buf)
     pdu_type, _, length = _PDU_HDR.unpack_from(view, 0)
-    if pdu_type == 4 and size >= 12 and size == length + 6:  # hot path: one PDV filling the PDU
-        item_length, context_id, control = _PDV_HDR.unpack_from(view, 6)
-        if item_length == length - 4 and item_length >= 2:
-            return _new_pdata((_new_pdv(context_id, control, view[12:]),))
     decoder = _DECODERS.get(pdu_type)
     if decoder is None:
         check_header(pdu_type, length)
