@@ -197,8 +197,7 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         if isinstance(out, SendBytes):
             transport = self.transport
             if transport is not None and not transport.is_closing():
-                transport.write(out.data)
-                self._writes += 1
+                self._write(transport, out.data)
         elif isinstance(out, StartArtim):
             self._cancel_artim()
             self._artim = self._loop.call_later(out.seconds, self._artim_expired)
@@ -209,6 +208,16 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
                 self.transport.close()
         elif not isinstance(out, ConnectTransport):  # the owner opens the connection itself
             self._on_indication(out)
+
+    def _write(self, transport: asyncio.Transport, data: bytes | memoryview) -> None:
+        try:
+            transport.write(data)
+        except RuntimeError as exc:
+            # uvloop: a connect cancelled by its timeout closes the handle before
+            # connection_lost arrives (and is_closing() is still False); nothing can be sent
+            log.debug("write on a closed transport dropped (%d bytes): %s", len(data), exc)
+            return
+        self._writes += 1
 
     def _artim_expired(self) -> None:
         self._artim = None
@@ -226,8 +235,7 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is not None and self.machine.state in _PDATA_SEND_STATES:
             if not transport.is_closing():
-                transport.write(data)
-                self._writes += 1
+                self._write(transport, data)
             return
         self.machine.send_pdata_bytes(data)  # raises LocalProtocolError in other states
         self.flush()
