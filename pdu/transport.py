@@ -209,7 +209,7 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         elif not isinstance(out, ConnectTransport):  # the owner opens the connection itself
             self._on_indication(out)
 
-    def _write(self, transport: asyncio.Transport, data: bytes | memoryview) -> None:
+    def _write(self, transport: asyncio.Transport, data: bytes | bytearray | memoryview) -> None:
         try:
             transport.write(data)
         except RuntimeError as exc:
