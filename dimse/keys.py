@@ -72,6 +72,8 @@ def _vr(tag: BaseTag) -> str:
     try:
         return str(dictionary_VR(tag))
     except KeyError:
+        if tag.is_private_creator:  # (gggg,0010-00FF), odd group: LO (PS3.5 7.8.1)
+            return "LO"
         return "UN" if tag.is_private else "LO"
 
 
@@ -113,6 +115,9 @@ def apply_keys(specs: Iterable[KeySpec], ds: Dataset | None = None) -> Dataset:
             except ValueError:
                 raise KeyError_(f"{_name(tag)} needs numeric values, got {raw!r}") from None
             value = floats if len(floats) > 1 else floats[0]
+        elif raw and vr == "UN":  # a private element we have no dictionary for: its bytes
+            data = raw.encode("utf-8")
+            value = data + b" " if len(data) % 2 else data
         elif raw and "\\" in raw:
             value = raw.split("\\")
         elif not raw:

@@ -17,6 +17,7 @@ from typing import Final
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from dimse.errors import IdentifierError
 from dimse.qr_model import (
@@ -76,6 +77,7 @@ __all__ = [
     "tag_name",
     "validate_request",
     "validate_scp",
+    "with_character_set",
 ]
 
 log = logging.getLogger(__name__)
@@ -372,3 +374,37 @@ def validate_scp(
     if len(comment) > 64:
         comment = first.comment[:64]
     return Failure(first.status, tags, comment, tuple(violations))
+
+
+#: VRs whose values use the Specific Character Set (PS3.5 6.1.2.3).
+_TEXT_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+
+
+def _non_ascii(ds: Dataset) -> bool:
+    for elem in ds:
+        value = elem.value
+        if elem.VR == "SQ":
+            if any(_non_ascii(item) for item in value or ()):
+                return True
+        elif elem.VR in _TEXT_VRS and value is not None:
+            values = value if isinstance(value, MultiValue | list) else (value,)
+            if not all(str(v).isascii() for v in values):
+                return True
+    return False
+
+
+def with_character_set(identifier: Dataset) -> Dataset:
+    """The identifier to send: as given, or, when it holds text outside the default repertoire
+    and no Specific Character Set (0008,0005) value, a copy that declares ``ISO_IR 192`` (UTF-8).
+
+    PS3.4 C.4.1.1.3.1 requires (0008,0005) in such a query; without it a peer decodes the bytes
+    as ASCII and, as DCMTK's dcmqrscp does, matches nothing.
+    """
+    declared = identifier.get(SPECIFIC_CHARACTER_SET)
+    if (declared is not None and declared.value) or not _non_ascii(identifier):
+        return identifier
+    ds = Dataset()
+    ds.update(identifier)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    log.info("identifier has non-ASCII text and no Specific Character Set: sending ISO_IR 192")
+    return ds

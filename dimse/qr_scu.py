@@ -39,6 +39,7 @@ from .qr import (
     relational_accepted,
     sop_class,
     validate_request,
+    with_character_set,
 )
 from .services import VERIFICATION_SOP_CLASS
 from .status import Category, Service, category, describe, is_pending
@@ -140,7 +141,7 @@ def find(
     cx = assoc.context_for(uid)
     relational = relational_accepted(assoc.negotiated.extended.get(uid))
     validate_request(identifier, model, Operation.FIND, mode, relational)
-    data = codec.encode(identifier, cx.transfer_syntax)
+    data = codec.encode(with_character_set(identifier), cx.transfer_syntax)
 
     def build(message_id: int) -> CFindRQ:
         return CFindRQ(message_id=message_id, affected_sop_class_uid=uid, priority=int(priority))

@@ -41,3 +41,17 @@ def test_sequence_paths() -> None:
         parse_key("PatientName.PatientID")
     with pytest.raises(KeyError_, match="takes no value"):
         apply_keys([parse_key("ReferencedStudySequence=x")])
+
+
+def test_private_creator_is_lo_and_unknown_private_data_is_un_bytes() -> None:
+    """A private creator (gggg,0010-00FF) is LO (PS3.5 7.8.1); a private element with no known
+    VR is sent as UN holding the value's bytes, padded to even length."""
+    from dimse import codec
+
+    ds = apply_keys(parse_key(k) for k in ("0009,0010=ACME", "0009,1001=abc", "0009,1002="))
+    assert ds[0x00090010].VR == "LO" and ds[0x00090010].value == "ACME"
+    assert ds[0x00091001].VR == "UN" and ds[0x00091001].value == b"abc "
+    assert ds[0x00091002].VR == "UN" and ds[0x00091002].is_empty
+    encoded = codec.encode(ds, "1.2.840.10008.1.2.1")
+    assert encoded.startswith(b"\x09\x00\x10\x00LO\x04\x00ACME\x09\x00\x01\x10UN\x00\x00"
+                              b"\x04\x00\x00\x00abc ")

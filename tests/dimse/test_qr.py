@@ -402,3 +402,41 @@ def test_unreadable_identifier_is_unable_to_process() -> None:
 def test_operation_not_in_model() -> None:
     with pytest.raises(ValueError, match="no C-FIND"):
         check_identifier(Dataset(), CIR, FIND)
+
+
+def test_with_character_set_declares_utf8_only_when_needed() -> None:
+    from pydicom.sequence import Sequence
+
+    from dimse.qr import with_character_set
+
+    plain = Dataset()
+    plain.QueryRetrieveLevel = "PATIENT"
+    plain.PatientName = "DOE*"
+    assert with_character_set(plain) is plain  # default repertoire: unchanged, no copy
+
+    latin = Dataset()
+    latin.QueryRetrieveLevel = "PATIENT"
+    latin.PatientName = "Müller*"
+    sent = with_character_set(latin)
+    assert sent is not latin and "SpecificCharacterSet" not in latin
+    assert sent.SpecificCharacterSet == "ISO_IR 192" and sent.PatientName == "Müller*"
+
+    declared = Dataset()
+    declared.SpecificCharacterSet = "ISO_IR 100"
+    declared.PatientName = "Müller*"
+    assert with_character_set(declared) is declared  # the caller's choice stands
+
+    empty = Dataset()
+    empty.SpecificCharacterSet = ""  # asked as a return key only
+    empty.PatientName = "Müller*"
+    assert with_character_set(empty).SpecificCharacterSet == "ISO_IR 192"
+
+    nested = Dataset()
+    item = Dataset()
+    item.CodeMeaning = "Tête"
+    nested.ProcedureCodeSequence = Sequence([item])
+    nested.OtherPatientNames = ["A^B", "Ærø^C"]
+    assert with_character_set(nested).SpecificCharacterSet == "ISO_IR 192"
+    only_uids = Dataset()
+    only_uids.StudyInstanceUID = "1.2.3"
+    assert with_character_set(only_uids) is only_uids

@@ -97,6 +97,29 @@ async def test_our_scu_against_dcmqrscp(tmp_path: Path) -> None:
             assert await assoc.echo() == 0
 
 
+async def test_our_scu_declares_utf8_for_non_ascii_keys_to_dcmqrscp(tmp_path: Path) -> None:
+    """A non-ASCII key without Specific Character Set goes out with ISO_IR 192 declared (PS3.4
+    C.4.1.1.3.1): dcmqrscp then matches the Latin-1 name it holds (undeclared, it finds none)."""
+    import pydicom
+
+    port = free_port()
+    config = dcmqrscp_config(tmp_path, "DCMQR", port)
+    path = make_ct(tmp_path / "latin1.dcm", patient_id="P9", study_uid=ROOT + "9",
+                   series_uid=ROOT + "9.1", sop_uid=ROOT + "9.1.1")
+    ds = pydicom.dcmread(path)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "Müller^Jürgen"
+    ds.save_as(path)
+    index_files(config, "DCMQR", [path])
+    query = q("PATIENT", PatientID="", PatientName="Müller*")
+    with run_dcmqrscp(config, port):
+        async with connect_qr("127.0.0.1", port, called_ae="DCMQR") as assoc:
+            got = [m async for m in find(assoc, query, model=PR)]
+    assert [str(m.PatientID) for m in got] == ["P9"]
+    assert str(got[0].PatientName) == "Müller^Jürgen"
+    assert "SpecificCharacterSet" not in query  # the caller's data set is left as it was
+
+
 def _pynetdicom_scp(port: int, matches: int, delay: float, seen: dict[str, object]) -> object:
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import (
