@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import re
 import sqlite3
+import stat as st_mode
 import tempfile
 import threading
 import time
@@ -52,6 +54,8 @@ from dimse.qr import Level, QueryModel
 
 __all__ = ["Adopted", "Archive", "Duplicate", "FindEncodedResult", "FindResult", "IndexStats",
            "InstanceRecord", "read_header"]
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE: Final = 256
 #: Values longer than this are not read when indexing a file (they stay on disk).
@@ -222,20 +226,19 @@ class Archive:
             raise ValueError(f"{path} is outside the archive folder {self.storage_dir}") from None
 
     def add_file(self, path: str | os.PathLike[str]) -> None:
-        """Index one file inside the folder (re-index if known). ValueError if it is not a
-        composite instance with Study/Series/SOP Instance UIDs."""
-        path = Path(path)
-        rel = self._relative(path)
-        ds = read_header(path)
-        with self._lock, self._db:
-            self._index(ds, path, rel)
+        """Index one regular file inside the folder (re-index if known). ValueError if it is
+        not a composite instance with Study/Series/SOP Instance UIDs."""
+        path = Path(path).resolve()
+        self._add(path, self._relative(path))
 
-    def _index(self, ds: Dataset, path: Path, rel: str) -> None:
-        """Upsert the rows of ``ds`` stored at ``path`` (lock and transaction held)."""
-        stat = path.stat()
-        meta = getattr(ds, "file_meta", None)
-        ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-        self._upsert(ds, rel, ts, stat.st_size, stat.st_mtime_ns)
+    def _add(self, path: Path, rel: str) -> None:
+        ds, stat = _read(path)
+        with self._lock, self._db:
+            self._index(ds, rel, stat)
+
+    def _index(self, ds: Dataset, rel: str, stat: os.stat_result) -> None:
+        """Upsert the rows of ``ds`` stored at ``rel`` (lock and transaction held)."""
+        self._upsert(ds, rel, _transfer_syntax(ds), stat.st_size, stat.st_mtime_ns)
         self._prune()
 
     def stored_path(self, sop_instance_uid: str) -> Path | None:
@@ -272,7 +275,7 @@ class Archive:
             os.replace(source, target)
             _fsync_dir(target.parent)
             with self._db:
-                self._index(ds, target, self._relative(target))
+                self._index(ds, self._relative(target), target.stat())
         if old is not None and old != target:
             old.unlink(missing_ok=True)  # replaced a file stored under another name
         return Adopted(target, known)
@@ -321,26 +324,31 @@ class Archive:
                          "(SELECT 1 FROM study WHERE patient_ref = patient.id)")
 
     def index(self) -> IndexStats:
-        """Scan the folder: (re)index new and changed files (by mtime and size), drop the
-        entries of removed files."""
+        """Scan the folder: (re)index new and changed regular files (by mtime and size), drop
+        the entries of removed files. Special files and symlinks are never opened: a symlink
+        to a file of the folder is left to that file; others, and unreadable files, fail."""
         with self._lock:
             known = {p: (m, s) for p, m, s in
                      self._db.execute("SELECT path, mtime_ns, size FROM instance")}
         added = updated = 0
         failed: list[Path] = []
         seen: set[str] = set()
-        for path in self._files():
-            rel = path.relative_to(self.storage_dir).as_posix()
-            seen.add(rel)
-            stat = path.stat()
-            old = known.get(rel)
-            if old == (stat.st_mtime_ns, stat.st_size):
-                continue
-            try:
-                self.add_file(path)
-            except (ValueError, OSError):
+        for path, stat in self._files():
+            if stat is None:
                 failed.append(path)
                 continue
+            rel = path.relative_to(self.storage_dir).as_posix()
+            old = known.get(rel)
+            if old == (stat.st_mtime_ns, stat.st_size):
+                seen.add(rel)
+                continue
+            try:
+                self._add(path, rel)
+            except (ValueError, OSError) as exc:
+                log.info("not indexed: %s", exc)
+                failed.append(path)
+                continue
+            seen.add(rel)
             added, updated = (added + 1, updated) if old is None else (added, updated + 1)
         self.remove_stale_temp()
         gone = [p for p in known if p not in seen]
@@ -364,14 +372,40 @@ class Archive:
                         removed.append(path)
         return removed
 
-    def _files(self) -> Iterator[Path]:
+    def _files(self) -> Iterator[tuple[Path, os.stat_result | None]]:
+        """Each entry of the folder to index, sorted, with its ``lstat``; ``None`` for one that
+        cannot be indexed (special file, symlink that dangles, loops, leaves the folder or
+        names no regular file). Symlinked folders are not entered."""
         skip = {self.db_path.name, self.db_path.name + "-wal", self.db_path.name + "-shm"}
         for root, dirs, files in os.walk(self.storage_dir):
             dirs.sort()
             for name in sorted(files):
                 if name.startswith(".tmp-") or (Path(root) == self.db_path.parent and name in skip):
                     continue
-                yield Path(root, name)
+                path = Path(root, name)
+                try:
+                    stat = os.lstat(path)
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+                except OSError as exc:
+                    log.info("not indexed: %s: %s", path, exc)
+                    yield path, None
+                    continue
+                if st_mode.S_ISREG(stat.st_mode):
+                    yield path, stat
+                elif not (st_mode.S_ISLNK(stat.st_mode) and self._link_inside(path)):
+                    log.info("not indexed: %s: not a regular file of the folder", path)
+                    yield path, None
+
+    def _link_inside(self, link: Path) -> bool:
+        """Whether a symlink resolves to a regular file inside the folder (indexed under its
+        own name, so the link is skipped)."""
+        try:
+            target = Path(os.path.realpath(link, strict=True))
+            return st_mode.S_ISREG(os.stat(target).st_mode) and \
+                target.is_relative_to(self.storage_dir)
+        except (OSError, RuntimeError):
+            return False
 
     def remove(self, path: str | os.PathLike[str], *, delete_file: bool = True) -> bool:
         """Drop a file from the index (and from disk); False if it was not indexed."""
@@ -470,18 +504,42 @@ class Archive:
 
 
 def read_header(path: str | os.PathLike[str]) -> Dataset:
-    """The data set of a Part 10 file up to its pixel data, large values left unread.
+    """The data set of a DICOM file up to its pixel data, large values left unread.
 
-    ValueError if it is not readable DICOM or lacks Study/Series/SOP Instance UIDs.
+    ValueError if it is not a regular file of readable DICOM with Study/Series/SOP Instance
+    UIDs (see :func:`_read`).
     """
+    return _read(Path(path))[0]
+
+
+def _open_flags(name: str, flags: int) -> int:
+    """``open`` opener: never follow a final symlink, never block (a FIFO would)."""
+    return os.open(name, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+
+
+def _read(path: Path) -> tuple[Dataset, os.stat_result]:
+    """Header and ``fstat`` of the regular file ``path`` (anything else is not read)."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=HEADER_DEFER_SIZE)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable DICOM file: {exc}") from exc
-    for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        if not _text(ds, kw):
-            raise ValueError(f"{path}: no {kw}")
-    return ds
+        fh = open(path, "rb", opener=_open_flags)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot open: {exc}") from exc
+    with fh:
+        stat = os.fstat(fh.fileno())
+        if not st_mode.S_ISREG(stat.st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        try:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, defer_size=HEADER_DEFER_SIZE)
+        except Exception as exc:
+            raise ValueError(f"{path}: not a readable DICOM file: {exc}") from exc
+        for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            if not _text(ds, kw):
+                raise ValueError(f"{path}: no {kw}")
+    return ds, stat
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
 
 
 def _fsync_dir(folder: Path) -> None:
