@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -77,6 +78,7 @@ __all__ = [
     "tag_name",
     "validate_request",
     "validate_scp",
+    "resolve_un",
     "with_character_set",
 ]
 
@@ -408,3 +410,33 @@ def with_character_set(identifier: Dataset) -> Dataset:
     ds.SpecificCharacterSet = "ISO_IR 192"
     log.info("identifier has non-ASCII text and no Specific Character Set: sending ISO_IR 192")
     return ds
+
+
+def resolve_un(identifier: Dataset, little_endian: bool = True) -> Dataset:
+    """Give each UN element of a received identifier (and of its sequence items) its dictionary
+    VR, in place; returns ``identifier``.
+
+    pydicom does this on its own only when the value fits the known VR's 16-bit length, but a
+    peer sends a longer value as UN in Explicit VR (PS3.5 6.2.2): a list of several thousand
+    UIDs as a C-FIND or retrieve key is one. Elements with no single dictionary VR stay UN.
+    """
+    for elem in list(identifier):
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                resolve_un(item, little_endian)
+            continue
+        if elem.VR != "UN" or not isinstance(elem.value, bytes):
+            continue
+        try:
+            vr = dictionary_VR(elem.tag)
+        except KeyError:
+            continue
+        if vr in ("UN", "SQ") or " " in vr:  # unknown, nested, or "US or SS": leave as is
+            continue
+        raw = RawDataElement(elem.tag, vr, len(elem.value), elem.value, 0, False,
+                             little_endian)
+        try:
+            identifier[elem.tag] = convert_raw_data_element(raw, ds=identifier)
+        except Exception as exc:  # a value that does not parse as its VR stays UN
+            log.debug("UN element %s kept as UN: %s", elem.tag, exc)
+    return identifier

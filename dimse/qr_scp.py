@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset
 from pdu.negotiation import qr_extended_negotiation
 
 from . import codec
-from ._vr import syntax_for_decode
+from ._vr import EXPLICIT_VR_BE, syntax_for_decode
 from .archive import Archive, Duplicate
 from .archive_store import archive_sink_factory, archive_store_handler
 from .errors import IdentifierError, ServiceError
@@ -54,6 +54,7 @@ from .qr import (
     model_for_sop_class,
     parse_level,
     relational_accepted,
+    resolve_un,
     validate_scp,
 )
 from .server import Server, default_contexts
@@ -193,7 +194,8 @@ def _prepare(served: frozenset[QueryModel], lenient: bool, ctx: RequestContext
                          comment=f"not a served C-FIND model: {uid}")
     try:
         received = ctx.dataset or ReceivedDataSet(ctx.context.transfer_syntax, b"")
-        identifier = received.decode()
+        identifier = resolve_un(received.decode(),
+                                little_endian=received.transfer_syntax != EXPLICIT_VR_BE)
     except Exception as exc:
         log.warning("undecodable C-FIND identifier: %s", exc)
         return _response(rq, Status.UNABLE_TO_PROCESS, comment=f"cannot decode identifier: {exc}")

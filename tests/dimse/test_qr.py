@@ -440,3 +440,45 @@ def test_with_character_set_declares_utf8_only_when_needed() -> None:
     only_uids = Dataset()
     only_uids.StudyInstanceUID = "1.2.3"
     assert with_character_set(only_uids) is only_uids
+
+
+def test_resolve_un_gives_known_tags_their_dictionary_vr() -> None:
+    """UN elements as a peer sends a value too long for its VR's 16-bit length (decoded by our
+    codec from Explicit VR Little Endian bytes) get their dictionary VR."""
+    import struct
+
+    from dimse import codec
+    from dimse.qr import resolve_un
+
+    def un(tag: int, value: bytes) -> bytes:
+        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"UN", 0, len(value)) + value
+
+    uids = [f"1.2.826.0.1.3680043.10.4343.{n}" for n in range(3000)]
+    listed = "\\".join(uids).encode()
+    listed += b"\0" * (len(listed) % 2)
+    private = b"raw!"
+    data = un(0x00091001, private) + un(0x0020000D, listed)
+    ds = codec.decode(data, "1.2.840.10008.1.2.1")
+    assert ds[0x0020000D].VR == "UN" and len(listed) > 0xFFFF  # what the SCP receives
+    assert resolve_un(ds) is ds
+    assert ds[0x0020000D].VR == "UI" and list(ds.StudyInstanceUID) == uids
+    assert ds[0x00091001].VR == "UN" and ds[0x00091001].value == private  # no dictionary VR
+
+
+def test_resolve_un_reaches_into_sequence_items() -> None:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.sequence import Sequence
+    from pydicom.tag import Tag
+
+    from dimse.qr import resolve_un
+
+    listed = "\\".join(f"1.2.3.{n}" for n in range(12000)).encode()
+    listed += b"\0" * (len(listed) % 2)
+    item = Dataset()
+    item[0x00081155] = RawDataElement(Tag(0x00081155), "UN", len(listed), listed, 0, False, True)
+    ds = Dataset()
+    ds.ReferencedStudySequence = Sequence([item])
+    assert ds.ReferencedStudySequence[0][0x00081155].VR == "UN"
+    resolve_un(ds)
+    ref = ds.ReferencedStudySequence[0][0x00081155]
+    assert ref.VR == "UI" and len(ref.value) == 12000 and ref.value[-1] == "1.2.3.11999"

@@ -237,6 +237,19 @@ async def test_pynetdicom_scu_against_our_scp(archive: Archive) -> None:
     assert statuses == [0xFF00] * 3 + [0x0000]
 
 
+async def test_pynetdicom_uid_list_longer_than_64k_arrives_as_un_and_matches(archive: Archive
+                                                                              ) -> None:
+    """4,000 UIDs do not fit UI's 16-bit length in Explicit VR: pydicom sends the key as UN
+    (PS3.5 6.2.2); our SCP reads it with its dictionary VR and matches each UID."""
+    uids = [f"{ROOT}{n}" for n in range(4, 4000)] + [ROOT + "1", ROOT + "3"]
+    ident = q("STUDY", PatientID="")
+    ident.StudyInstanceUID = uids
+    async with archive_server(archive, "OURQR") as server:
+        statuses = await asyncio.wait_for(asyncio.to_thread(
+            _pynetdicom_find, server.port, ident), 30)
+    assert statuses == [0xFF00] * 2 + [0x0000]
+
+
 async def test_pynetdicom_scu_cancels_against_our_scp() -> None:
     handler = Endless(delay=0.002)
     server, _spy = spy_server(None, handler)  # type: ignore[arg-type]
