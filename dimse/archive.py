@@ -31,7 +31,13 @@ import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from dimse.archive_query import (
     ALIAS,
@@ -66,6 +72,13 @@ _KEY_COLUMNS: Final = frozenset({"patient_id", "issuer", "study_uid", "series_ui
 _UID_OF: Final = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
                   "instance": "SOPInstanceUID"}
 _UNSAFE: Final = re.compile(r"[^0-9A-Za-z._-]")
+_UID_SYNTAX: Final = re.compile(r"[0-9]+(\.[0-9]+)*")
+#: Groups a data set read without preamble may start with: File Meta or the first composite
+#: group (SOP Common lives in 0008); anything else is not a stored instance.
+_FIRST_GROUPS: Final = frozenset({0x0002, 0x0008})
+#: (implicit VR, little endian) of a data set read without File Meta -> its transfer syntax.
+_ENCODINGS: Final = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
+                     (False, False): ExplicitVRBigEndian}
 
 _STRUCTURE: Final = {
     "patient": "id INTEGER PRIMARY KEY, patient_id TEXT NOT NULL, issuer TEXT NOT NULL",
@@ -518,7 +531,13 @@ def _open_flags(name: str, flags: int) -> int:
 
 
 def _read(path: Path) -> tuple[Dataset, os.stat_result]:
-    """Header and ``fstat`` of the regular file ``path`` (anything else is not read)."""
+    """Header and ``fstat`` of the regular file ``path`` (anything else is not read).
+
+    A file without preamble and ``DICM`` prefix, or a bare data set without File Meta
+    Information, is read as found (DCMTK's dcmqridx registers those too), but kept only when it
+    is clearly a composite instance: its four identifying UIDs present and well formed, and a
+    transfer syntax known (from its File Meta, else from the encoding pydicom recognised).
+    """
     try:
         fh = open(path, "rb", opener=_open_flags)
     except OSError as exc:
@@ -527,19 +546,56 @@ def _read(path: Path) -> tuple[Dataset, os.stat_result]:
         stat = os.fstat(fh.fileno())
         if not st_mode.S_ISREG(stat.st_mode):
             raise ValueError(f"{path}: not a regular file")
+        strict = False
         try:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, defer_size=HEADER_DEFER_SIZE)
+            try:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, defer_size=HEADER_DEFER_SIZE)
+            except InvalidDicomError:
+                strict = _forced_candidate(fh)
+                if not strict:
+                    raise
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, defer_size=HEADER_DEFER_SIZE,
+                                     force=True)
+            _check(ds, path, strict)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
         except Exception as exc:
             raise ValueError(f"{path}: not a readable DICOM file: {exc}") from exc
-        for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-            if not _text(ds, kw):
-                raise ValueError(f"{path}: no {kw}")
     return ds, stat
 
 
+def _forced_candidate(fh: Any) -> bool:
+    """Whether a file without ``DICM`` starts like a data set (first tag group 0002 or 0008,
+    either byte order); the file is left at its start."""
+    fh.seek(0)
+    head = fh.read(4)
+    fh.seek(0)
+    return len(head) == 4 and (int.from_bytes(head[:2], "little") in _FIRST_GROUPS or
+                               int.from_bytes(head[:2], "big") in _FIRST_GROUPS)
+
+
+def _check(ds: Dataset, path: Path, strict: bool) -> None:
+    """ValueError unless ``ds`` has the UIDs an archived instance needs; ``strict`` (read
+    without preamble): also SOP Class UID, UID syntax and a known transfer syntax."""
+    keys = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
+    for kw in keys if strict else keys[:3]:
+        value = _text(ds, kw)
+        if not value:
+            raise ValueError(f"no {kw}")
+        if strict and (len(value) > 64 or not _UID_SYNTAX.fullmatch(value)):
+            raise ValueError(f"{kw} is not a UID")
+    if strict and not _transfer_syntax(ds):
+        raise ValueError("unknown transfer syntax")
+
+
 def _transfer_syntax(ds: Dataset) -> str:
+    """The transfer syntax of the file ``ds`` was read from: its File Meta's, else the encoding
+    pydicom recognised (empty if none is a transfer syntax)."""
     meta = getattr(ds, "file_meta", None)
-    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    ts = str(meta.get("TransferSyntaxUID", "")).strip(" \0") if meta is not None else ""
+    if ts:
+        return ts
+    return str(_ENCODINGS.get(tuple(ds.original_encoding), ""))  # type: ignore[arg-type]
 
 
 def _fsync_dir(folder: Path) -> None:

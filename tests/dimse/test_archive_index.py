@@ -12,7 +12,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
 )
 
 from dimse.archive import Archive
@@ -131,4 +133,84 @@ def test_changed_file_that_turns_unreadable_is_dropped(tmp_path: Path) -> None:
         f.write_bytes(b"no longer dicom")
         stats = arc.index()
         assert (stats.removed, stats.failed) == (1, (f.resolve(),))
+        assert list(arc.instances(q("IMAGE", SOPInstanceUID=""), SR, Level.IMAGE)) == []
+
+
+# -- 3: files without preamble / File Meta ------------------------------------------------------
+
+def write_raw(path: Path, ds: Dataset, *, implicit: bool, little: bool, meta: bool) -> Path:
+    """A file without preamble and DICM: File Meta then data set, or a bare data set."""
+    ds = ds.copy()
+    if meta:
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        pydicom.dcmwrite(path, ds, enforce_file_format=False)
+    else:
+        pydicom.dcmwrite(path, ds, implicit_vr=implicit, little_endian=little)
+    data = path.read_bytes()
+    assert data[128:132] != b"DICM"
+    return path
+
+
+def test_files_without_preamble_are_indexed_with_their_encoding(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    root.mkdir()
+    cases = {"meta.dcm": (False, True, True, ExplicitVRLittleEndian),
+             "implicit.dcm": (True, True, False, ImplicitVRLittleEndian),
+             "explicit.dcm": (False, True, False, ExplicitVRLittleEndian),
+             "bigendian.dcm": (False, False, False, ExplicitVRBigEndian)}
+    for n, (name, (implicit, little, meta, _)) in enumerate(cases.items()):
+        write_raw(root / name, instance(1, study=str(n), pid=name), implicit=implicit,
+                  little=little, meta=meta)
+    with Archive(root) as arc:
+        stats = arc.index()
+        assert (stats.added, stats.failed) == (4, ())
+        recs = {r.path.name: r for r in arc.instances(q("IMAGE", SOPInstanceUID=""), SR,
+                                                        Level.IMAGE)}
+        assert {k: r.transfer_syntax for k, r in recs.items()} == {
+            k: v[3] for k, v in cases.items()}
+        assert all(r.sop_class_uid == CTImageStorage for r in recs.values())
+        assert found(arc, PR, Level.PATIENT, q("PATIENT", PatientID=""), "PatientID") == \
+            sorted((k,) for k in cases)
+        for rec in recs.values():  # what a retrieve will read back
+            back = pydicom.dcmread(rec.path, force=True)
+            assert back.SOPInstanceUID == rec.sop_instance_uid
+
+
+def _bare(ds: Dataset) -> bytes:
+    from io import BytesIO
+    buf = BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=True, little_endian=True)
+    return buf.getvalue()
+
+
+def _not_instances() -> dict[str, bytes]:
+    no_class = instance(1)
+    del no_class.SOPClassUID
+    bad_uid = instance(2)
+    bad_uid.StudyInstanceUID = "1.2.abc"
+    long_uid = instance(3)
+    long_uid.SeriesInstanceUID = "1." + "2" * 70
+    return {"empty": b"", "text.txt": b"hello, not dicom\n" * 20,
+            "random.bin": bytes(range(256)) * 8,
+            "group8.bin": b"\x08\x00\x16\x00" + bytes(range(255, 0, -1)) * 4,
+            "group8-be.bin": b"\x00\x08\x00\x16UI\xff\xff" + b"\x01" * 300,
+            "truncated.dcm": _bare(instance(4))[:40],
+            "no-class.dcm": _bare(no_class), "bad-uid.dcm": _bare(bad_uid),
+            "long-uid.dcm": _bare(long_uid)}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_non_instances_are_failed_never_indexed(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    root.mkdir()
+    bad = _not_instances()
+    for name, data in bad.items():
+        (root / name).write_bytes(data)
+    with Archive(root) as arc:
+        stats = arc.index()
+        assert stats.added == 0
+        assert sorted(p.name for p in stats.failed) == sorted(bad)
         assert list(arc.instances(q("IMAGE", SOPInstanceUID=""), SR, Level.IMAGE)) == []
