@@ -21,6 +21,7 @@ import stat as st_mode
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -80,20 +81,29 @@ _FIRST_GROUPS: Final = frozenset({0x0002, 0x0008})
 _ENCODINGS: Final = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
                      (False, False): ExplicitVRBigEndian}
 
+#: Bump when what the index stores changes without a change of its DDL (the version written to
+#: ``PRAGMA user_version`` is derived from this and the DDL; see Archive._create_schema).
+SCHEMA_REVISION: Final = 2
+# A patient is (ID, issuer, name, birth date): two people sharing an ID stay apart. A series
+# is keyed within its study (series UIDs reused across studies occur in the field).
 _STRUCTURE: Final = {
-    "patient": "id INTEGER PRIMARY KEY, patient_id TEXT NOT NULL, issuer TEXT NOT NULL",
+    "patient": "id INTEGER PRIMARY KEY, patient_id TEXT NOT NULL, issuer TEXT NOT NULL, "
+               "name_key TEXT NOT NULL DEFAULT '', birth_key TEXT NOT NULL DEFAULT ''",
     "study": "id INTEGER PRIMARY KEY, patient_ref INTEGER NOT NULL REFERENCES patient(id), "
              "study_uid TEXT NOT NULL UNIQUE",
     "series": "id INTEGER PRIMARY KEY, study_ref INTEGER NOT NULL REFERENCES study(id), "
-              "series_uid TEXT NOT NULL UNIQUE",
+              "series_uid TEXT NOT NULL",
     "instance": "id INTEGER PRIMARY KEY, series_ref INTEGER NOT NULL REFERENCES series(id), "
                 "sop_uid TEXT NOT NULL UNIQUE, path TEXT NOT NULL UNIQUE, "
                 "transfer_syntax TEXT, size INTEGER, mtime_ns INTEGER",
 }
+_PATIENT_KEY: Final = ("patient_id", "issuer", "name_key", "birth_key")
 _EXTRA_DDL: Final = (
-    "CREATE UNIQUE INDEX IF NOT EXISTS patient_key ON patient(patient_id, issuer)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS patient_key ON patient(patient_id, issuer, name_key, "
+    "birth_key)",
     "CREATE INDEX IF NOT EXISTS study_parent ON study(patient_ref)",
-    "CREATE INDEX IF NOT EXISTS series_parent ON series(study_ref)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS series_key ON series(study_ref, series_uid)",
+    "CREATE INDEX IF NOT EXISTS series_uid ON series(series_uid)",
     "CREATE INDEX IF NOT EXISTS instance_parent ON instance(series_ref)",
     "CREATE INDEX IF NOT EXISTS study_date ON study(study_date)",
     "CREATE INDEX IF NOT EXISTS patient_name ON patient(patient_name_f)",
@@ -220,14 +230,20 @@ class Archive:
         self.close()
 
     def _create_schema(self) -> None:
+        """Create the tables; a database of another schema version is dropped (the files are
+        the truth: the next :meth:`index` rebuilds it)."""
+        ddl = [f"CREATE TABLE IF NOT EXISTS {table} ({_STRUCTURE[table]}, " +
+               ", ".join(f"{c} {'INTEGER' if a.kind is Kind.INT else 'TEXT'}"
+                         for c, a in _columns(table)) + ")" for table in TABLES]
+        ddl.extend(_EXTRA_DDL)
+        version = zlib.crc32(f"{SCHEMA_REVISION};{';'.join(ddl)}".encode()) & 0x7FFFFFFF or 1
         with self._lock, self._db:
-            for table in TABLES:
-                cols = ", ".join(f"{c} {'INTEGER' if a.kind is Kind.INT else 'TEXT'}"
-                                 for c, a in _columns(table))
-                self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_STRUCTURE[table]}, "
-                                 f"{cols})")
-            for ddl in _EXTRA_DDL:
-                self._db.execute(ddl)
+            if self._db.execute("PRAGMA user_version").fetchone()[0] != version:
+                for table in reversed(TABLES):
+                    self._db.execute(f"DROP TABLE IF EXISTS {table}")
+            for statement in ddl:
+                self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {version}")
 
     # -- indexing -------------------------------------------------------------------------
 
@@ -311,20 +327,19 @@ class Archive:
         return int(row[0])
 
     def _upsert(self, ds: Dataset, rel: str, ts: str, size: int, mtime_ns: int) -> None:
+        rows = _rows(ds)  # every value first: a file that fails leaves the tables untouched
+        rows[-1][1].update(path=rel, transfer_syntax=ts, size=size, mtime_ns=mtime_ns)
         ref: int | None = None
-        for table in TABLES:
-            values: dict[str, object] = {c: _stored(ds, c, a) for c, a in _columns(table)}
+        for table, values in rows:
             if table == "patient":
-                values = {"patient_id": _text(ds, "PatientID") or "",
-                          "issuer": _text(ds, "IssuerOfPatientID") or "", **values}
-                key: tuple[str, ...] = ("patient_id", "issuer")
+                key: tuple[str, ...] = _PATIENT_KEY
             else:
-                key = (ATTRIBUTES[_UID_OF[table]].column,)
-                values = {key[0]: _text(ds, _UID_OF[table]), PARENT[table][0]: ref, **values}
+                values[PARENT[table][0]] = ref
+                key = (PARENT[table][0], "series_uid") if table == "series" else \
+                    (ATTRIBUTES[_UID_OF[table]].column,)
             if table == "instance":
                 self._db.execute("DELETE FROM instance WHERE path = ? AND sop_uid <> ?",
                                  (rel, values["sop_uid"]))
-                values.update(path=rel, transfer_syntax=ts, size=size, mtime_ns=mtime_ns)
             ref = self._upsert_row(table, key, values)
 
     def _prune(self) -> None:
@@ -514,6 +529,29 @@ class Archive:
             if len(rows) < PAGE_SIZE:
                 return
             last = int(rows[-1][0])
+
+
+def _rows(ds: Dataset) -> list[tuple[str, dict[str, object]]]:
+    """(table, column values) of ``ds`` from patient down to instance, keys first.
+
+    ValueError if a value cannot be read (a forced read may hold undecodable elements)."""
+    try:
+        name, birth = _text(ds, "PatientName") or "", _text(ds, "PatientBirthDate") or ""
+        out: list[tuple[str, dict[str, object]]] = [("patient", {
+            "patient_id": _text(ds, "PatientID") or "",
+            "issuer": _text(ds, "IssuerOfPatientID") or "",
+            # PN trailing empty components are not significant ("DOE^JOHN^^" = "DOE^JOHN")
+            "name_key": "=".join(g.rstrip("^ ") for g in name.split("=")).rstrip("="),
+            "birth_key": birth})]
+        for table in TABLES[1:]:
+            out.append((table, {ATTRIBUTES[_UID_OF[table]].column: _text(ds, _UID_OF[table])}))
+        for table, values in out:
+            values.update((c, _stored(ds, c, a)) for c, a in _columns(table))
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"unreadable value: {exc}") from exc
+    return out
 
 
 def read_header(path: str | os.PathLike[str]) -> Dataset:

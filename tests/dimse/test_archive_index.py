@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -214,3 +215,97 @@ def test_non_instances_are_failed_never_indexed(tmp_path: Path) -> None:
         assert stats.added == 0
         assert sorted(p.name for p in stats.failed) == sorted(bad)
         assert list(arc.instances(q("IMAGE", SOPInstanceUID=""), SR, Level.IMAGE)) == []
+
+
+# -- 4, 5: entity keys --------------------------------------------------------------------------
+
+def test_patients_sharing_an_id_stay_apart(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    write(root / "a.dcm", instance(1, study="1", pid="12345", name="DOE^JOHN", birth="19500101"))
+    write(root / "b.dcm", instance(1, study="2", pid="12345", name="ROE^JANE", birth="19900202"))
+    write(root / "0.dcm", instance(2, study="1", pid="12345", name="DOE^JOHN^^",
+                                   birth="19500101"))  # same person as a.dcm (indexed first)
+    with Archive(root) as arc:
+        assert arc.index().added == 3
+        assert found(arc, PR, Level.PATIENT, q("PATIENT", PatientID="12345", PatientName="",
+                                               PatientBirthDate="",
+                                               NumberOfPatientRelatedStudies=""),
+                     "PatientName", "PatientBirthDate", "NumberOfPatientRelatedStudies") == [
+            ("DOE^JOHN", "19500101", "1"), ("ROE^JANE", "19900202", "1")]
+        assert found(arc, SR, Level.STUDY, q("STUDY", PatientID="12345", PatientName="",
+                                             StudyInstanceUID=""),
+                     "PatientName", "StudyInstanceUID") == [
+            ("DOE^JOHN", ROOT + "1"), ("ROE^JANE", ROOT + "2")]
+        assert found(arc, SR, Level.STUDY, q("STUDY", PatientName="DOE*", StudyInstanceUID=""),
+                     "StudyInstanceUID") == [(ROOT + "1",)]
+        assert found(arc, PR, Level.STUDY, q("STUDY", PatientID="12345", PatientName="ROE^JANE",
+                                             PatientBirthDate="19900202", StudyInstanceUID=""),
+                     "StudyInstanceUID") == [(ROOT + "2",)]
+        assert arc.index().added == 0
+
+
+def test_patients_without_id_split_by_name_and_birth_date(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    write(root / "a.dcm", instance(1, study="1", pid=None, name="DOE^JOHN", birth="19500101"))
+    write(root / "b.dcm", instance(1, study="2", pid=None, name="DOE^JOHN", birth="19600101"))
+    write(root / "c.dcm", instance(1, study="3", pid=None, name="ROE^JANE", birth=None))
+    with Archive(root) as arc:
+        assert arc.index().added == 3
+        assert found(arc, PR, Level.PATIENT, q("PATIENT", PatientID="", PatientName="",
+                                               PatientBirthDate=""),
+                     "PatientName", "PatientBirthDate") == [
+            ("DOE^JOHN", "19500101"), ("DOE^JOHN", "19600101"), ("ROE^JANE", "None")]
+
+
+def test_series_uid_reused_by_two_studies(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    for n, study in enumerate(("1", "2")):
+        ds = instance(n, study=study, pid=f"SER{n}", name=f"SERIES^{n}")
+        ds.SeriesInstanceUID = ROOT + "99"
+        ds.SeriesNumber = n + 1
+        write(root / f"f{n}.dcm", ds)
+    with Archive(root) as arc:
+        assert arc.index().added == 2
+        assert found(arc, SR, Level.STUDY, q("STUDY", StudyInstanceUID="", PatientID="",
+                                             NumberOfStudyRelatedInstances=""),
+                     "PatientID", "StudyInstanceUID", "NumberOfStudyRelatedInstances") == [
+            ("SER0", ROOT + "1", "1"), ("SER1", ROOT + "2", "1")]
+        assert found(arc, SR, Level.SERIES, q("SERIES", StudyInstanceUID="",
+                                              SeriesInstanceUID=ROOT + "99", SeriesNumber=""),
+                     "StudyInstanceUID", "SeriesNumber") == [(ROOT + "1", "1"),
+                                                              (ROOT + "2", "2")]
+        assert found(arc, PR, Level.SERIES, q("SERIES", PatientID="SER1",
+                                              StudyInstanceUID=ROOT + "2",
+                                              SeriesInstanceUID=""),
+                     "SeriesInstanceUID") == [(ROOT + "99",)]
+        recs = list(arc.instances(q("SERIES", StudyInstanceUID=ROOT + "2",
+                                    SeriesInstanceUID=ROOT + "99"), SR, Level.SERIES))
+        assert [r.path.name for r in recs] == ["f1.dcm"]
+        assert arc.index().added == 0
+
+
+# -- schema version --------------------------------------------------------------------------
+
+def test_database_of_another_schema_is_rebuilt(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    write(root / "a.dcm", instance(1, study="1", pid="12345", name="DOE^JOHN"))
+    write(root / "b.dcm", instance(1, study="2", pid="12345", name="ROE^JANE"))
+    db = root / ".archive.sqlite"
+    with sqlite3.connect(db) as old:  # the previous schema: patient keyed by (ID, issuer)
+        old.execute("CREATE TABLE patient (id INTEGER PRIMARY KEY, patient_id TEXT NOT NULL, "
+                    "issuer TEXT NOT NULL, patient_name TEXT)")
+        old.execute("CREATE UNIQUE INDEX patient_key ON patient(patient_id, issuer)")
+        old.execute("CREATE TABLE instance (id INTEGER PRIMARY KEY, sop_uid TEXT, path TEXT, "
+                    "size INTEGER, mtime_ns INTEGER)")
+        old.execute("INSERT INTO patient VALUES (1, '12345', '', 'ROE^JANE')")
+    old.close()
+    with Archive(root) as arc:
+        version = arc._db.execute("PRAGMA user_version").fetchone()[0]
+        assert version != 0
+        stats = arc.index()
+        assert (stats.added, stats.failed) == (2, ())
+        assert found(arc, PR, Level.PATIENT, q("PATIENT", PatientID="12345", PatientName=""),
+                     "PatientName") == [("DOE^JOHN",), ("ROE^JANE",)]
+    with Archive(root) as again:  # same version: kept, nothing to re-read
+        assert again._db.execute("PRAGMA user_version").fetchone()[0] == version
+        assert again.index().added == 0
