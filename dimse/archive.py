@@ -139,12 +139,22 @@ class Adopted:
 
 @dataclass(frozen=True, slots=True)
 class IndexStats:
-    """Outcome of :meth:`Archive.index`: files added, re-read, dropped, unreadable."""
+    """Outcome of :meth:`Archive.index`: files added, re-read, dropped, unreadable, and those
+    skipped because another existing file holds their SOP Instance UID (logged as a warning)."""
 
     added: int
     updated: int
     removed: int
     failed: tuple[Path, ...]
+    duplicates: tuple[Path, ...] = ()
+
+
+class _DuplicateFile(ValueError):
+    """Another existing file is indexed with this file's SOP Instance UID."""
+
+    def __init__(self, path: Path, indexed: Path) -> None:
+        super().__init__(f"{path}: SOP Instance UID already stored in {indexed}")
+        self.path, self.indexed = path, indexed
 
 
 def _columns(table: str) -> list[tuple[str, Attr]]:
@@ -202,6 +212,25 @@ def _stored(ds: Dataset, column: str, attr: Attr) -> object:
     return value
 
 
+class _Scan:
+    """Counters of one :meth:`Archive.index` run."""
+
+    __slots__ = ("added", "duplicates", "failed", "known", "seen", "updated")
+
+    def __init__(self, known: dict[str, tuple[int, int]]) -> None:
+        self.known = known
+        self.added = self.updated = 0
+        self.failed: list[Path] = []
+        self.seen: set[str] = set()
+        self.duplicates: list[_DuplicateFile] = []
+
+    def retry(self) -> list[Path]:
+        """The duplicates found so far, forgotten (to be tried once more)."""
+        paths = [d.path for d in self.duplicates]
+        self.duplicates = []
+        return paths
+
+
 class Archive:
     """A folder of DICOM files indexed in SQLite (``<storage_dir>/.archive.sqlite`` default)."""
 
@@ -256,18 +285,21 @@ class Archive:
 
     def add_file(self, path: str | os.PathLike[str]) -> None:
         """Index one regular file inside the folder (re-index if known). ValueError if it is
-        not a composite instance with Study/Series/SOP Instance UIDs."""
+        not a composite instance with Study/Series/SOP Instance UIDs, or if another existing
+        file is indexed with its SOP Instance UID (that one keeps its place)."""
         path = Path(path).resolve()
-        self._add(path, self._relative(path))
+        self._add(path, self._relative(path), replace=False)
 
-    def _add(self, path: Path, rel: str) -> None:
+    def _add(self, path: Path, rel: str, *, replace: bool) -> None:
         ds, stat = _read(path)
         with self._lock, self._db:
-            self._index(ds, rel, stat)
+            self._index(ds, rel, stat, replace=replace)
 
-    def _index(self, ds: Dataset, rel: str, stat: os.stat_result) -> None:
-        """Upsert the rows of ``ds`` stored at ``rel`` (lock and transaction held)."""
-        self._upsert(ds, rel, _transfer_syntax(ds), stat.st_size, stat.st_mtime_ns)
+    def _index(self, ds: Dataset, rel: str, stat: os.stat_result, *, replace: bool) -> None:
+        """Upsert the rows of ``ds`` stored at ``rel`` (lock and transaction held).
+        ``replace``: ``rel`` becomes the instance's file even if another one exists."""
+        self._upsert(ds, rel, _transfer_syntax(ds), stat.st_size, stat.st_mtime_ns,
+                     replace=replace)
         self._prune()
 
     def stored_path(self, sop_instance_uid: str) -> Path | None:
@@ -304,7 +336,7 @@ class Archive:
             os.replace(source, target)
             _fsync_dir(target.parent)
             with self._db:
-                self._index(ds, self._relative(target), target.stat())
+                self._index(ds, self._relative(target), target.stat(), replace=True)
         if old is not None and old != target:
             old.unlink(missing_ok=True)  # replaced a file stored under another name
         return Adopted(target, known)
@@ -326,8 +358,14 @@ class Archive:
         row = self._db.execute(sql, list(values.values())).fetchone()
         return int(row[0])
 
-    def _upsert(self, ds: Dataset, rel: str, ts: str, size: int, mtime_ns: int) -> None:
+    def _upsert(self, ds: Dataset, rel: str, ts: str, size: int, mtime_ns: int, *,
+                replace: bool = True) -> None:
         rows = _rows(ds)  # every value first: a file that fails leaves the tables untouched
+        if not replace:
+            row = self._db.execute("SELECT path FROM instance WHERE sop_uid = ?",
+                                   (rows[-1][1]["sop_uid"],)).fetchone()
+            if row is not None and row[0] != rel and (self.storage_dir / row[0]).is_file():
+                raise _DuplicateFile(self.storage_dir / rel, self.storage_dir / row[0])
         rows[-1][1].update(path=rel, transfer_syntax=ts, size=size, mtime_ns=mtime_ns)
         ref: int | None = None
         for table, values in rows:
@@ -354,36 +392,51 @@ class Archive:
     def index(self) -> IndexStats:
         """Scan the folder: (re)index new and changed regular files (by mtime and size), drop
         the entries of removed files. Special files and symlinks are never opened: a symlink
-        to a file of the folder is left to that file; others, and unreadable files, fail."""
+        to a file of the folder is left to that file; others, and unreadable files, fail.
+
+        An indexed instance whose file still exists keeps its place: another file with its
+        SOP Instance UID is skipped (one warning naming both), so restarts are stable."""
         with self._lock:
             known = {p: (m, s) for p, m, s in
                      self._db.execute("SELECT path, mtime_ns, size FROM instance")}
-        added = updated = 0
-        failed: list[Path] = []
-        seen: set[str] = set()
+        scan = _Scan(known)
         for path, stat in self._files():
             if stat is None:
-                failed.append(path)
+                scan.failed.append(path)
                 continue
             rel = path.relative_to(self.storage_dir).as_posix()
-            old = known.get(rel)
-            if old == (stat.st_mtime_ns, stat.st_size):
-                seen.add(rel)
-                continue
-            try:
-                self._add(path, rel)
-            except (ValueError, OSError) as exc:
-                log.info("not indexed: %s", exc)
-                failed.append(path)
-                continue
-            seen.add(rel)
-            added, updated = (added + 1, updated) if old is None else (added, updated + 1)
+            if known.get(rel) == (stat.st_mtime_ns, stat.st_size):
+                scan.seen.add(rel)
+            else:
+                self._scan_file(scan, path, rel)
+        for path in scan.retry():  # their twin may have changed or gone later in the scan
+            self._scan_file(scan, path, path.relative_to(self.storage_dir).as_posix())
+        for dup in scan.duplicates:
+            log.warning("not indexed: %s", dup)
         self.remove_stale_temp()
-        gone = [p for p in known if p not in seen]
+        gone = [p for p in known if p not in scan.seen]
         with self._lock, self._db:
             self._db.executemany("DELETE FROM instance WHERE path = ?", [(p,) for p in gone])
             self._prune()
-        return IndexStats(added, updated, len(gone), tuple(failed))
+        return IndexStats(scan.added, scan.updated, len(gone), tuple(scan.failed),
+                          tuple(d.path for d in scan.duplicates))
+
+    def _scan_file(self, scan: _Scan, path: Path, rel: str) -> None:
+        """Index one new or changed file of :meth:`index`, counting the outcome in ``scan``."""
+        try:
+            self._add(path, rel, replace=False)
+        except _DuplicateFile as dup:
+            scan.duplicates.append(dup)
+            return
+        except (ValueError, OSError) as exc:
+            log.info("not indexed: %s", exc)
+            scan.failed.append(path)
+            return
+        scan.seen.add(rel)
+        if rel in scan.known:
+            scan.updated += 1
+        else:
+            scan.added += 1
 
     def remove_stale_temp(self, max_age: float = STALE_TEMP_AGE) -> list[Path]:
         """Delete the temporary files (``.tmp-*``) of writes that a crash interrupted: those
@@ -476,7 +529,10 @@ class Archive:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self.add_file(target)
+        old = self.stored_path(sop)
+        self._add(target, self._relative(target), replace=True)
+        if old is not None and old != target:
+            old.unlink(missing_ok=True)  # replaced a file stored under another name
         return target
 
     # -- queries --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from dimse.archive import Archive
+from dimse.archive import Archive, Duplicate
 from dimse.qr import Level, QueryModel
 
 PR, SR = QueryModel.PATIENT_ROOT, QueryModel.STUDY_ROOT
@@ -309,3 +309,67 @@ def test_database_of_another_schema_is_rebuilt(tmp_path: Path) -> None:
     with Archive(root) as again:  # same version: kept, nothing to re-read
         assert again._db.execute("PRAGMA user_version").fetchone()[0] == version
         assert again.index().added == 0
+
+
+# -- 6: two files, one SOP Instance UID ---------------------------------------------------------
+
+def test_duplicate_sop_instance_is_stable_across_restarts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "store"
+    first = write(root / "b.dcm", instance(1, name="FIRST^COPY"))
+    with Archive(root) as arc:
+        assert arc.index().added == 1
+    second = write(root / "a.dcm", instance(1, name="SECOND^COPY"))  # sorts first
+    for _ in range(3):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="dimse.archive"), Archive(root) as arc:
+            stats = arc.index()
+            assert (stats.added, stats.updated, stats.removed, stats.failed) == (0, 0, 0, ())
+            assert stats.duplicates == (second.resolve(),)
+            (rec,) = arc.instances(q("IMAGE", SOPInstanceUID=""), SR, Level.IMAGE)
+            assert rec.path == first.resolve()
+            assert found(arc, PR, Level.PATIENT, q("PATIENT", PatientName=""),
+                         "PatientName") == [("FIRST^COPY",)]
+        (warning,) = [r.getMessage() for r in caplog.records]
+        assert str(first.resolve()) in warning and str(second.resolve()) in warning
+    with Archive(root) as arc:
+        with pytest.raises(ValueError, match="already stored"):
+            arc.add_file(second)
+        first.unlink()  # the indexed copy is gone: the other one takes its place
+        stats = arc.index()
+        assert (stats.added, stats.removed, stats.duplicates) == (1, 1, ())
+        (rec,) = arc.instances(q("IMAGE", SOPInstanceUID=""), SR, Level.IMAGE)
+        assert rec.path == second.resolve()
+
+
+def test_duplicate_resolved_when_its_twin_changes_later_in_the_scan(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    indexed = write(root / "b.dcm", instance(1))
+    with Archive(root) as arc:
+        arc.index()
+        write(root / "a.dcm", instance(1, name="COPY"))  # scanned before b.dcm ...
+        write(indexed, instance(2))  # ... which now holds another instance
+        os.utime(indexed, ns=(1, 2_000_000_000))
+        stats = arc.index()
+        assert (stats.added, stats.updated, stats.duplicates) == (1, 1, ())
+        assert sorted(r.path.name for r in arc.instances(q("IMAGE", SOPInstanceUID=""), SR,
+                                                         Level.IMAGE)) == ["a.dcm", "b.dcm"]
+
+
+def test_store_and_adopt_replace_a_duplicate(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    elsewhere = write(root / "import" / "x.dcm", instance(1, name="OLD"))
+    with Archive(root) as arc:
+        arc.index()
+        stored = arc.store(instance(1, name="NEW"))
+        assert not elsewhere.exists() and arc.stored_path(instance(1).SOPInstanceUID) == stored
+        received = write(root / ".tmp-in.dcm", instance(1, name="NEWER"))
+        kept = arc.adopt(received, duplicate=Duplicate.KEEP)
+        assert kept.duplicate and kept.path == stored and not received.exists()
+        received = write(root / ".tmp-in.dcm", instance(1, name="NEWEST"))
+        replaced = arc.adopt(received, duplicate=Duplicate.REPLACE)
+        assert replaced.duplicate and replaced.path == stored
+        assert found(arc, PR, Level.PATIENT, q("PATIENT", PatientName=""),
+                     "PatientName") == [("NEWEST",)]
+        stats = arc.index()
+        assert (stats.added, stats.updated, stats.removed, stats.duplicates) == (0, 0, 0, ())
