@@ -46,6 +46,7 @@ from dimse.matching import (
     date_norm,
     datetime_bounds,
     fold_pn,
+    register_functions,
     time_bounds,
 )
 from dimse.qr import Level, QueryModel
@@ -186,6 +187,7 @@ class Archive:
             self.storage_dir / ".archive.sqlite"
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.db_path, check_same_thread=False)
+        register_functions(self._db)
         self._db.execute("PRAGMA foreign_keys = ON")
         if str(self.db_path) != ":memory:":
             self._db.execute("PRAGMA journal_mode = WAL")

@@ -18,6 +18,11 @@ Choices (conformance statement material):
   DT timezone offsets are ignored. With combined date-time matching, a DA+TM key pair such as
   StudyDate+StudyTime matches as one datetime range.
 * A key with several values (VR other than UI) matches if any value matches.
+* A stored text (STR/PN) value with several values (``\\``-joined in its column) matches if any
+  one of its values matches, each on its own: a wildcard never spans a value separator. Rows
+  whose stored value has no ``\\`` keep the plain SQL condition (indexable, no Python call);
+  only multi-valued rows go to the deterministic SQLite function ``dicom_any``
+  (:func:`any_value_matches`), which :func:`register_functions` adds to a connection.
 * Sequence keys: one request item; its non-empty keys must all match within one item of the
   entity's sequence (only the item keys listed in the table are indexed; no nesting).
 * Values are always SQL parameters; the only SQL text built from the request is the fixed set
@@ -26,8 +31,10 @@ Choices (conformance statement material):
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Mapping
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -41,12 +48,14 @@ __all__ = [
     "Attr",
     "Cond",
     "Kind",
+    "any_value_matches",
     "date_norm",
     "datetime_bounds",
     "fold_pn",
     "match",
     "match_datetime_pair",
     "match_sequence",
+    "register_functions",
     "time_bounds",
 ]
 
@@ -264,11 +273,28 @@ def _match_one(kind: Kind, vr: str, col: str, v: str) -> Cond:
     return f"{col} = ?", [v]
 
 
+def _per_value(kind: Kind, vr: str, col: str, values: list[str], cond: Cond) -> Cond:
+    """``cond`` for single stored values; a stored value holding ``\\`` (several values) is
+    matched value by value by ``dicom_any`` instead."""
+    keys = "\\".join(fold_pn(v) if kind is Kind.PN else v for v in values)
+    sql = (f"(CASE WHEN instr({col}, '\\') > 0 THEN {_ANY_FUNCTION}({col}, ?, ?) "
+           f"ELSE {cond[0]} END)")
+    return sql, [keys, int(vr in WILDCARD_VRS), *cond[1]]
+
+
 def match(attr_kind: Kind, vr: str, col: str, value: object) -> Cond | None:
     """The condition a key value puts on ``col`` (None: universal matching)."""
     values = [v for v in _values(value) if v]
     if not values or values == ["*"] and vr in WILDCARD_VRS:
         return None
+    cond = _values_cond(attr_kind, vr, col, values)
+    if attr_kind in (Kind.STR, Kind.PN):
+        return _per_value(attr_kind, vr, col, values, cond)
+    return cond
+
+
+def _values_cond(attr_kind: Kind, vr: str, col: str, values: list[str]) -> Cond:
+    """Any of the non-empty key ``values`` against a single stored value in ``col``."""
     if attr_kind is Kind.UID or len(values) > 1 and attr_kind is not Kind.PN:
         if attr_kind in (Kind.UID, Kind.STR, Kind.INT) and not any(
             "*" in v or "?" in v for v in values
@@ -347,3 +373,32 @@ def match_datetime_pair(date_col: str, time_col: str, date_value: object,
     hi = date_norm(d_hi) + (time_bounds(t_hi)[1] if t_hi else "235959.999999") if d_hi else None
     col = f"{date_col} || COALESCE(NULLIF({time_col}, ''), '000000.000000')"
     return _range(f"({col})", lo, hi)
+
+
+_ANY_FUNCTION: Final = "dicom_any"
+
+
+@functools.lru_cache(maxsize=512)
+def _value_matcher(keys: str, wild: bool) -> Callable[[str], bool]:
+    """Predicate: does one stored value match any of the ``\\``-joined key values?"""
+    parts = keys.split("\\")
+    if not wild or not any("*" in k or "?" in k for k in parts):
+        return frozenset(parts).__contains__
+    rx = re.compile("|".join("".join(".*" if c == "*" else "." if c == "?" else re.escape(c)
+                                     for c in k) for k in parts), re.DOTALL)
+    return lambda v: rx.fullmatch(v) is not None
+
+
+def any_value_matches(stored: object, keys: object, wild: object) -> int:
+    """SQLite ``dicom_any(stored, keys, wild)``: 1 if one value of the ``\\``-joined ``stored``
+    (empty values never match) matches one of the ``\\``-joined ``keys`` exactly, or, when
+    ``wild``, as a ``*``/``?`` pattern; else 0. Keys arrive already PN-folded."""
+    if not isinstance(stored, str) or not isinstance(keys, str):
+        return 0
+    matches = _value_matcher(keys, bool(wild))
+    return int(any(v and matches(v) for v in stored.split("\\")))
+
+
+def register_functions(db: sqlite3.Connection) -> None:
+    """Add the SQL functions the conditions of this module call to ``db``."""
+    db.create_function(_ANY_FUNCTION, 3, any_value_matches, deterministic=True)

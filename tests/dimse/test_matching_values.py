@@ -1,0 +1,182 @@
+"""Multi-valued stored attributes (each value matched on its own) and DT values with timezone
+offsets: unit tests of dimse.matching on an in-memory SQLite plus Archive-level queries."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dimse import codec
+from dimse.archive import Archive
+from dimse.matching import Kind, any_value_matches, fold_pn, match, register_functions
+from dimse.qr import Level, QueryModel
+
+SR = QueryModel.STUDY_ROOT
+CT = "1.2.840.10008.5.1.4.1.1.2"
+ROOT = "1.2.826.0.1.3680043.99.120"
+
+
+def run_text(kind: Kind, vr: str, stored: str | None, key: object) -> bool:
+    """Does the (``\\``-joined, possibly multi-valued) ``stored`` text match ``key``?"""
+    db = sqlite3.connect(":memory:")
+    register_functions(db)
+    db.execute("CREATE TABLE t (c)")
+    value = fold_pn(stored) if kind is Kind.PN and stored is not None else stored
+    db.execute("INSERT INTO t VALUES (?)", (value,))
+    cond = match(kind, vr, "c", key)
+    if cond is None:
+        return True
+    sql, params = cond
+    return bool(db.execute(f"SELECT COUNT(*) FROM t WHERE {sql}", params).fetchone()[0])
+
+
+# -- A. multi-valued stored values ------------------------------------------------------------
+
+
+def test_each_stored_value_matches_on_its_own() -> None:
+    stored = "SMITH^A\\JONES^B"
+    for key, expected in [("SMITH^A", True), ("JONES^B", True), ("jones^b", True),
+                          ("JONES*", True), ("*^A", True), ("?ONES^B", True),
+                          ("S*B", False), ("SMITH^A\\JONES^B", True), ("A\\JONES", False),
+                          ("SMITH", False), ("MITH^A", False), (["X", "JONES^B"], True),
+                          (["X", "Y*"], False)]:
+        assert run_text(Kind.PN, "PN", stored, key) is expected, key
+
+
+def test_multi_valued_str_columns_case_sensitive_and_literal_vrs() -> None:
+    assert run_text(Kind.STR, "CS", "CT\\MR", "MR")
+    assert run_text(Kind.STR, "CS", "CT\\MR", "M?")
+    assert not run_text(Kind.STR, "CS", "CT\\MR", "mr")  # STR stays case-sensitive
+    assert not run_text(Kind.STR, "CS", "CT\\MR", "C*R")  # no wildcard across values
+    assert run_text(Kind.STR, "CS", "CT\\MR", ["US", "MR"])
+    assert not run_text(Kind.STR, "AS", "050Y\\051Y", "05*")  # AS: '*' is literal
+    assert run_text(Kind.STR, "AS", "050Y\\051Y", "051Y")
+    assert run_text(Kind.STR, "LO", "A\\\\B", "*")  # '*' alone is universal...
+    assert not run_text(Kind.STR, "LO", "\\", "**")  # ...but empty values never match
+
+
+def test_single_valued_rows_keep_the_plain_condition() -> None:
+    """The Python function is only reached for stored values that hold a backslash."""
+    calls: list[object] = []
+    db = sqlite3.connect(":memory:")
+    db.create_function("dicom_any", 3, lambda *a: calls.append(a) or any_value_matches(*a),
+                       deterministic=True)
+    db.execute("CREATE TABLE t (c)")
+    db.executemany("INSERT INTO t VALUES (?)", [("CT",), ("MR",), ("CT\\MR",), (None,)])
+    cond = match(Kind.STR, "CS", "c", "MR")
+    assert cond is not None
+    got = db.execute(f"SELECT c FROM t WHERE {cond[0]} ORDER BY c", cond[1]).fetchall()
+    assert got == [("CT\\MR",), ("MR",)]
+    assert calls == [("CT\\MR", "MR", 1)]
+
+
+def _reference(pattern: str, values: list[str], fold: bool) -> bool:
+    if fold:
+        pattern, values = fold_pn(pattern), [fold_pn(v) for v in values]
+    if pattern == "*":
+        return True
+    rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return any(v and re.fullmatch(rx, v, re.DOTALL) for v in values)
+
+
+_VALUE = st.text(alphabet="ab%_[]^*?xÄä", min_size=1, max_size=6)
+
+
+@settings(max_examples=300)
+@given(pattern=_VALUE, values=st.lists(_VALUE, min_size=1, max_size=3), pn=st.booleans())
+def test_multi_valued_wildcards_agree_with_reference(pattern: str, values: list[str],
+                                                     pn: bool) -> None:
+    kind, vr = (Kind.PN, "PN") if pn else (Kind.STR, "LO")
+    stored = "\\".join(values)
+    assert run_text(kind, vr, stored, pattern) is _reference(pattern, values, pn)
+
+
+# -- Archive-level ------------------------------------------------------------------------------
+
+
+def _instance(n: int, **values: object) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CT
+    ds.StudyInstanceUID = f"{ROOT}.{n}"
+    ds.SeriesInstanceUID = f"{ROOT}.{n}.1"
+    ds.SOPInstanceUID = f"{ROOT}.{n}.1.1"
+    ds.PatientID = f"P{n}"
+    ds.PatientName = f"PAT^{n}"
+    for kw, v in values.items():
+        setattr(ds, kw, v)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CT
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+INSTANCES = [
+    _instance(1, NameOfPhysiciansReadingStudy=["SMITH^A", "JONES^B"],
+              OtherPatientNames=["ALPHA^A", "BETA^B"], StudyDescription="ONE",
+              AcquisitionDateTime="20200115120000-0500"),
+    _instance(2, NameOfPhysiciansReadingStudy="JONES^C", OtherPatientNames="BETA^B",
+              StudyDescription="TWO", AcquisitionDateTime="2020"),
+    _instance(3, NameOfPhysiciansReadingStudy=["KIM^D", "LEE^E", "SMITH^A"],
+              StudyDescription="THREE", AcquisitionDateTime="20200115170000"),
+    _instance(4, StudyDescription="FOUR", AcquisitionDateTime="20200115120000",
+              TimezoneOffsetFromUTC="+0100"),
+    _instance(5, StudyDescription="FIVE", AcquisitionDateTime="20200116013000.25+1400"),
+]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    root: Path = tmp_path_factory.mktemp("match_values")
+    for ds in INSTANCES:
+        dcmwrite(root / f"{ds.StudyDescription}.dcm", ds, enforce_file_format=True)
+    arc = Archive(root)
+    arc.index()
+    yield arc
+    arc.close()
+
+
+def _studies(arc: Archive, **keys: object) -> list[str]:
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyDescription = None
+    for kw, v in keys.items():
+        setattr(q, kw, v)
+    found = sorted(str(ds.StudyDescription) for ds in arc.find(q, SR, Level.STUDY))
+    encoded = list(arc.find_encoded(q, SR, Level.STUDY, ExplicitVRLittleEndian).matches)
+    assert len(encoded) == len(found)
+    return found
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    ("SMITH^A", ["ONE", "THREE"]), ("JONES^B", ["ONE"]), ("JONES*", ["ONE", "TWO"]),
+    ("S*B", []), ("lee^e", ["THREE"]), ("*^E", ["THREE"]), ("SMITH^A\\JONES^C", ["ONE", "THREE",
+                                                                                 "TWO"]),
+])
+def test_archive_reading_physicians(archive: Archive, key: str, expected: list[str]) -> None:
+    assert _studies(archive, NameOfPhysiciansReadingStudy=key) == expected
+
+
+def test_archive_other_patient_names_and_returned_values(archive: Archive) -> None:
+    assert _studies(archive, OtherPatientNames="BETA^B") == ["ONE", "TWO"]
+    assert _studies(archive, OtherPatientNames="A*A") == ["ONE"]
+    assert _studies(archive, OtherPatientNames="A*B") == []
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    q.StudyDescription = "ONE"
+    q.NameOfPhysiciansReadingStudy = "JONES^B"
+    q.OtherPatientNames = ""
+    (ds,) = archive.find(q, SR, Level.STUDY)
+    assert list(ds.NameOfPhysiciansReadingStudy) == ["SMITH^A", "JONES^B"]  # still multi-valued
+    assert list(ds.OtherPatientNames) == ["ALPHA^A", "BETA^B"]
+    (raw,) = archive.find_encoded(q, SR, Level.STUDY, ExplicitVRLittleEndian).matches
+    assert raw == codec.encode(ds, ExplicitVRLittleEndian)
