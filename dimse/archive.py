@@ -130,7 +130,7 @@ def _columns(table: str) -> list[tuple[str, Attr]]:
         out.append((attr.column, attr))
         if attr.kind is Kind.PN:
             out.append((attr.column + "_f", attr))
-        elif attr.kind is Kind.TIME:
+        elif attr.kind in (Kind.TIME, Kind.DATETIME):
             out.append((attr.column + "_n", attr))
     return out
 
@@ -162,12 +162,12 @@ def _stored(ds: Dataset, column: str, attr: Attr) -> object:
         return None
     if column.endswith("_f"):
         return fold_pn(value)
+    if column.endswith("_n") and attr.kind is Kind.DATETIME:
+        return datetime_bounds(value, _text(ds, "TimezoneOffsetFromUTC"))[0]
     if column.endswith("_n"):
         return time_bounds(value)[0]
     if attr.kind is Kind.DATE:
         return date_norm(value)
-    if attr.kind is Kind.DATETIME:
-        return datetime_bounds(value)[0]
     if attr.kind is Kind.INT:
         try:
             return int(value)

@@ -15,8 +15,17 @@ Choices (conformance statement material):
   are literal, no accent or phonetic folding.
 * DA/TM/DT single values and ranges (``A-B``, ``A-``, ``-B``) compare as normalised strings; a
   partial time or datetime stands for its whole span (``10`` = 10:00:00 to 10:59:59.999999).
-  DT timezone offsets are ignored. With combined date-time matching, a DA+TM key pair such as
-  StudyDate+StudyTime matches as one datetime range.
+  With combined date-time matching, a DA+TM key pair such as StudyDate+StudyTime matches as
+  one datetime range (DA/TM values carry no offset and are compared as they are).
+* DT (``YYYYMMDDHHMMSS.FFFFFF&ZZXX``, trailing components optional) compares in UTC: a value
+  with its own ``&ZZXX`` offset is shifted by it; a value without one is taken in the offset
+  of Timezone Offset From UTC (0008,0201) of its data set (stored instance or request
+  identifier) and as UTC when that is absent too. In a DT key, ``-`` followed by exactly four
+  digits at the end of a value is that value's offset, not a range separator (``A-B``, ``A-``
+  and ``-B`` may each carry offsets; the reading with valid values and offsets, -1200 to
+  +1400, wins). A stored DT is compared by the UTC start of its span (a partial ``2020``
+  stands for 2020-01-01T00:00 local time) and returned exactly as stored. Values that are not
+  valid DT fall back to plain string comparison without an offset.
 * A key with several values (VR other than UI) matches if any value matches.
 * A stored text (STR/PN) value with several values (``\\``-joined in its column) matches if any
   one of its values matches, each on its own: a wildcard never spans a value separator. Rows
@@ -31,11 +40,13 @@ Choices (conformance statement material):
 
 from __future__ import annotations
 
+import calendar
 import functools
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Final
 
@@ -51,12 +62,14 @@ __all__ = [
     "any_value_matches",
     "date_norm",
     "datetime_bounds",
+    "datetime_key_bounds",
     "fold_pn",
     "match",
     "match_datetime_pair",
     "match_sequence",
     "register_functions",
     "time_bounds",
+    "utc_offset",
 ]
 
 Cond = tuple[str, list[object]]
@@ -64,6 +77,9 @@ Cond = tuple[str, list[object]]
 WILDCARD_VRS: Final = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 _KEYWORD_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 _TZ_RE: Final = re.compile(r"[+-]\d{4}$")
+_DT_RE: Final = re.compile(r"(\d{4}(?:\d\d){0,5})(?:\.(\d{1,6}))?([+-]\d{4})?")
+_DT_MIN: Final = "00010101000000.000000"
+_DT_MAX: Final = "99991231235959.999999"
 
 
 class Kind(Enum):
@@ -74,7 +90,7 @@ class Kind(Enum):
     UID = "uid"  # single value or list of UIDs
     DATE = "date"  # YYYYMMDD
     TIME = "time"  # raw text plus normalised HHMMSS.ffffff copy
-    DATETIME = "datetime"  # normalised YYYYMMDDHHMMSS.ffffff, offsets dropped
+    DATETIME = "datetime"  # raw text plus UTC YYYYMMDDHHMMSS.ffffff copy
     INT = "int"  # IS, stored as INTEGER
     SEQ = "seq"  # JSON array of {keyword: text} items
 
@@ -205,14 +221,89 @@ def time_bounds(value: str) -> tuple[str, str]:
     return lo, hi
 
 
-def datetime_bounds(value: str) -> tuple[str, str]:
-    """DT value (possibly partial; offset dropped) -> (first, last) ``YYYYMMDDHHMMSS.ffffff``."""
-    value = _TZ_RE.sub("", value.strip())
-    main, _, frac = value.partition(".")
-    main = main[:14]
-    lo = main + "00000101000000"[len(main):]
-    hi = main + "99991231235959"[len(main):]
-    return lo + "." + (frac + "000000")[:6], hi + "." + (frac + "999999")[:6]
+def utc_offset(text: object) -> int | None:
+    """``&ZZXX`` (PS3.5 6.2, -1200 to +1400) -> minutes east of UTC; None if not valid."""
+    if not isinstance(text, str) or not re.fullmatch(r"[+-]\d{4}", text.strip()):
+        return None
+    text = text.strip()
+    minutes = int(text[1:3]) * 60 + int(text[3:5])
+    if int(text[3:5]) > 59 or minutes > (840 if text[0] == "+" else 720):
+        return None
+    return minutes if text[0] == "+" else -minutes
+
+
+def _parse_dt(value: str) -> tuple[str, str, int | None] | None:
+    """Valid DT text -> (date-time digits, fraction digits, own offset in minutes or None)."""
+    m = _DT_RE.fullmatch(value)
+    if m is None or m[2] is not None and len(m[1]) != 14:
+        return None
+    offset = utc_offset(m[3]) if m[3] else None
+    if m[3] and offset is None:
+        return None
+    return m[1], m[2] or "", offset
+
+
+def _dt_text(d: datetime) -> str:
+    return (f"{d.year:04d}{d.month:02d}{d.day:02d}{d.hour:02d}{d.minute:02d}{d.second:02d}"
+            f".{d.microsecond:06d}")
+
+
+def _dt_span(main: str, frac: str) -> tuple[datetime, datetime]:
+    """First and last instant of a (partial) DT value, ValueError if it is no date-time."""
+    last_day = "31"
+    if len(main) == 6:
+        last_day = str(calendar.monthrange(int(main[:4]), int(main[4:6]))[1])
+    lo = main + "00000101000000"[len(main):] + "." + (frac + "000000")[:6]
+    hi = main + ("9999" + "12" + last_day + "235959")[len(main):] + "." + (frac + "999999")[:6]
+    fmt = "%Y%m%d%H%M%S.%f"
+    return datetime.strptime(lo, fmt), datetime.strptime(hi, fmt)
+
+
+def datetime_bounds(value: str, offset: str | None = None) -> tuple[str, str]:
+    """DT value (possibly partial) -> (first, last) instant of its span in UTC, as
+    ``YYYYMMDDHHMMSS.ffffff``. A value without its own offset is in ``offset`` (Timezone
+    Offset From UTC), else UTC. Invalid values: string bounds, offset dropped."""
+    parsed = _parse_dt(value.strip())
+    try:
+        if parsed is None:
+            raise ValueError(value)
+        main, frac, own = parsed
+        minutes = own if own is not None else utc_offset(offset) or 0
+        lo, hi = _dt_span(main, frac)
+    except ValueError:
+        main, _, frac = _TZ_RE.sub("", value.strip()).partition(".")
+        main = main[:14]
+        return (main + "00000101000000"[len(main):] + "." + (frac + "000000")[:6],
+                main + "99991231235959"[len(main):] + "." + (frac + "999999")[:6])
+    shift = timedelta(minutes=minutes)
+    try:
+        lo_text = _dt_text(lo - shift)
+    except OverflowError:
+        lo_text = _DT_MIN if minutes > 0 else _DT_MAX
+    try:
+        hi_text = _dt_text(hi - shift)
+    except OverflowError:
+        hi_text = _DT_MIN if minutes > 0 else _DT_MAX
+    return lo_text, hi_text
+
+
+def datetime_key_bounds(value: str, offset: str | None = None) -> tuple[str | None, str | None]:
+    """DT key (single value or ``A-B``/``A-``/``-B`` range, each part possibly with its own
+    ``&ZZXX``) -> UTC (low, high) bounds, None where open."""
+    value = value.strip()
+    if _parse_dt(value) is not None:
+        return datetime_bounds(value, offset)
+    splits = [i for i, c in enumerate(value) if c == "-"]
+    for i in splits:
+        lo, hi = value[:i], value[i + 1:]
+        if (lo or hi) and all(not p or _parse_dt(p) is not None for p in (lo, hi)):
+            break
+    else:  # no valid reading: the first '-' separates, as for other VRs
+        lo, sep, hi = value.partition("-")
+        if not sep:
+            hi = lo
+    return (datetime_bounds(lo, offset)[0] if lo else None,
+            datetime_bounds(hi, offset)[1] if hi else None)
 
 
 def _values(value: object) -> list[str]:
@@ -245,7 +336,7 @@ def _wild_like(value: str) -> str:
     return out.replace("*", "%").replace("?", "_")
 
 
-def _match_one(kind: Kind, vr: str, col: str, v: str) -> Cond:
+def _match_one(kind: Kind, vr: str, col: str, v: str, offset: str | None = None) -> Cond:
     """One non-empty value against one column."""
     wild = vr in WILDCARD_VRS and ("*" in v or "?" in v)
     if kind is Kind.PN:
@@ -257,8 +348,10 @@ def _match_one(kind: Kind, vr: str, col: str, v: str) -> Cond:
             lo, _, hi = v.partition("-")
             return _range(col, date_norm(lo) or None, date_norm(hi) or None)
         return f"{col} = ?", [date_norm(v)]
-    if kind in (Kind.TIME, Kind.DATETIME):
-        bounds = time_bounds if kind is Kind.TIME else datetime_bounds
+    if kind is Kind.DATETIME:
+        return _range(col, *datetime_key_bounds(v, offset))
+    if kind is Kind.TIME:
+        bounds = time_bounds
         lo, sep, hi = v.partition("-")
         if not sep:
             hi = lo
@@ -282,18 +375,21 @@ def _per_value(kind: Kind, vr: str, col: str, values: list[str], cond: Cond) -> 
     return sql, [keys, int(vr in WILDCARD_VRS), *cond[1]]
 
 
-def match(attr_kind: Kind, vr: str, col: str, value: object) -> Cond | None:
-    """The condition a key value puts on ``col`` (None: universal matching)."""
+def match(attr_kind: Kind, vr: str, col: str, value: object, *,
+          offset: str | None = None) -> Cond | None:
+    """The condition a key value puts on ``col`` (None: universal matching). ``offset``:
+    Timezone Offset From UTC of the request, for DT values without their own offset."""
     values = [v for v in _values(value) if v]
     if not values or values == ["*"] and vr in WILDCARD_VRS:
         return None
-    cond = _values_cond(attr_kind, vr, col, values)
+    cond = _values_cond(attr_kind, vr, col, values, offset)
     if attr_kind in (Kind.STR, Kind.PN):
         return _per_value(attr_kind, vr, col, values, cond)
     return cond
 
 
-def _values_cond(attr_kind: Kind, vr: str, col: str, values: list[str]) -> Cond:
+def _values_cond(attr_kind: Kind, vr: str, col: str, values: list[str],
+                 offset: str | None) -> Cond:
     """Any of the non-empty key ``values`` against a single stored value in ``col``."""
     if attr_kind is Kind.UID or len(values) > 1 and attr_kind is not Kind.PN:
         if attr_kind in (Kind.UID, Kind.STR, Kind.INT) and not any(
@@ -302,14 +398,16 @@ def _values_cond(attr_kind: Kind, vr: str, col: str, values: list[str]) -> Cond:
             params: list[object] = [int(v) if attr_kind is Kind.INT and v.lstrip("-+").isdigit()
                                     else v for v in values]
             return f"{col} IN ({', '.join('?' * len(values))})", params
-    conds = [_match_one(attr_kind, vr, col, v) for v in values]
+    conds = [_match_one(attr_kind, vr, col, v, offset) for v in values]
     if len(conds) == 1:
         return conds[0]
     return "(" + " OR ".join(c for c, _ in conds) + ")", [p for _, ps in conds for p in ps]
 
 
-def match_column(attr: Attr, alias: str, value: object) -> Cond | None:
-    """The condition for a key on an :data:`ATTRIBUTES` entry of the table aliased ``alias``."""
+def match_column(attr: Attr, alias: str, value: object, *,
+                 offset: str | None = None) -> Cond | None:
+    """The condition for a key on an :data:`ATTRIBUTES` entry of the table aliased ``alias``
+    (``offset``: the request's Timezone Offset From UTC, for DT keys)."""
     if attr.exists is not None:
         inner = match(attr.kind, attr.vr, attr.exists[1], value)
         if inner is None:
@@ -320,9 +418,9 @@ def match_column(attr: Attr, alias: str, value: object) -> Cond | None:
     col = f"{alias}.{attr.column}"
     if attr.kind is Kind.PN:
         col += "_f"
-    elif attr.kind is Kind.TIME:
+    elif attr.kind in (Kind.TIME, Kind.DATETIME):
         col += "_n"
-    return match(attr.kind, attr.vr, col, value)
+    return match(attr.kind, attr.vr, col, value, offset=offset)
 
 
 def _item_kind(keyword: str) -> tuple[Kind, str]:

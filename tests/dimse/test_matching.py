@@ -47,7 +47,7 @@ def test_normalisers() -> None:
     assert time_bounds("10:15:30.5") == ("101530.500000", "101530.599999")
     assert time_bounds("101530") == ("101530.000000", "101530.999999")
     assert datetime_bounds("2020") == ("20200101000000.000000", "20201231235959.999999")
-    assert datetime_bounds("20200115101530+0100")[0] == "20200115101530.000000"
+    assert datetime_bounds("20200115101530+0100")[0] == "20200115091530.000000"  # UTC
 
 
 def test_universal() -> None:

@@ -17,7 +17,16 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dimse import codec
 from dimse.archive import Archive
-from dimse.matching import Kind, any_value_matches, fold_pn, match, register_functions
+from dimse.matching import (
+    Kind,
+    any_value_matches,
+    datetime_bounds,
+    datetime_key_bounds,
+    fold_pn,
+    match,
+    register_functions,
+    utc_offset,
+)
 from dimse.qr import Level, QueryModel
 
 SR = QueryModel.STUDY_ROOT
@@ -111,6 +120,7 @@ def _instance(n: int, **values: object) -> Dataset:
     ds.SOPInstanceUID = f"{ROOT}.{n}.1.1"
     ds.PatientID = f"P{n}"
     ds.PatientName = f"PAT^{n}"
+    ds.StudyDate, ds.StudyTime = f"2020011{n}", f"{8 + n:02d}30"
     for kw, v in values.items():
         setattr(ds, kw, v)
     ds.file_meta = FileMetaDataset()
@@ -180,3 +190,141 @@ def test_archive_other_patient_names_and_returned_values(archive: Archive) -> No
     assert list(ds.OtherPatientNames) == ["ALPHA^A", "BETA^B"]
     (raw,) = archive.find_encoded(q, SR, Level.STUDY, ExplicitVRLittleEndian).matches
     assert raw == codec.encode(ds, ExplicitVRLittleEndian)
+
+
+# -- B. DT with timezone offsets ----------------------------------------------------------------
+
+
+def run_dt(stored: str, key: str, *, stored_tz: str | None = None,
+           key_tz: str | None = None) -> bool:
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (c)")
+    db.execute("INSERT INTO t VALUES (?)", (datetime_bounds(stored, stored_tz)[0],))
+    cond = match(Kind.DATETIME, "DT", "c", key, offset=key_tz)
+    assert cond is not None
+    return bool(db.execute(f"SELECT COUNT(*) FROM t WHERE {cond[0]}", cond[1]).fetchone()[0])
+
+
+def test_utc_offsets() -> None:
+    assert utc_offset("+0100") == 60 and utc_offset("-0530") == -330
+    assert utc_offset("+1400") == 840 and utc_offset("-1200") == -720
+    for bad in ("+1401", "-1201", "+0160", "0100", "+100", "", None):
+        assert utc_offset(bad) is None, bad
+
+
+def test_datetime_bounds_in_utc() -> None:
+    assert datetime_bounds("20200115120000-0500") == ("20200115170000.000000",
+                                                      "20200115170000.999999")
+    assert datetime_bounds("20200115120000") == ("20200115120000.000000",
+                                                 "20200115120000.999999")
+    assert datetime_bounds("20200115120000", "+0100")[0] == "20200115110000.000000"
+    assert datetime_bounds("20200115120000+0200", "+0100")[0] == "20200115100000.000000"
+    assert datetime_bounds("202002") == ("20200201000000.000000", "20200229235959.999999")
+    assert datetime_bounds("2020+0100") == ("20191231230000.000000", "20201231225959.999999")
+    assert datetime_bounds("20200116013000.25+1400")[0] == "20200115113000.250000"
+    assert datetime_bounds("9999-1200")[1] == "99991231235959.999999"  # clamped
+    assert datetime_bounds("0001+0100")[0] == "00010101000000.000000"
+    assert datetime_bounds("20201301")[0] == "20201301000000.000000"  # invalid: as text
+
+
+@pytest.mark.parametrize(("key", "lo", "hi"), [
+    ("20200115120000-0500", "20200115170000.000000", "20200115170000.999999"),
+    ("2019-2020", "20190101000000.000000", "20201231235959.999999"),  # -2020 is no offset
+    ("20200115-0500-", "20200115050000.000000", None),
+    ("-20200115+0100", None, "20200115225959.999999"),
+    ("20200115-0500-20200116+0100", "20200115050000.000000", "20200116225959.999999"),
+    ("20200115-20200116-0500", "20200115000000.000000", "20200117045959.999999"),
+    ("2020-", "20200101000000.000000", None),
+    ("-2020", None, "20201231235959.999999"),
+])
+def test_datetime_key_ranges_with_offsets(key: str, lo: str | None, hi: str | None) -> None:
+    assert datetime_key_bounds(key) == (lo, hi)
+
+
+def test_datetime_matching_with_offsets() -> None:
+    stored = "20200115120000-0500"
+    for key, expected in [("20200115120000-0500", True), ("20200115120000+0100", False),
+                          ("20200115170000", True), ("20200115170000+0000", True),
+                          ("20200115120000", False), ("202001151200-0500", True),
+                          ("20200115-0500", True), ("20200115170000-", True),
+                          ("-20200115165959", False), ("20200115-0500-20200115+0100", True),
+                          ("-20200115120000-0500", True), ("20200116-", False)]:
+        assert run_dt(stored, key) is expected, key
+    # values without an offset take Timezone Offset From UTC, on either side
+    assert not run_dt("20200115120000", "20200115110000")
+    assert not run_dt("20200115120000", "20200115110000", stored_tz="+0100", key_tz="+0100")
+    assert run_dt("20200115120000", "20200115120000", stored_tz="+0100", key_tz="+0100")
+    assert run_dt("20200115120000", "20200115110000", stored_tz="+0100")
+    assert run_dt("20200115170000", "20200115120000", key_tz="-0500")
+    assert run_dt("20200115170000", "20200115120000-0500", key_tz="+0100")  # own offset wins
+    assert run_dt("2020", "2020") and run_dt("2020", "20200101")  # partial: start of its span
+    assert not run_dt("2020", "20200102")
+
+
+def _images(arc: Archive, key: str, tz: str | None = None) -> list[tuple[str, str]]:
+    q = Dataset()
+    q.QueryRetrieveLevel = "IMAGE"
+    q.SOPInstanceUID = None
+    q.StudyDescription = None
+    q.AcquisitionDateTime = key
+    if tz is not None:
+        q.TimezoneOffsetFromUTC = tz
+    found = sorted((str(ds.StudyDescription), str(ds.AcquisitionDateTime))
+                   for ds in arc.find(q, SR,
+                                      Level.IMAGE))
+    return found
+
+
+def test_archive_datetime_offsets(archive: Archive) -> None:
+    # stored (UTC): ONE 17:00, TWO 2020 (start 2020-01-01), THREE 17:00, FOUR 11:00 (+0100
+    # from TimezoneOffsetFromUTC), FIVE 11:30:00.25
+    assert _images(archive, "20200115120000-0500") == [
+        ("ONE", "20200115120000-0500"), ("THREE", "20200115170000")]
+    assert _images(archive, "20200115120000+0100") == [("FOUR", "20200115120000")]
+    assert _images(archive, "20200115120000+0200") == []
+    assert _images(archive, "20200115120000", "+0100") == [("FOUR", "20200115120000")]
+    assert _images(archive, "20200115113000.25") == [("FIVE", "20200116013000.25+1400")]
+    assert _images(archive, "20200115-") == [
+        ("FIVE", "20200116013000.25+1400"), ("FOUR", "20200115120000"),
+        ("ONE", "20200115120000-0500"), ("THREE", "20200115170000")]
+    assert _images(archive, "-20200114+1400") == [("TWO", "2020")]
+    assert _images(archive, "2020") == [
+        ("FIVE", "20200116013000.25+1400"), ("FOUR", "20200115120000"),
+        ("ONE", "20200115120000-0500"), ("THREE", "20200115170000"), ("TWO", "2020")]
+    assert _images(archive, "20200115110000-20200115113000-0500") == [  # 11:00-16:30 UTC
+        ("FIVE", "20200116013000.25+1400"), ("FOUR", "20200115120000")]
+
+
+def test_archive_returns_datetimes_as_stored(archive: Archive) -> None:
+    q = Dataset()
+    q.QueryRetrieveLevel = "IMAGE"
+    q.SOPInstanceUID = None
+    q.AcquisitionDateTime = ""
+    slow = {str(ds.SOPInstanceUID): ds for ds in archive.find(q, SR, Level.IMAGE)}
+    assert sorted(str(ds.AcquisitionDateTime) for ds in slow.values()) == sorted(
+        str(ds.AcquisitionDateTime) for ds in INSTANCES)
+    fast = list(archive.find_encoded(q, SR, Level.IMAGE, ExplicitVRLittleEndian).matches)
+    assert sorted(fast) == sorted(codec.encode(ds, ExplicitVRLittleEndian)
+                                  for ds in slow.values())
+
+
+@pytest.mark.parametrize("combined", [False, True])
+def test_date_and_time_keys_unchanged(archive: Archive, combined: bool) -> None:
+    """StudyTime of study n is (8 + n):30 on 2020-01-1n."""
+    def found(date: str, time: str) -> list[str]:
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.StudyDescription = None
+        q.StudyDate, q.StudyTime = date, time
+        return sorted(str(ds.StudyDescription)
+                      for ds in archive.find(q, SR, Level.STUDY, datetime_matching=combined))
+
+    assert found("20200112-20200113", "10") == ["TWO"]
+    assert found("20200112-20200114", "1030-") == ["FOUR", "THREE", "TWO"]
+    assert found("20200112-20200114", "1200-") == (["FOUR", "THREE"] if combined
+                                                   else ["FOUR"])
+    assert found("20200112-20200114", "-1200") == ["THREE", "TWO"]
+    assert found("20200113-", "-1159") == (["THREE"] if not combined else
+                                           ["FIVE", "FOUR", "THREE"])
+    assert found("20200113", "1130") == ["THREE"]
+    assert found("-20200111", "") == ["ONE"]
