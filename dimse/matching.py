@@ -29,9 +29,11 @@ Choices (conformance statement material):
 * A key with several values (VR other than UI) matches if any value matches.
 * A stored text (STR/PN) value with several values (``\\``-joined in its column) matches if any
   one of its values matches, each on its own: a wildcard never spans a value separator. Rows
-  whose stored value has no ``\\`` keep the plain SQL condition (indexable, no Python call);
-  only multi-valued rows go to the deterministic SQLite function ``dicom_any``
-  (:func:`any_value_matches`), which :func:`register_functions` adds to a connection.
+  whose stored value has no ``\\`` keep the plain SQL condition (no Python call); only
+  multi-valued rows go to the deterministic SQLite function ``dicom_any``
+  (:func:`any_value_matches`), which :func:`register_functions` adds to a connection. Exact
+  keys on stored columns are ``cond OR id IN (multi-valued rows that match)`` so the column's
+  index still serves them; wildcard keys use ``CASE WHEN instr(col, '\\') ...``.
 * Sequence keys: one request item; its non-empty keys must all match within one item of the
   entity's sequence (only the item keys listed in the table are indexed; no nesting).
 * Values are always SQL parameters; the only SQL text built from the request is the fixed set
@@ -379,13 +381,36 @@ def match(attr_kind: Kind, vr: str, col: str, value: object, *,
           offset: str | None = None) -> Cond | None:
     """The condition a key value puts on ``col`` (None: universal matching). ``offset``:
     Timezone Offset From UTC of the request, for DT values without their own offset."""
-    values = [v for v in _values(value) if v]
-    if not values or values == ["*"] and vr in WILDCARD_VRS:
+    values = _key_values(vr, value)
+    if values is None:
         return None
     cond = _values_cond(attr_kind, vr, col, values, offset)
     if attr_kind in (Kind.STR, Kind.PN):
         return _per_value(attr_kind, vr, col, values, cond)
     return cond
+
+
+def _key_values(vr: str, value: object) -> list[str] | None:
+    """The non-empty key values; None for universal matching."""
+    values = [v for v in _values(value) if v]
+    if not values or values == ["*"] and vr in WILDCARD_VRS:
+        return None
+    return values
+
+
+def _exact_column(attr: Attr, alias: str, column: str, value: object) -> Cond | None:
+    """Exact (no wildcard) STR/PN keys on a stored column, written so that an index on the
+    column still serves single-valued rows: ``cond OR id IN (multi-valued rows whose values
+    match)``. A single-value condition never holds for a multi-valued row (key values hold no
+    ``\\``), so the OR is exact."""
+    values = _key_values(attr.vr, value)
+    if values is None:
+        return None
+    cond = _values_cond(attr.kind, attr.vr, f"{alias}.{column}", values, None)
+    keys = "\\".join(fold_pn(v) if attr.kind is Kind.PN else v for v in values)
+    return (f"({cond[0]} OR {alias}.id IN (SELECT id FROM {attr.table} WHERE "
+            f"instr({column}, '\\') > 0 AND {_ANY_FUNCTION}({column}, ?, 0)))",
+            [*cond[1], keys])
 
 
 def _values_cond(attr_kind: Kind, vr: str, col: str, values: list[str],
@@ -415,6 +440,10 @@ def match_column(attr: Attr, alias: str, value: object, *,
         return f"EXISTS (SELECT 1 FROM {attr.exists[0]} AND {inner[0]})", inner[1]
     if attr.computed:
         return match(attr.kind, attr.vr, attr.expr, value)
+    column = attr.column + ("_f" if attr.kind is Kind.PN else "")
+    if attr.kind in (Kind.STR, Kind.PN) and not (
+            attr.vr in WILDCARD_VRS and any("*" in v or "?" in v for v in _values(value))):
+        return _exact_column(attr, alias, column, value)
     col = f"{alias}.{attr.column}"
     if attr.kind is Kind.PN:
         col += "_f"

@@ -18,12 +18,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dimse import codec
 from dimse.archive import Archive
 from dimse.matching import (
+    ATTRIBUTES,
     Kind,
     any_value_matches,
     datetime_bounds,
     datetime_key_bounds,
     fold_pn,
     match,
+    match_column,
     register_functions,
     utc_offset,
 )
@@ -328,3 +330,21 @@ def test_date_and_time_keys_unchanged(archive: Archive, combined: bool) -> None:
                                            ["FIVE", "FOUR", "THREE"])
     assert found("20200113", "1130") == ["THREE"]
     assert found("-20200111", "") == ["ONE"]
+
+
+def test_exact_keys_on_stored_columns_keep_their_index() -> None:
+    """An exact PN key still looks single-valued rows up by the column's index, and finds
+    multi-valued rows through dicom_any."""
+    attr = ATTRIBUTES["OtherPatientNames"]
+    db = sqlite3.connect(":memory:")
+    register_functions(db)
+    db.execute(f"CREATE TABLE patient (id INTEGER PRIMARY KEY, {attr.column}_f TEXT)")
+    db.execute(f"CREATE INDEX pn ON patient ({attr.column}_f)")
+    db.executemany("INSERT INTO patient VALUES (?, ?)",
+                   [(1, "BETA^B"), (2, "ALPHA^A\\BETA^B"), (3, "BETA^BB"), (4, None)])
+    cond = match_column(attr, "p", "beta^b")
+    assert cond is not None
+    sql = f"SELECT p.id FROM patient p WHERE {cond[0]} ORDER BY p.id"
+    assert [r[0] for r in db.execute(sql, cond[1])] == [1, 2]
+    plan = " ".join(str(r) for r in db.execute("EXPLAIN QUERY PLAN " + sql, cond[1]))
+    assert "USING COVERING INDEX pn" in plan and "MULTI-INDEX OR" in plan
