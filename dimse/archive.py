@@ -55,6 +55,7 @@ from dimse.matching import (
     date_norm,
     datetime_bounds,
     fold_pn,
+    register_functions,
     time_bounds,
 )
 from dimse.qr import Level, QueryModel
@@ -166,7 +167,7 @@ def _columns(table: str) -> list[tuple[str, Attr]]:
         out.append((attr.column, attr))
         if attr.kind is Kind.PN:
             out.append((attr.column + "_f", attr))
-        elif attr.kind is Kind.TIME:
+        elif attr.kind in (Kind.TIME, Kind.DATETIME):
             out.append((attr.column + "_n", attr))
     return out
 
@@ -198,12 +199,12 @@ def _stored(ds: Dataset, column: str, attr: Attr) -> object:
         return None
     if column.endswith("_f"):
         return fold_pn(value)
+    if column.endswith("_n") and attr.kind is Kind.DATETIME:
+        return datetime_bounds(value, _text(ds, "TimezoneOffsetFromUTC"))[0]
     if column.endswith("_n"):
         return time_bounds(value)[0]
     if attr.kind is Kind.DATE:
         return date_norm(value)
-    if attr.kind is Kind.DATETIME:
-        return datetime_bounds(value)[0]
     if attr.kind is Kind.INT:
         try:
             return int(value)
@@ -242,6 +243,7 @@ class Archive:
             self.storage_dir / ".archive.sqlite"
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.db_path, check_same_thread=False)
+        register_functions(self._db)
         self._db.execute("PRAGMA foreign_keys = ON")
         if str(self.db_path) != ":memory:":
             self._db.execute("PRAGMA journal_mode = WAL")

@@ -49,7 +49,8 @@ LEVEL_TABLE: Final = {Level.PATIENT: "patient", Level.STUDY: "study", Level.SERI
                       Level.IMAGE: "instance"}
 PARENT: Final = {"study": ("patient_ref", "patient"), "series": ("study_ref", "study"),
                  "instance": ("series_ref", "series")}
-_NOT_KEYS: Final = frozenset({QR_LEVEL, SPECIFIC_CHARACTER_SET, 0x00080201, 0x00080053})
+_TIMEZONE: Final = 0x00080201  # Timezone Offset From UTC: DT keys without an offset use it
+_NOT_KEYS: Final = frozenset({QR_LEVEL, SPECIFIC_CHARACTER_SET, _TIMEZONE, 0x00080053})
 _UTF8: Final = "ISO_IR 192"
 
 Row = tuple[Any, ...]
@@ -92,8 +93,6 @@ def response_value(attr: Attr, raw: object, request: object) -> object:
                 setattr(item, k, stored.get(k, "") or None)
             items.append(item)
         return DicomSequence(items)
-    if attr.kind is Kind.DATETIME:
-        return str(raw).rstrip("0").rstrip(".") or None
     if isinstance(raw, str) and "\\" in raw:
         return raw.split("\\")
     return raw
@@ -123,6 +122,8 @@ class Plan:
         ds = self.identifier
         keys = [e for e in ds if int(e.tag) not in _NOT_KEYS]
         paired: set[str] = set()
+        tz = ds.get(_TIMEZONE)
+        offset = str(tz.value).strip() if tz is not None and tz.value else None
         if datetime_matching:
             paired = self._datetime_pairs()
         unsupported = []
@@ -140,7 +141,7 @@ class Plan:
                 item = elem.value[0] if elem.value else Dataset()
                 cond = match_sequence(attr, alias, ((e.keyword, e.value) for e in item))
             else:
-                cond = match_column(attr, alias, elem.value)
+                cond = match_column(attr, alias, elem.value, offset=offset)
             if cond is not None:
                 self.conds.append(cond)
         present = {t for t, _ in self.out}
@@ -260,8 +261,6 @@ def _value_sql(attr: Attr | None, encoded: bool) -> str:
         return value
     if attr.kind is Kind.INT:
         return f"CAST({value} AS TEXT)"
-    if attr.kind is Kind.DATETIME:
-        return f"NULLIF(rtrim(rtrim({value}, '0'), '.'), '')"
     return value
 
 

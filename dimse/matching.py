@@ -15,9 +15,25 @@ Choices (conformance statement material):
   are literal, no accent or phonetic folding.
 * DA/TM/DT single values and ranges (``A-B``, ``A-``, ``-B``) compare as normalised strings; a
   partial time or datetime stands for its whole span (``10`` = 10:00:00 to 10:59:59.999999).
-  DT timezone offsets are ignored. With combined date-time matching, a DA+TM key pair such as
-  StudyDate+StudyTime matches as one datetime range.
+  With combined date-time matching, a DA+TM key pair such as StudyDate+StudyTime matches as
+  one datetime range (DA/TM values carry no offset and are compared as they are).
+* DT (``YYYYMMDDHHMMSS.FFFFFF&ZZXX``, trailing components optional) compares in UTC: a value
+  with its own ``&ZZXX`` offset is shifted by it; a value without one is taken in the offset
+  of Timezone Offset From UTC (0008,0201) of its data set (stored instance or request
+  identifier) and as UTC when that is absent too. In a DT key, ``-`` followed by exactly four
+  digits at the end of a value is that value's offset, not a range separator (``A-B``, ``A-``
+  and ``-B`` may each carry offsets; the reading with valid values and offsets, -1200 to
+  +1400, wins). A stored DT is compared by the UTC start of its span (a partial ``2020``
+  stands for 2020-01-01T00:00 local time) and returned exactly as stored. Values that are not
+  valid DT fall back to plain string comparison without an offset.
 * A key with several values (VR other than UI) matches if any value matches.
+* A stored text (STR/PN) value with several values (``\\``-joined in its column) matches if any
+  one of its values matches, each on its own: a wildcard never spans a value separator. Rows
+  whose stored value has no ``\\`` keep the plain SQL condition (no Python call); only
+  multi-valued rows go to the deterministic SQLite function ``dicom_any``
+  (:func:`any_value_matches`), which :func:`register_functions` adds to a connection. Exact
+  keys on stored columns are ``cond OR id IN (multi-valued rows that match)`` so the column's
+  index still serves them; wildcard keys use ``CASE WHEN instr(col, '\\') ...``.
 * Sequence keys: one request item; its non-empty keys must all match within one item of the
   entity's sequence (only the item keys listed in the table are indexed; no nesting).
 * Values are always SQL parameters; the only SQL text built from the request is the fixed set
@@ -26,9 +42,13 @@ Choices (conformance statement material):
 
 from __future__ import annotations
 
+import calendar
+import functools
 import re
-from collections.abc import Iterable, Mapping
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Final
 
@@ -41,13 +61,17 @@ __all__ = [
     "Attr",
     "Cond",
     "Kind",
+    "any_value_matches",
     "date_norm",
     "datetime_bounds",
+    "datetime_key_bounds",
     "fold_pn",
     "match",
     "match_datetime_pair",
     "match_sequence",
+    "register_functions",
     "time_bounds",
+    "utc_offset",
 ]
 
 Cond = tuple[str, list[object]]
@@ -55,6 +79,9 @@ Cond = tuple[str, list[object]]
 WILDCARD_VRS: Final = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 _KEYWORD_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 _TZ_RE: Final = re.compile(r"[+-]\d{4}$")
+_DT_RE: Final = re.compile(r"(\d{4}(?:\d\d){0,5})(?:\.(\d{1,6}))?([+-]\d{4})?")
+_DT_MIN: Final = "00010101000000.000000"
+_DT_MAX: Final = "99991231235959.999999"
 
 
 class Kind(Enum):
@@ -65,7 +92,7 @@ class Kind(Enum):
     UID = "uid"  # single value or list of UIDs
     DATE = "date"  # YYYYMMDD
     TIME = "time"  # raw text plus normalised HHMMSS.ffffff copy
-    DATETIME = "datetime"  # normalised YYYYMMDDHHMMSS.ffffff, offsets dropped
+    DATETIME = "datetime"  # raw text plus UTC YYYYMMDDHHMMSS.ffffff copy
     INT = "int"  # IS, stored as INTEGER
     SEQ = "seq"  # JSON array of {keyword: text} items
 
@@ -196,14 +223,89 @@ def time_bounds(value: str) -> tuple[str, str]:
     return lo, hi
 
 
-def datetime_bounds(value: str) -> tuple[str, str]:
-    """DT value (possibly partial; offset dropped) -> (first, last) ``YYYYMMDDHHMMSS.ffffff``."""
-    value = _TZ_RE.sub("", value.strip())
-    main, _, frac = value.partition(".")
-    main = main[:14]
-    lo = main + "00000101000000"[len(main):]
-    hi = main + "99991231235959"[len(main):]
-    return lo + "." + (frac + "000000")[:6], hi + "." + (frac + "999999")[:6]
+def utc_offset(text: object) -> int | None:
+    """``&ZZXX`` (PS3.5 6.2, -1200 to +1400) -> minutes east of UTC; None if not valid."""
+    if not isinstance(text, str) or not re.fullmatch(r"[+-]\d{4}", text.strip()):
+        return None
+    text = text.strip()
+    minutes = int(text[1:3]) * 60 + int(text[3:5])
+    if int(text[3:5]) > 59 or minutes > (840 if text[0] == "+" else 720):
+        return None
+    return minutes if text[0] == "+" else -minutes
+
+
+def _parse_dt(value: str) -> tuple[str, str, int | None] | None:
+    """Valid DT text -> (date-time digits, fraction digits, own offset in minutes or None)."""
+    m = _DT_RE.fullmatch(value)
+    if m is None or m[2] is not None and len(m[1]) != 14:
+        return None
+    offset = utc_offset(m[3]) if m[3] else None
+    if m[3] and offset is None:
+        return None
+    return m[1], m[2] or "", offset
+
+
+def _dt_text(d: datetime) -> str:
+    return (f"{d.year:04d}{d.month:02d}{d.day:02d}{d.hour:02d}{d.minute:02d}{d.second:02d}"
+            f".{d.microsecond:06d}")
+
+
+def _dt_span(main: str, frac: str) -> tuple[datetime, datetime]:
+    """First and last instant of a (partial) DT value, ValueError if it is no date-time."""
+    last_day = "31"
+    if len(main) == 6:
+        last_day = str(calendar.monthrange(int(main[:4]), int(main[4:6]))[1])
+    lo = main + "00000101000000"[len(main):] + "." + (frac + "000000")[:6]
+    hi = main + ("9999" + "12" + last_day + "235959")[len(main):] + "." + (frac + "999999")[:6]
+    fmt = "%Y%m%d%H%M%S.%f"
+    return datetime.strptime(lo, fmt), datetime.strptime(hi, fmt)
+
+
+def datetime_bounds(value: str, offset: str | None = None) -> tuple[str, str]:
+    """DT value (possibly partial) -> (first, last) instant of its span in UTC, as
+    ``YYYYMMDDHHMMSS.ffffff``. A value without its own offset is in ``offset`` (Timezone
+    Offset From UTC), else UTC. Invalid values: string bounds, offset dropped."""
+    parsed = _parse_dt(value.strip())
+    try:
+        if parsed is None:
+            raise ValueError(value)
+        main, frac, own = parsed
+        minutes = own if own is not None else utc_offset(offset) or 0
+        lo, hi = _dt_span(main, frac)
+    except ValueError:
+        main, _, frac = _TZ_RE.sub("", value.strip()).partition(".")
+        main = main[:14]
+        return (main + "00000101000000"[len(main):] + "." + (frac + "000000")[:6],
+                main + "99991231235959"[len(main):] + "." + (frac + "999999")[:6])
+    shift = timedelta(minutes=minutes)
+    try:
+        lo_text = _dt_text(lo - shift)
+    except OverflowError:
+        lo_text = _DT_MIN if minutes > 0 else _DT_MAX
+    try:
+        hi_text = _dt_text(hi - shift)
+    except OverflowError:
+        hi_text = _DT_MIN if minutes > 0 else _DT_MAX
+    return lo_text, hi_text
+
+
+def datetime_key_bounds(value: str, offset: str | None = None) -> tuple[str | None, str | None]:
+    """DT key (single value or ``A-B``/``A-``/``-B`` range, each part possibly with its own
+    ``&ZZXX``) -> UTC (low, high) bounds, None where open."""
+    value = value.strip()
+    if _parse_dt(value) is not None:
+        return datetime_bounds(value, offset)
+    splits = [i for i, c in enumerate(value) if c == "-"]
+    for i in splits:
+        lo, hi = value[:i], value[i + 1:]
+        if (lo or hi) and all(not p or _parse_dt(p) is not None for p in (lo, hi)):
+            break
+    else:  # no valid reading: the first '-' separates, as for other VRs
+        lo, sep, hi = value.partition("-")
+        if not sep:
+            hi = lo
+    return (datetime_bounds(lo, offset)[0] if lo else None,
+            datetime_bounds(hi, offset)[1] if hi else None)
 
 
 def _values(value: object) -> list[str]:
@@ -236,7 +338,7 @@ def _wild_like(value: str) -> str:
     return out.replace("*", "%").replace("?", "_")
 
 
-def _match_one(kind: Kind, vr: str, col: str, v: str) -> Cond:
+def _match_one(kind: Kind, vr: str, col: str, v: str, offset: str | None = None) -> Cond:
     """One non-empty value against one column."""
     wild = vr in WILDCARD_VRS and ("*" in v or "?" in v)
     if kind is Kind.PN:
@@ -248,8 +350,10 @@ def _match_one(kind: Kind, vr: str, col: str, v: str) -> Cond:
             lo, _, hi = v.partition("-")
             return _range(col, date_norm(lo) or None, date_norm(hi) or None)
         return f"{col} = ?", [date_norm(v)]
-    if kind in (Kind.TIME, Kind.DATETIME):
-        bounds = time_bounds if kind is Kind.TIME else datetime_bounds
+    if kind is Kind.DATETIME:
+        return _range(col, *datetime_key_bounds(v, offset))
+    if kind is Kind.TIME:
+        bounds = time_bounds
         lo, sep, hi = v.partition("-")
         if not sep:
             hi = lo
@@ -264,11 +368,54 @@ def _match_one(kind: Kind, vr: str, col: str, v: str) -> Cond:
     return f"{col} = ?", [v]
 
 
-def match(attr_kind: Kind, vr: str, col: str, value: object) -> Cond | None:
-    """The condition a key value puts on ``col`` (None: universal matching)."""
+def _per_value(kind: Kind, vr: str, col: str, values: list[str], cond: Cond) -> Cond:
+    """``cond`` for single stored values; a stored value holding ``\\`` (several values) is
+    matched value by value by ``dicom_any`` instead."""
+    keys = "\\".join(fold_pn(v) if kind is Kind.PN else v for v in values)
+    sql = (f"(CASE WHEN instr({col}, '\\') > 0 THEN {_ANY_FUNCTION}({col}, ?, ?) "
+           f"ELSE {cond[0]} END)")
+    return sql, [keys, int(vr in WILDCARD_VRS), *cond[1]]
+
+
+def match(attr_kind: Kind, vr: str, col: str, value: object, *,
+          offset: str | None = None) -> Cond | None:
+    """The condition a key value puts on ``col`` (None: universal matching). ``offset``:
+    Timezone Offset From UTC of the request, for DT values without their own offset."""
+    values = _key_values(vr, value)
+    if values is None:
+        return None
+    cond = _values_cond(attr_kind, vr, col, values, offset)
+    if attr_kind in (Kind.STR, Kind.PN):
+        return _per_value(attr_kind, vr, col, values, cond)
+    return cond
+
+
+def _key_values(vr: str, value: object) -> list[str] | None:
+    """The non-empty key values; None for universal matching."""
     values = [v for v in _values(value) if v]
     if not values or values == ["*"] and vr in WILDCARD_VRS:
         return None
+    return values
+
+
+def _exact_column(attr: Attr, alias: str, column: str, value: object) -> Cond | None:
+    """Exact (no wildcard) STR/PN keys on a stored column, written so that an index on the
+    column still serves single-valued rows: ``cond OR id IN (multi-valued rows whose values
+    match)``. A single-value condition never holds for a multi-valued row (key values hold no
+    ``\\``), so the OR is exact."""
+    values = _key_values(attr.vr, value)
+    if values is None:
+        return None
+    cond = _values_cond(attr.kind, attr.vr, f"{alias}.{column}", values, None)
+    keys = "\\".join(fold_pn(v) if attr.kind is Kind.PN else v for v in values)
+    return (f"({cond[0]} OR {alias}.id IN (SELECT id FROM {attr.table} WHERE "
+            f"instr({column}, '\\') > 0 AND {_ANY_FUNCTION}({column}, ?, 0)))",
+            [*cond[1], keys])
+
+
+def _values_cond(attr_kind: Kind, vr: str, col: str, values: list[str],
+                 offset: str | None) -> Cond:
+    """Any of the non-empty key ``values`` against a single stored value in ``col``."""
     if attr_kind is Kind.UID or len(values) > 1 and attr_kind is not Kind.PN:
         if attr_kind in (Kind.UID, Kind.STR, Kind.INT) and not any(
             "*" in v or "?" in v for v in values
@@ -276,14 +423,16 @@ def match(attr_kind: Kind, vr: str, col: str, value: object) -> Cond | None:
             params: list[object] = [int(v) if attr_kind is Kind.INT and v.lstrip("-+").isdigit()
                                     else v for v in values]
             return f"{col} IN ({', '.join('?' * len(values))})", params
-    conds = [_match_one(attr_kind, vr, col, v) for v in values]
+    conds = [_match_one(attr_kind, vr, col, v, offset) for v in values]
     if len(conds) == 1:
         return conds[0]
     return "(" + " OR ".join(c for c, _ in conds) + ")", [p for _, ps in conds for p in ps]
 
 
-def match_column(attr: Attr, alias: str, value: object) -> Cond | None:
-    """The condition for a key on an :data:`ATTRIBUTES` entry of the table aliased ``alias``."""
+def match_column(attr: Attr, alias: str, value: object, *,
+                 offset: str | None = None) -> Cond | None:
+    """The condition for a key on an :data:`ATTRIBUTES` entry of the table aliased ``alias``
+    (``offset``: the request's Timezone Offset From UTC, for DT keys)."""
     if attr.exists is not None:
         inner = match(attr.kind, attr.vr, attr.exists[1], value)
         if inner is None:
@@ -291,12 +440,16 @@ def match_column(attr: Attr, alias: str, value: object) -> Cond | None:
         return f"EXISTS (SELECT 1 FROM {attr.exists[0]} AND {inner[0]})", inner[1]
     if attr.computed:
         return match(attr.kind, attr.vr, attr.expr, value)
+    column = attr.column + ("_f" if attr.kind is Kind.PN else "")
+    if attr.kind in (Kind.STR, Kind.PN) and not (
+            attr.vr in WILDCARD_VRS and any("*" in v or "?" in v for v in _values(value))):
+        return _exact_column(attr, alias, column, value)
     col = f"{alias}.{attr.column}"
     if attr.kind is Kind.PN:
         col += "_f"
-    elif attr.kind is Kind.TIME:
+    elif attr.kind in (Kind.TIME, Kind.DATETIME):
         col += "_n"
-    return match(attr.kind, attr.vr, col, value)
+    return match(attr.kind, attr.vr, col, value, offset=offset)
 
 
 def _item_kind(keyword: str) -> tuple[Kind, str]:
@@ -347,3 +500,32 @@ def match_datetime_pair(date_col: str, time_col: str, date_value: object,
     hi = date_norm(d_hi) + (time_bounds(t_hi)[1] if t_hi else "235959.999999") if d_hi else None
     col = f"{date_col} || COALESCE(NULLIF({time_col}, ''), '000000.000000')"
     return _range(f"({col})", lo, hi)
+
+
+_ANY_FUNCTION: Final = "dicom_any"
+
+
+@functools.lru_cache(maxsize=512)
+def _value_matcher(keys: str, wild: bool) -> Callable[[str], bool]:
+    """Predicate: does one stored value match any of the ``\\``-joined key values?"""
+    parts = keys.split("\\")
+    if not wild or not any("*" in k or "?" in k for k in parts):
+        return frozenset(parts).__contains__
+    rx = re.compile("|".join("".join(".*" if c == "*" else "." if c == "?" else re.escape(c)
+                                     for c in k) for k in parts), re.DOTALL)
+    return lambda v: rx.fullmatch(v) is not None
+
+
+def any_value_matches(stored: object, keys: object, wild: object) -> int:
+    """SQLite ``dicom_any(stored, keys, wild)``: 1 if one value of the ``\\``-joined ``stored``
+    (empty values never match) matches one of the ``\\``-joined ``keys`` exactly, or, when
+    ``wild``, as a ``*``/``?`` pattern; else 0. Keys arrive already PN-folded."""
+    if not isinstance(stored, str) or not isinstance(keys, str):
+        return 0
+    matches = _value_matcher(keys, bool(wild))
+    return int(any(v and matches(v) for v in stored.split("\\")))
+
+
+def register_functions(db: sqlite3.Connection) -> None:
+    """Add the SQL functions the conditions of this module call to ``db``."""
+    db.create_function(_ANY_FUNCTION, 3, any_value_matches, deterministic=True)
