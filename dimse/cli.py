@@ -178,12 +178,14 @@ async def _qrscp(args: argparse.Namespace) -> int:
     try:
         stats = await asyncio.to_thread(archive.index)
         for bad in stats.failed:
-            log.warning("not indexed (unreadable or no UIDs): %s", bad)
+            log.warning("not indexed (not a regular, readable DICOM file with Study/Series/SOP "
+                        "Instance UIDs): %s", bad)
         server = archive_server(archive, args.aet, host=args.bind, port=args.port,
                                 lenient=args.lenient)
         async with server:
             print(f"dimse qrscp: {args.aet} listening on {args.bind}:{server.port} "
-                  f"({stats.added + stats.updated} new, {stats.removed} removed)", flush=True)
+                  f"({stats.added + stats.updated} new, {stats.removed} removed, "
+                  f"{len(stats.failed) + len(stats.duplicates)} not indexed)", flush=True)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -118,3 +118,33 @@ def test_qrscp_bad_storage_is_one_line(tmp_path: Path) -> None:
 def test_usage_error_exits_2() -> None:
     r = dimse("find", "127.0.0.1")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_qrscp_serves_a_folder_with_links_and_a_fifo(tmp_path: Path) -> None:
+    """A dangling link, a link loop and a FIFO are reported and skipped; the server starts."""
+    import os
+    import time
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    make_ct(folder / "ok.dcm", sop_uid=ROOT + "9.1.1")
+    (folder / "dangling.dcm").symlink_to(folder / "gone.dcm")
+    (folder / "loop.dcm").symlink_to(folder / "loop.dcm")
+    os.mkfifo(folder / "pipe.dcm")
+    port = free_port()
+    args = [sys.executable, "-m", "dimse", "qrscp", "--storage", str(folder), "--aet", "LINKS",
+            "--port", str(port)]
+    with run_process(args, timeout=60) as proc:
+        from tests.peers import _wait_listening
+
+        _wait_listening(proc, port, 20)
+        deadline = time.monotonic() + 10
+        while "listening" not in proc.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out = proc.output()
+        assert "(1 new, 0 removed, 3 not indexed)" in out, out
+        warned = [line for line in out.splitlines() if "not indexed (not a regular" in line]
+        for name in ("dangling.dcm", "loop.dcm", "pipe.dcm"):
+            assert any(line.endswith(name) for line in warned), out
+        r = dimse("echo", "-aec", "LINKS", "127.0.0.1", str(port))
+        assert r.returncode == 0, r.stderr
