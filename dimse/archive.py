@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import sqlite3
-import stat as st_mode
 import tempfile
 import threading
 import time
@@ -29,17 +28,18 @@ from pathlib import Path
 from typing import Any, Final
 
 import pydicom
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import (
-    UID,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from dimse.archive_files import HEADER_DEFER_SIZE as HEADER_DEFER_SIZE  # re-exported
+from dimse.archive_files import (
+    _elem,
+    _files,
+    _read,
+    _text,
+    _transfer_syntax,
+    read_header,
+)
 from dimse.archive_query import (
     ALIAS,
     PARENT,
@@ -66,21 +66,12 @@ __all__ = ["Adopted", "Archive", "Duplicate", "FindEncodedResult", "FindResult",
 log = logging.getLogger(__name__)
 
 PAGE_SIZE: Final = 256
-#: Values longer than this are not read when indexing a file (they stay on disk).
-HEADER_DEFER_SIZE: Final = 1 << 20
 #: Seconds after which an untouched temporary file is a crash leftover (see index()).
 STALE_TEMP_AGE: Final = 3600.0
 _KEY_COLUMNS: Final = frozenset({"patient_id", "issuer", "study_uid", "series_uid", "sop_uid"})
 _UID_OF: Final = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
                   "instance": "SOPInstanceUID"}
 _UNSAFE: Final = re.compile(r"[^0-9A-Za-z._-]")
-_UID_SYNTAX: Final = re.compile(r"[0-9]+(\.[0-9]+)*")
-#: Groups a data set read without preamble may start with: File Meta or the first composite
-#: group (SOP Common lives in 0008); anything else is not a stored instance.
-_FIRST_GROUPS: Final = frozenset({0x0002, 0x0008})
-#: (implicit VR, little endian) of a data set read without File Meta -> its transfer syntax.
-_ENCODINGS: Final = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
-                     (False, False): ExplicitVRBigEndian}
 
 #: Bump when what the index stores changes without a change of its DDL (the version written to
 #: ``PRAGMA user_version`` is derived from this and the DDL; see Archive._create_schema).
@@ -171,19 +162,6 @@ def _columns(table: str) -> list[tuple[str, Attr]]:
             out.append((attr.column + "_n", attr))
     return out
 
-
-def _elem(ds: Dataset, keyword: str) -> DataElement | None:
-    tag = tag_for_keyword(keyword)
-    return None if tag is None or tag not in ds else ds[tag]
-
-
-def _text(ds: Dataset, keyword: str) -> str | None:
-    elem = _elem(ds, keyword)
-    if elem is None or elem.is_empty:
-        return None
-    if elem.VM > 1:
-        return "\\".join(str(v).strip(" \0") for v in elem.value)
-    return str(elem.value).strip(" \0")
 
 
 def _stored(ds: Dataset, column: str, attr: Attr) -> object:
@@ -402,7 +380,7 @@ class Archive:
             known = {p: (m, s) for p, m, s in
                      self._db.execute("SELECT path, mtime_ns, size FROM instance")}
         scan = _Scan(known)
-        for path, stat in self._files():
+        for path, stat in _files(self.storage_dir, self.db_path):
             if stat is None:
                 scan.failed.append(path)
                 continue
@@ -454,41 +432,6 @@ class Archive:
                         path.unlink()
                         removed.append(path)
         return removed
-
-    def _files(self) -> Iterator[tuple[Path, os.stat_result | None]]:
-        """Each entry of the folder to index, sorted, with its ``lstat``; ``None`` for one that
-        cannot be indexed (special file, symlink that dangles, loops, leaves the folder or
-        names no regular file). Symlinked folders are not entered."""
-        skip = {self.db_path.name, self.db_path.name + "-wal", self.db_path.name + "-shm"}
-        for root, dirs, files in os.walk(self.storage_dir):
-            dirs.sort()
-            for name in sorted(files):
-                if name.startswith(".tmp-") or (Path(root) == self.db_path.parent and name in skip):
-                    continue
-                path = Path(root, name)
-                try:
-                    stat = os.lstat(path)
-                except FileNotFoundError:
-                    continue  # removed meanwhile
-                except OSError as exc:
-                    log.info("not indexed: %s: %s", path, exc)
-                    yield path, None
-                    continue
-                if st_mode.S_ISREG(stat.st_mode):
-                    yield path, stat
-                elif not (st_mode.S_ISLNK(stat.st_mode) and self._link_inside(path)):
-                    log.info("not indexed: %s: not a regular file of the folder", path)
-                    yield path, None
-
-    def _link_inside(self, link: Path) -> bool:
-        """Whether a symlink resolves to a regular file inside the folder (indexed under its
-        own name, so the link is skipped)."""
-        try:
-            target = Path(os.path.realpath(link, strict=True))
-            return st_mode.S_ISREG(os.stat(target).st_mode) and \
-                target.is_relative_to(self.storage_dir)
-        except (OSError, RuntimeError):
-            return False
 
     def remove(self, path: str | os.PathLike[str], *, delete_file: bool = True) -> bool:
         """Drop a file from the index (and from disk); False if it was not indexed."""
@@ -611,87 +554,6 @@ def _rows(ds: Dataset) -> list[tuple[str, dict[str, object]]]:
         raise ValueError(f"unreadable value: {exc}") from exc
     return out
 
-
-def read_header(path: str | os.PathLike[str]) -> Dataset:
-    """The data set of a DICOM file up to its pixel data, large values left unread.
-
-    ValueError if it is not a regular file of readable DICOM with Study/Series/SOP Instance
-    UIDs (see :func:`_read`).
-    """
-    return _read(Path(path))[0]
-
-
-def _open_flags(name: str, flags: int) -> int:
-    """``open`` opener: never follow a final symlink, never block (a FIFO would)."""
-    return os.open(name, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-
-
-def _read(path: Path) -> tuple[Dataset, os.stat_result]:
-    """Header and ``fstat`` of the regular file ``path`` (anything else is not read).
-
-    A file without preamble and ``DICM`` prefix, or a bare data set without File Meta
-    Information, is read as found (DCMTK's dcmqridx registers those too), but kept only when it
-    is clearly a composite instance: its four identifying UIDs present and well formed, and a
-    transfer syntax known (from its File Meta, else from the encoding pydicom recognised).
-    """
-    try:
-        fh = open(path, "rb", opener=_open_flags)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot open: {exc}") from exc
-    with fh:
-        stat = os.fstat(fh.fileno())
-        if not st_mode.S_ISREG(stat.st_mode):
-            raise ValueError(f"{path}: not a regular file")
-        strict = False
-        try:
-            try:
-                ds = pydicom.dcmread(fh, stop_before_pixels=True, defer_size=HEADER_DEFER_SIZE)
-            except InvalidDicomError:
-                strict = _forced_candidate(fh)
-                if not strict:
-                    raise
-                ds = pydicom.dcmread(fh, stop_before_pixels=True, defer_size=HEADER_DEFER_SIZE,
-                                     force=True)
-            _check(ds, path, strict)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable DICOM file: {exc}") from exc
-    return ds, stat
-
-
-def _forced_candidate(fh: Any) -> bool:
-    """Whether a file without ``DICM`` starts like a data set (first tag group 0002 or 0008,
-    either byte order); the file is left at its start."""
-    fh.seek(0)
-    head = fh.read(4)
-    fh.seek(0)
-    return len(head) == 4 and (int.from_bytes(head[:2], "little") in _FIRST_GROUPS or
-                               int.from_bytes(head[:2], "big") in _FIRST_GROUPS)
-
-
-def _check(ds: Dataset, path: Path, strict: bool) -> None:
-    """ValueError unless ``ds`` has the UIDs an archived instance needs; ``strict`` (read
-    without preamble): also SOP Class UID, UID syntax and a known transfer syntax."""
-    keys = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
-    for kw in keys if strict else keys[:3]:
-        value = _text(ds, kw)
-        if not value:
-            raise ValueError(f"no {kw}")
-        if strict and (len(value) > 64 or not _UID_SYNTAX.fullmatch(value)):
-            raise ValueError(f"{kw} is not a UID")
-    if strict and not _transfer_syntax(ds):
-        raise ValueError("unknown transfer syntax")
-
-
-def _transfer_syntax(ds: Dataset) -> str:
-    """The transfer syntax of the file ``ds`` was read from: its File Meta's, else the encoding
-    pydicom recognised (empty if none is a transfer syntax)."""
-    meta = getattr(ds, "file_meta", None)
-    ts = str(meta.get("TransferSyntaxUID", "")).strip(" \0") if meta is not None else ""
-    if ts:
-        return ts
-    return str(_ENCODINGS.get(tuple(ds.original_encoding), ""))  # type: ignore[arg-type]
 
 
 def _fsync_dir(folder: Path) -> None:
