@@ -20,6 +20,7 @@ from pydicom.uid import (
 
 from dimse.archive import Archive, Duplicate
 from dimse.qr import Level, QueryModel
+from tests.dimse.test_archive import q
 
 PR, SR = QueryModel.PATIENT_ROOT, QueryModel.STUDY_ROOT
 ROOT = "1.2.826.0.1.3680043.10.777."
@@ -51,14 +52,6 @@ def write(path: Path, ds: Dataset, ts: str = ExplicitVRLittleEndian) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return path
-
-
-def q(level: str, **keys: object) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for kw, value in keys.items():
-        setattr(ds, kw, value)
-    return ds
 
 
 def found(arc: Archive, model: QueryModel, level: Level, ident: Dataset,
