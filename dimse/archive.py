@@ -149,6 +149,20 @@ class _DuplicateFile(ValueError):
         self.path, self.indexed = path, indexed
 
 
+def _multi_value_indexes() -> list[str]:
+    """A partial index per stored STR/PN match column over its multi-valued rows (``\\`` in
+    the value), which matching's exact keys look up apart (see dimse.matching): a query then
+    visits those rows only, not the whole table."""
+    out = []
+    for attr in ATTRIBUTES.values():
+        if attr.computed or attr.kind not in (Kind.STR, Kind.PN):
+            continue
+        col = attr.column + ("_f" if attr.kind is Kind.PN else "")
+        out.append(f"CREATE INDEX IF NOT EXISTS {attr.table}_{col}_multi ON {attr.table}({col}) "
+                   f"WHERE instr({col}, '\\') > 0")
+    return out
+
+
 def _columns(table: str) -> list[tuple[str, Attr]]:
     """(column, attr) of a table's stored attributes, with the derived _f/_n columns."""
     out: list[tuple[str, Attr]] = []
@@ -245,6 +259,7 @@ class Archive:
                ", ".join(f"{c} {'INTEGER' if a.kind is Kind.INT else 'TEXT'}"
                          for c, a in _columns(table)) + ")" for table in TABLES]
         ddl.extend(_EXTRA_DDL)
+        ddl.extend(_multi_value_indexes())
         version = zlib.crc32(f"{SCHEMA_REVISION};{';'.join(ddl)}".encode()) & 0x7FFFFFFF or 1
         with self._lock, self._db:
             if self._db.execute("PRAGMA user_version").fetchone()[0] != version:
