@@ -366,3 +366,18 @@ def test_store_and_adopt_replace_a_duplicate(tmp_path: Path) -> None:
                      "PatientName") == [("NEWEST",)]
         stats = arc.index()
         assert (stats.added, stats.updated, stats.removed, stats.duplicates) == (0, 0, 0, ())
+
+
+def test_exact_keys_visit_only_multi_valued_rows(tmp_path: Path) -> None:
+    """An exact STR/PN key is answered from indexes: the column's index for single-valued rows
+    and the partial index of the multi-valued ones; no step scans a whole table."""
+    from dimse.archive_query import Plan
+
+    arc = Archive(tmp_path)
+    for kw, value in (("AccessionNumber", "A1"), ("PatientName", "DOE^J"), ("PatientID", "P1")):
+        ident = q("STUDY", StudyInstanceUID="", **{kw: value})
+        sql, params = Plan(ident, QueryModel.STUDY_ROOT, Level.STUDY, False).select_sql()
+        steps = [row[3] for row in arc._db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        scans = [step for step in steps if step.startswith("SCAN")]
+        assert scans and all(step.endswith("_multi") for step in scans), (kw, steps)
+    arc.close()
