@@ -1,6 +1,7 @@
 """Command-line tools: ``dimse echo``, ``dimse find`` and ``dimse qrscp``.
 
-    dimse qrscp --storage DIR --aet ARCHIVE --port 11112 [--bind ADDR] [--db PATH]
+    dimse qrscp --storage DIR --aet ARCHIVE --port 11112 [--bind ADDR] [--db PATH] \\
+        [--lenient] [--idle-timeout SECONDS] [--max-associations N]
     dimse find -S -k QueryRetrieveLevel=STUDY -k PatientName=SMITH* -k StudyInstanceUID \\
         -aec ARCHIVE 127.0.0.1 11112 [--json] [--limit N] [--lenient]
     dimse echo -aec ARCHIVE 127.0.0.1 11112
@@ -8,6 +9,11 @@
 A user mistake (bad key, unreachable host, rejected association, identifier breaking the
 model's rules, a failure status) prints one line to stderr and exits non-zero; ``-v`` turns on
 debug logging.
+
+``dimse qrscp --idle-timeout`` (default 600 s, 0: never) aborts an association on which nothing
+has moved for that long while no request is in progress, such as a peer that sent part of a PDU
+header and stalled; ``--max-associations N`` rejects (RJ transient, "local limit exceeded") the
+associations beyond N at once, so stalled peers cannot take every slot.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ log = logging.getLogger("dimse.cli")
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
+#: ``dimse qrscp --idle-timeout`` default: a stalled peer is dropped after 10 minutes.
+DEFAULT_IDLE_TIMEOUT: Final = 600.0
 
 _REJECT_REASONS: Final = {
     (1, 1): "no reason given", (1, 2): "application context name not supported",
@@ -105,7 +113,35 @@ def _parser() -> argparse.ArgumentParser:
     qrscp.add_argument("--db", default=None, help="index database (default in the folder)")
     qrscp.add_argument("--lenient", action="store_true",
                        help="process identifiers with hierarchy violations relationally")
+    qrscp.add_argument("--idle-timeout", type=_seconds, default=DEFAULT_IDLE_TIMEOUT,
+                       metavar="SECONDS",
+                       help="abort an association quiet for this long, e.g. a peer stalled "
+                            f"mid-PDU (default {DEFAULT_IDLE_TIMEOUT:g}; 0: never)")
+    qrscp.add_argument("--max-associations", type=_count, default=0, metavar="N",
+                       help="reject associations beyond N at once (default 0: no limit)")
     return parser
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be >= 0 and finite: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
 
 
 def _identifier(keys: Sequence[str], model: QueryModel) -> Dataset:
@@ -181,7 +217,8 @@ async def _qrscp(args: argparse.Namespace) -> int:
             log.warning("not indexed (not a regular, readable DICOM file with Study/Series/SOP "
                         "Instance UIDs): %s", bad)
         server = archive_server(archive, args.aet, host=args.bind, port=args.port,
-                                lenient=args.lenient)
+                                lenient=args.lenient, idle_timeout=args.idle_timeout or None,
+                                max_associations=args.max_associations or None)
         async with server:
             print(f"dimse qrscp: {args.aet} listening on {args.bind}:{server.port} "
                   f"({stats.added + stats.updated} new, {stats.removed} removed, "
