@@ -186,12 +186,35 @@ def failure_status(command_field: int, exc: BaseException) -> int:
     return 0x0110  # processing failure
 
 
+def _checked_status(status: object) -> int:
+    """``status`` when it is a 16-bit code, else ValueError: a bad return fails the request.
+
+    Checked before the response is built, so that every request still gets one response
+    (PS3.7 9.1.1) instead of a command that cannot be encoded.
+    """
+    if isinstance(status, int) and 0 <= status <= 0xFFFF:
+        return int(status)
+    raise ValueError(f"handler returned invalid status {status!r}")
+
+
+def _comment(text: str) -> str:
+    """``text`` as an ErrorComment can carry it: ASCII, at most 64 characters (LO)."""
+    return text.encode("ascii", "replace").decode("ascii")[:64]
+
+
 def _error_fields(exc: BaseException, command_field: int) -> tuple[int, str, tuple[int, ...]]:
+    """Status, comment and offending elements answering ``exc``, always encodable."""
     if isinstance(exc, ServiceError):
-        return exc.status, exc.comment, exc.offending_elements
+        try:
+            status = _checked_status(exc.status)
+        except ValueError as bad:
+            exc = bad
+        else:
+            offending = tuple(t for t in exc.offending_elements
+                              if isinstance(t, int) and 0 <= t <= 0xFFFFFFFF)
+            return status, _comment(str(exc.comment)), offending
     log.exception("handler for command 0x%04X failed", command_field, exc_info=exc)
-    comment = f"{type(exc).__name__}: {exc}"[:64]
-    return failure_status(command_field, exc), comment, ()
+    return failure_status(command_field, exc), _comment(f"{type(exc).__name__}: {exc}"), ()
 
 
 def _default_echo(request: CEchoRQ, ctx: RequestContext) -> int:
@@ -270,11 +293,16 @@ async def _outcome(result: Awaitable[int | None] | int | None) -> int | None:
 
 def _echo_response(rq: CEchoRQ, status: int | None, exc: Exception | None) -> CEchoRSP:
     comment = ""
+    if exc is None:
+        try:
+            status = _checked_status(0 if status is None else status)
+        except ValueError as bad:
+            exc = bad
     if exc is not None:
         status, comment, _ = _error_fields(exc, CommandField.C_ECHO_RQ)
     return CEchoRSP(message_id_being_responded_to=rq.message_id,
                     affected_sop_class_uid=rq.affected_sop_class_uid,
-                    status=0 if status is None else status, error_comment=comment or None)
+                    status=cast(int, status), error_comment=comment or None)
 
 
 async def _perform_echo(handler: EchoHandler, req: RequestContext,
@@ -312,15 +340,15 @@ def _store_response(rq: CStoreRQ, dataset: ReceivedDataSet, status: int | None,
     """Commit or discard the sink by the outcome, and the response saying it."""
     sink = dataset.sink
     if exc is None:
-        status = 0 if status is None else status
         try:
+            status = _checked_status(0 if status is None else status)
             if sink is not None:
                 if category(status) in (Category.SUCCESS, Category.WARNING):
                     sink.commit()
                 else:
                     sink.discard()
-        except Exception as commit_error:  # e.g. the disk is full
-            exc = commit_error
+        except Exception as error:  # an invalid status, or the disk is full on commit
+            exc = error
     comment, offending = "", cast(tuple[int, ...], ())
     if exc is not None:  # a handler never crashes the association
         if sink is not None:
