@@ -78,6 +78,10 @@ def _meta_parts(sop_class: str, transfer_syntax: str, source_ae: str) -> tuple[b
 #: Data set bytes a :class:`FileSink` keeps in memory before it opens its temp file: a small
 #: instance costs one open, one gathered write and one rename; a large one streams.
 SINK_MEMORY_LIMIT = 1 << 20
+#: Fragments shorter than this are copied into a shared buffer rather than held as views, so a
+#: peer sending tiny PDVs costs about a byte per byte held, not an object per fragment; larger
+#: ones (the usual case) are held as received, uncopied. At most ~2 * 1 MiB / 4 KiB chunks.
+_COPY_BELOW = 4096
 _SINK_IDS = itertools.count()
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _PROC_FD = "/proc/self/fd"
@@ -145,8 +149,8 @@ class SpareFiles:
 class FileSink:
     """Streams a C-STORE data set into a Part 10 file: a temp file, put in place on commit.
 
-    Fragments are held (as the received views, not copied) until :meth:`finish` or until they
-    pass :data:`SINK_MEMORY_LIMIT`; then the temp file is opened and written with one
+    Fragments are held (as the received views, not copied; tiny ones copied into one buffer)
+    until :meth:`finish` or until they pass :data:`SINK_MEMORY_LIMIT`; then the temp file is opened and written with one
     ``os.writev`` per batch: the hot path of small instances. On Linux the temp file is
     anonymous (``O_TMPFILE``) and linked in under its name on commit: one directory entry per
     instance instead of a create and a rename, and nothing left behind by a crash. Elsewhere
@@ -165,7 +169,7 @@ class FileSink:
         self._anonymous = False
         self._path = os.path.join(folder, name + ".dcm")
         self._temp = ""  # named when needed (an anonymous temp file has no name)
-        self._chunks: list[bytes | memoryview] = [
+        self._chunks: list[bytes | bytearray | memoryview] = [
             file_meta_bytes(request.affected_sop_class_uid, uid, transfer_syntax, source_ae)]
         self._held = 0
         self._fd = -1
@@ -195,8 +199,14 @@ class FileSink:
         return self._temp
 
     def write(self, fragment: memoryview) -> None:
-        self._chunks.append(fragment)
         n = len(fragment)
+        chunks = self._chunks
+        if n >= _COPY_BELOW:
+            chunks.append(fragment)
+        elif chunks and type(chunks[-1]) is bytearray:  # runs of small fragments share one buffer
+            chunks[-1] += fragment
+        else:
+            chunks.append(bytearray(fragment))
         self.size += n
         self._held += n
         if self._held >= SINK_MEMORY_LIMIT:

@@ -6,6 +6,7 @@ used to make the response unencodable, so the SCU waited forever; now it gets a 
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +20,13 @@ from dimse.connect import connect
 from dimse.errors import ServiceError
 from dimse.messages import CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP
 from dimse.server import Server
-from dimse.services import HandlerRegistry, ReceivedDataSet, RequestContext, file_sink_factory
+from dimse.services import (
+    FileSink,
+    HandlerRegistry,
+    ReceivedDataSet,
+    RequestContext,
+    file_sink_factory,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -111,3 +118,43 @@ async def test_valid_statuses_are_unchanged(tmp_path: Path) -> None:
             assert await assoc.echo() == 0
     assert [p.name for p in tmp_path.iterdir()] == ["1.2.826.0.1.3680043.2.1143.9.1.dcm"]
 
+
+
+# ------------------------------------------------------------------ FileSink memory per fragment
+
+
+def test_tiny_fragments_do_not_cost_an_object_each(tmp_path: Path) -> None:
+    """500,000 one-byte PDVs (under SINK_MEMORY_LIMIT, so all held) stay within a few MB."""
+    rq = CStoreRQ(message_id=1, affected_sop_class_uid=CT,
+                  affected_sop_instance_uid="1.2.3.4", priority=0)
+    sink = FileSink(tmp_path, rq, "1.2.840.10008.1.2.1")
+    payload = bytes(range(256)) * 1954  # 500,224 bytes
+    views = memoryview(payload)
+    tracemalloc.start()
+    try:
+        for i in range(len(payload)):
+            sink.write(views[i:i + 1])
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * len(payload)  # one memoryview per byte held was ~200 bytes per byte
+    sink.commit()
+    assert (tmp_path / "1.2.3.4.dcm").read_bytes().endswith(payload)
+    assert sink.size == len(payload)
+
+
+def test_large_fragments_are_held_uncopied_between_small_ones(tmp_path: Path) -> None:
+    rq = CStoreRQ(message_id=1, affected_sop_class_uid=CT,
+                  affected_sop_instance_uid="1.2.3.5", priority=0)
+    sink = FileSink(tmp_path, rq, "1.2.840.10008.1.2.1")
+    big = memoryview(b"B" * 65536)
+    source = bytearray(b"a")
+    pieces = [memoryview(source), memoryview(b"b"), big, memoryview(b"c"), big]
+    for piece in pieces:
+        sink.write(piece)
+    source[0] = ord("z")  # a small fragment was copied: the buffer may change afterwards
+    assert sum(c is big for c in sink._chunks) == 2  # the views, not copies
+    assert len(sink._chunks) == 5  # meta, b"ab", big, b"c", big
+    sink.commit()
+    data = (tmp_path / "1.2.3.5.dcm").read_bytes()
+    assert data.endswith(b"ab" + b"B" * 65536 + b"c" + b"B" * 65536)
