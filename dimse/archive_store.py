@@ -13,7 +13,10 @@ ever indexed.
 Statuses (PS3.4 Table B.2-1):
 
 * 0xA700 (refused: out of resources): the file cannot be written, synced or renamed;
-* 0xC000 (cannot understand): the data set cannot be read, or lacks SOP Class/Instance UID;
+* 0xC000 (cannot understand): the data set cannot be read, lacks SOP Class/Instance UID, or is
+  not encoded in its presentation context's transfer syntax (PS3.8 Annex E; checked on the first
+  element headers by :mod:`dimse.syntax_check`, then against pydicom's reading of the file, so
+  that pydicom's VR-guessing fallback cannot hide a mislabelled body);
 * 0xA900 (data set does not match SOP class): its SOP Class UID or SOP Instance UID differs
   from the command's Affected SOP Class/Instance UID, or it lacks Study/Series Instance UID.
   A failure, not the B007 warning: a warning means "stored", and an archive must not store an
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Final
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from .archive import HEADER_DEFER_SIZE, Adopted, Archive, Duplicate
@@ -52,6 +56,7 @@ from .services import (
     StoreHandler,
     file_meta_bytes,
 )
+from .syntax_check import HEAD_SIZE, checked_encoding, encoding_mismatch
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
@@ -60,6 +65,8 @@ __all__ = [
     "ArchiveSink",
     "archive_sink_factory",
     "archive_store_handler",
+    "check_encoding",
+    "check_read_encoding",
     "check_identity",
 ]
 
@@ -96,6 +103,34 @@ def check_identity(ds: Dataset, request: CStoreRQ) -> None:
             raise ServiceError(STATUS_DATASET_MISMATCH, f"no {name} in the data set", (tag,))
 
 
+def check_encoding(head: bytes | memoryview, transfer_syntax: str, size: int) -> None:
+    """ServiceError 0xC000 when the data set starting with ``head`` (``size`` bytes in all) is
+    clearly not encoded in ``transfer_syntax`` (see :func:`encoding_mismatch`)."""
+    reason = encoding_mismatch(head, transfer_syntax, size)
+    if reason is not None:
+        raise ServiceError(STATUS_CANNOT_UNDERSTAND, reason[:64])
+
+
+def check_read_encoding(ds: Dataset, transfer_syntax: str) -> None:
+    """ServiceError 0xC000 when pydicom read ``ds`` in another encoding than ``transfer_syntax``
+    says: its fallback guesses the VR form when the declared one does not parse, and
+    ``ds.original_encoding`` then still reports the declared one, so the raw elements (each
+    records the encoding it was actually read with) are what is compared."""
+    expected = checked_encoding(transfer_syntax)
+    if expected is None:
+        return
+    for tag in ds.keys():
+        elem = ds.get_item(tag)
+        if not isinstance(elem, RawDataElement):
+            continue
+        read_as = (elem.is_implicit_VR, elem.is_little_endian)
+        if read_as != expected:
+            form = "Implicit" if read_as[0] else "Explicit"
+            raise ServiceError(STATUS_CANNOT_UNDERSTAND,
+                               f"{form} VR body on another context's syntax at {tag}"[:64])
+        return  # every element of the top level is read like the first
+
+
 class ArchiveSink:
     """A C-STORE data set streamed into a temporary Part 10 file inside the archive folder.
 
@@ -108,18 +143,21 @@ class ArchiveSink:
                  source_ae: str = "") -> None:
         self.archive = archive
         self.request = request
+        self.transfer_syntax = transfer_syntax
         fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=archive.storage_dir)
         self.temp_path = Path(name)
         self._lock = threading.Lock()
         self._state = "open"
         self._file = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
         try:
-            self._file.write(file_meta_bytes(request.affected_sop_class_uid,
-                                             request.affected_sop_instance_uid,
-                                             transfer_syntax, source_ae))
+            meta = file_meta_bytes(request.affected_sop_class_uid,
+                                   request.affected_sop_instance_uid, transfer_syntax, source_ae)
+            self._file.write(meta)
         except BaseException:
             self._remove()
             raise
+        #: Offset of the data set in the file (after preamble, ``DICM`` and File Meta).
+        self.data_offset = len(meta)
         self.size = 0
         self.result: Adopted | None = None
 
@@ -158,11 +196,19 @@ class ArchiveSink:
         except OSError as exc:
             raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot write: {exc}"[:64]) from exc
         try:
+            with open(self.temp_path, "rb") as fh:
+                fh.seek(self.data_offset)
+                head = fh.read(HEAD_SIZE)
+        except OSError as exc:
+            raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot read: {exc}"[:64]) from exc
+        check_encoding(head, self.transfer_syntax, self.size)
+        try:
             ds = pydicom.dcmread(self.temp_path, stop_before_pixels=True,
                                  defer_size=HEADER_DEFER_SIZE)
         except Exception as exc:
             raise ServiceError(STATUS_CANNOT_UNDERSTAND,
                                f"unreadable data set: {exc}"[:64]) from exc
+        check_read_encoding(ds, self.transfer_syntax)
         check_identity(ds, self.request)
         try:
             adopted = self.archive.adopt(self.temp_path, ds, duplicate=duplicate)
@@ -216,6 +262,9 @@ def archive_store_handler(archive: Archive, *,
         if isinstance(sink, ArchiveSink):
             await asyncio.to_thread(sink.place, duplicate)
             return 0
+        if dataset.data is not None:
+            check_encoding(dataset.data[:HEAD_SIZE], dataset.transfer_syntax,
+                           len(dataset.data))
         ds = dataset.decode()
         check_identity(ds, request)
         known = archive.stored_path(request.affected_sop_instance_uid)

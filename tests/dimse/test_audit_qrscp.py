@@ -13,15 +13,28 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
-from pydicom.uid import CTImageStorage
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 
 from dimse.archive import Archive
+from dimse.archive_store import check_read_encoding
 from dimse.association import Association
 from dimse.connect import connect
-from dimse.errors import AssociationAborted, AssociationRejected
+from dimse.errors import AssociationAborted, AssociationRejected, ServiceError
+from dimse.instances import encode_instance
 from dimse.qr_scp import archive_server
 from dimse.server import Server
+from dimse.syntax_check import encoding_mismatch
 from tests.peers import _wait_listening, free_port, run_process
 
 pytestmark = pytest.mark.timeout(60)
@@ -109,3 +122,110 @@ def test_cli_rejects_bad_idle_timeout(bad: str, tmp_path: Path,
               "--idle-timeout", bad])
     assert exc.value.code == 2
     assert "--idle-timeout" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- transfer syntax
+
+
+def instance(n: int) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = f"{ROOT}1.1.{n}"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = ROOT + "1", ROOT + "1.1"
+    ds.PatientID, ds.PatientName, ds.Modality = "P1", "Doe^Jane", "CT"
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored = 2, 2, 8, 8
+    ds.SamplesPerPixel, ds.PixelRepresentation, ds.HighBit = 1, 0, 7
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(range(4))
+    return ds
+
+
+@pytest.fixture
+async def server(archive: Archive) -> AsyncIterator[Server]:
+    async with archive_server(archive, "QRSCP") as srv:
+        yield srv
+
+
+async def send(port: int, ts: str, data: bytes, n: int) -> int:
+    """C-STORE ``data`` as it is on a context accepted with ``ts`` (whatever its encoding)."""
+    async with connect("127.0.0.1", port, called_ae="QRSCP", calling_ae="SENDER",
+                       sop_classes=[CTImageStorage], transfer_syntaxes=[ts]) as assoc:
+        cx = assoc.storage_context(CTImageStorage, ts)
+        return await assoc.store_encoded(CTImageStorage, f"{ROOT}1.1.{n}", data, cx)
+
+
+def stored_files(archive: Archive) -> list[Path]:
+    return [p for p in archive.storage_dir.rglob("*")
+            if p.is_file() and not p.name.startswith(".archive.sqlite")]
+
+
+@pytest.mark.parametrize(("context_ts", "body_ts"), [
+    (ExplicitVRLittleEndian, ImplicitVRLittleEndian),  # the audit's repro
+    (ImplicitVRLittleEndian, ExplicitVRLittleEndian),
+    (ExplicitVRBigEndian, ImplicitVRLittleEndian),
+    (RLELossless, ImplicitVRLittleEndian),  # encapsulated: the data set is Explicit VR LE
+])
+async def test_body_in_another_syntax_fails_c000_and_stores_nothing(
+        archive: Archive, server: Server, context_ts: str, body_ts: str) -> None:
+    data = encode_instance(instance(1), body_ts)
+    assert await send(server.port, context_ts, data, 1) == 0xC000
+    assert stored_files(archive) == []
+    assert archive.stored_path(f"{ROOT}1.1.1") is None
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                                ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian,
+                                RLELossless])
+async def test_body_in_the_context_syntax_is_stored(archive: Archive, server: Server,
+                                                    ts: str) -> None:
+    assert await send(server.port, ts, encode_instance(instance(2), ts), 2) == 0
+    stored = archive.stored_path(f"{ROOT}1.1.2")
+    assert stored is not None
+    back = pydicom.dcmread(stored)
+    assert back.file_meta.TransferSyntaxUID == ts
+    assert back.PatientName == "Doe^Jane"
+
+
+def test_encoding_mismatch_only_rejects_the_clearly_wrong() -> None:
+    ds = instance(3)
+    implicit = encode_instance(ds, ImplicitVRLittleEndian)
+    explicit = encode_instance(ds, ExplicitVRLittleEndian)
+    big = encode_instance(ds, ExplicitVRBigEndian)
+    assert encoding_mismatch(implicit, ExplicitVRLittleEndian) is not None
+    assert encoding_mismatch(implicit, ExplicitVRBigEndian) is not None
+    assert encoding_mismatch(explicit, ImplicitVRLittleEndian) is not None
+    for data, ts in ((implicit, ImplicitVRLittleEndian), (explicit, ExplicitVRLittleEndian),
+                     (big, ExplicitVRBigEndian), (explicit, RLELossless)):
+        assert encoding_mismatch(data, ts) is None, ts
+    # not judged: deflated bodies, unknown syntaxes, heads too short to tell
+    assert encoding_mismatch(implicit, DeflatedExplicitVRLittleEndian) is None
+    assert encoding_mismatch(implicit, "1.2.3.4.5") is None
+    assert encoding_mismatch(implicit[:7], ExplicitVRLittleEndian) is None
+    # an implicit element whose length bytes spell a VR, yet whose implicit length fits: kept
+    plausible = b"\x09\x00\x10\x00" + b"UL\x00\x00" + bytes(0x4C55)
+    assert encoding_mismatch(plausible, ImplicitVRLittleEndian) is None
+    # an explicit first element that ends the data set while the implicit length overruns it
+    lone = b"\x10\x00\x20\x00LO\x02\x00P1"
+    assert encoding_mismatch(lone, ImplicitVRLittleEndian) is not None
+
+
+def test_read_back_check_sees_through_the_vr_guessing_fallback(tmp_path: Path) -> None:
+    """A Part 10 file that says Explicit VR LE over an implicit body: pydicom reads it (by
+    guessing) and reports the declared encoding; the read-back check still refuses it."""
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = f"{ROOT}1.1.4"
+    path = tmp_path / "mislabelled.dcm"
+    with path.open("wb") as fh:
+        fh.write(bytes(128) + b"DICM")
+        write_file_meta_info(pydicom.filebase.DicomFileLike(fh), meta)
+        fh.write(encode_instance(instance(4), ImplicitVRLittleEndian))
+    with pytest.warns(UserWarning, match="implicit VR"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert ds.original_encoding == (False, True)  # the fallback hides it here...
+    with pytest.raises(ServiceError) as exc:
+        check_read_encoding(ds, ExplicitVRLittleEndian)  # ...but not from the check
+    assert exc.value.status == 0xC000
+    check_read_encoding(pydicom.dcmread(path, stop_before_pixels=True),
+                        ImplicitVRLittleEndian)  # as declared: no complaint (pydicom warns)
