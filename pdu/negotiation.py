@@ -48,7 +48,6 @@ from .constants import (
     RejectReason,
     RejectResult,
     RejectSource,
-    UserIdentityType,
 )
 from .errors import PduEncodeError, RemoteProtocolError
 from .items import (
@@ -374,8 +373,8 @@ def negotiate(
     SOP classes the requestor asked about and that have an accepted context. A User Identity AC
     is included only when the RQ asks for a positive response and ``identity_response`` is given
     (the server authenticated the user before calling this; ``b""`` when it has nothing to send
-    back); for a username (and passcode) its server response is always empty. AE titles and access control are
-    :func:`check_association_rq`'s business. Raises RemoteProtocolError for a tiny peer max
+    back, e.g. for a username and passcode: PS3.7 D.3.3.7.2, zero-length server response).
+    AE titles and access control are :func:`check_association_rq`'s business. Raises RemoteProtocolError for a tiny peer max
     length, PduEncodeError for a policy number out of range.
     """
     info = rq.user_information
@@ -413,10 +412,6 @@ def negotiate(
     return ac, negotiated
 
 
-#: Identity types whose positive response carries no server response (r = 0).
-_NO_SERVER_RESPONSE = frozenset((UserIdentityType.USERNAME, UserIdentityType.USERNAME_AND_PASSCODE))
-
-
 def _ac_user_information(
     info: UserInformation,
     policy: AcceptorPolicy,
@@ -435,8 +430,6 @@ def _ac_user_information(
     asked = info.user_identity
     if isinstance(asked, UserIdentityRQ) and asked.positive_response_requested:
         if identity_response is not None:  # accepted: b"" when there is nothing to send back
-            if asked.identity_type in _NO_SERVER_RESPONSE:
-                identity_response = b""  # r = 0 for a username (and passcode): PS3.7 D.3.3.7.2
             identity = UserIdentityAC(bytes(identity_response))
     user_information = UserInformation.build(
         max_length=policy.max_pdu,
