@@ -278,7 +278,11 @@ class Server:
             return refused, None
         if not ok:
             return refused, None
-        return None, response if identity.positive_response_requested else None
+        if not identity.positive_response_requested:
+            return None, None
+        # accepted and a response asked for: a User Identity AC goes back in any case, empty
+        # when the authenticator has nothing to send (PS3.7 D.3.3.7.2)
+        return None, b"" if response is None else response
 
 
 async def serve(ae_title: str, host: str = "127.0.0.1", port: int = 0, **options: object

@@ -71,12 +71,6 @@ def registry() -> HandlerRegistry:
     return handlers
 
 
-SERVER_FIX = pytest.mark.xfail(
-    strict=True, reason="dimse/server.py _check_identity turns (True, None) into 'no response'; "
-                        "it must hand negotiate() b'' for an accepted identity")
-
-
-@SERVER_FIX
 @pytest.mark.parametrize("kind", [1, 2])
 async def test_accepted_username_gets_a_positive_response(kind: int) -> None:
     identity = UserIdentityRQ(kind, True, b"u", b"p" if kind == 2 else b"")
@@ -108,7 +102,6 @@ def small_file(folder: Path) -> Path:
     return path
 
 
-@SERVER_FIX
 @pytest.mark.skipif(not os.access(STORESCU, os.X_OK), reason="DCMTK storescu not installed")
 async def test_dcmtk_storescu_pos_response_succeeds(tmp_path: Path) -> None:
     path = small_file(tmp_path)
