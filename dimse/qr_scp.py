@@ -58,7 +58,13 @@ from .qr import (
     validate_scp,
 )
 from .server import Server, default_contexts
-from .services import HandlerRegistry, ReceivedDataSet, RequestContext
+from .services import (
+    HandlerRegistry,
+    ReceivedDataSet,
+    RequestContext,
+    checked_status,
+    error_comment,
+)
 from .status import Status
 
 __all__ = [
@@ -169,12 +175,20 @@ def find_extended_policy(*, relational: bool = True,
 
 def _response(rq: CFindRQ, status: int, *, comment: str = "",
               offending: tuple[int, ...] = (), dataset: bool = False) -> CFindRSP:
+    """The C-FIND-RSP; a status, comment or tag list a handler's ServiceError gave that the
+    command cannot carry becomes an encodable failure, so the request is still answered."""
+    try:
+        status = checked_status(status)
+    except ValueError as exc:
+        log.error("C-FIND handler: %s", exc)
+        status, comment, offending = STATUS_HANDLER_FAILED, str(exc), ()
+    offending = tuple(t for t in offending if isinstance(t, int) and 0 <= t <= 0xFFFFFFFF)
     return CFindRSP(
         message_id_being_responded_to=rq.message_id,
         affected_sop_class_uid=rq.affected_sop_class_uid,
         status=status,
         offending_element=offending or None,
-        error_comment=comment[:64] or None,
+        error_comment=error_comment(str(comment)) or None,
         command_data_set_type=DATASET_PRESENT if dataset else NO_DATASET,
     )
 

@@ -48,6 +48,8 @@ __all__ = [
     "RequestContext",
     "SinkFactory",
     "StoreHandler",
+    "checked_status",
+    "error_comment",
     "failure_status",
     "file_meta_bytes",
     "file_sink_factory",
@@ -186,7 +188,7 @@ def failure_status(command_field: int, exc: BaseException) -> int:
     return 0x0110  # processing failure
 
 
-def _checked_status(status: object) -> int:
+def checked_status(status: object) -> int:
     """``status`` when it is a 16-bit code, else ValueError: a bad return fails the request.
 
     Checked before the response is built, so that every request still gets one response
@@ -197,7 +199,7 @@ def _checked_status(status: object) -> int:
     raise ValueError(f"handler returned invalid status {status!r}")
 
 
-def _comment(text: str) -> str:
+def error_comment(text: str) -> str:
     """``text`` as an ErrorComment can carry it: ASCII, at most 64 characters (LO)."""
     return text.encode("ascii", "replace").decode("ascii")[:64]
 
@@ -206,15 +208,15 @@ def _error_fields(exc: BaseException, command_field: int) -> tuple[int, str, tup
     """Status, comment and offending elements answering ``exc``, always encodable."""
     if isinstance(exc, ServiceError):
         try:
-            status = _checked_status(exc.status)
+            status = checked_status(exc.status)
         except ValueError as bad:
             exc = bad
         else:
             offending = tuple(t for t in exc.offending_elements
                               if isinstance(t, int) and 0 <= t <= 0xFFFFFFFF)
-            return status, _comment(str(exc.comment)), offending
+            return status, error_comment(str(exc.comment)), offending
     log.exception("handler for command 0x%04X failed", command_field, exc_info=exc)
-    return failure_status(command_field, exc), _comment(f"{type(exc).__name__}: {exc}"), ()
+    return failure_status(command_field, exc), error_comment(f"{type(exc).__name__}: {exc}"), ()
 
 
 def _default_echo(request: CEchoRQ, ctx: RequestContext) -> int:
@@ -295,7 +297,7 @@ def _echo_response(rq: CEchoRQ, status: int | None, exc: Exception | None) -> CE
     comment = ""
     if exc is None:
         try:
-            status = _checked_status(0 if status is None else status)
+            status = checked_status(0 if status is None else status)
         except ValueError as bad:
             exc = bad
     if exc is not None:
@@ -341,7 +343,7 @@ def _store_response(rq: CStoreRQ, dataset: ReceivedDataSet, status: int | None,
     sink = dataset.sink
     if exc is None:
         try:
-            status = _checked_status(0 if status is None else status)
+            status = checked_status(0 if status is None else status)
             if sink is not None:
                 if category(status) in (Category.SUCCESS, Category.WARNING):
                     sink.commit()

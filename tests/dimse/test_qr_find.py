@@ -550,3 +550,25 @@ async def test_encoded_matches_pass_through_or_are_transcoded() -> None:
     assert [m.StudyInstanceUID for m in got] == ["1.2.3.1", "1.2.3.2"]
     assert all(m.QueryRetrieveLevel == "STUDY" and "SpecificCharacterSet" in m for m in got)
     assert sent and got[0].SpecificCharacterSet == "ISO_IR 100"
+
+
+@pytest.mark.parametrize("error,status", [
+    (ServiceError(70000, "too big"), 0xC001),
+    (ServiceError(0xA700, "Überlauf " * 20), 0xA700),
+    (ServiceError(0xC000, "x", (0x00100010, -5, "bad")), 0xC000),  # type: ignore[arg-type]
+])
+async def test_unencodable_handler_error_still_answers(error: ServiceError, status: int) -> None:
+    """A ServiceError whose status, comment or tags the command cannot carry still gets a
+    final response (PS3.7 9.1.1), never silence."""
+    async def failing(request: FindRequest) -> AsyncIterator[Dataset]:
+        raise error
+        yield q("STUDY")  # pragma: no cover
+
+    server, _ = spy_server(None, failing)  # type: ignore[arg-type]
+    async with server, connect_qr("127.0.0.1", server.port, called_ae="QRSCP",
+                                  dimse_timeout=5) as assoc:
+        with pytest.raises(QueryFailed) as failed:
+            async for _ in find(assoc, q("STUDY", StudyInstanceUID="")):
+                pass
+    assert failed.value.status == status
+    assert failed.value.comment.isascii() and len(failed.value.comment) <= 64
