@@ -65,7 +65,7 @@ from .errors import (
 )
 from .inbound import InboundStores
 from .instances import instance_transfer_syntax
-from .invoking import Invoker, Response, _fresh
+from .invoking import Invoker, Response, _fresh, is_final
 from .messages import (
     MESSAGE_TYPES,
     CCancelRQ,
@@ -88,7 +88,6 @@ from .services import (
     ReceivedDataSet,
     RequestContext,
 )
-from .status import is_pending
 
 __all__ = ["Association", "Response", "instance_transfer_syntax"]
 
@@ -126,6 +125,7 @@ class Association(Invoker):
         self._established: asyncio.Future[Negotiated] = self._loop.create_future()
         self._associate_rq: asyncio.Future[AAssociateRQ] = self._loop.create_future()
         self._released: asyncio.Future[None] = self._loop.create_future()
+        self._release_reason: str | None = None  # why nothing can be sent after a release
         self._closed = asyncio.Event()
         self._error: AssociationError | None = None
         self._pending: dict[int, Operation] = {}
@@ -242,7 +242,7 @@ class Association(Invoker):
         elif isinstance(out, ReleaseConfirmation):
             if self.machine.awaiting_release_response:  # acceptor side of a collision
                 self.protocol.call(self.machine.release_response)
-            self._finish_release()
+            self._finish_release("association released")
         elif isinstance(out, AbortIndication):
             kind = "A-P-ABORT" if out.provider else "A-ABORT"
             self._fail(AssociationAborted(f"{kind} (source {out.source}, reason {out.reason})",
@@ -274,9 +274,11 @@ class Association(Invoker):
         if self._release_due and not self._tasks and self.machine.awaiting_release_response:
             self._release_due = False
             self.protocol.call(self.machine.release_response)
-            self._finish_release()
+            self._finish_release("association released by the peer")
 
-    def _finish_release(self) -> None:
+    def _finish_release(self, reason: str) -> None:
+        if self._release_reason is None:
+            self._release_reason = reason
         if not self._released.done():
             self._released.set_result(None)
         for op in list(self._pending.values()):
@@ -344,7 +346,7 @@ class Association(Invoker):
         cx = self.negotiated.contexts.get(context_id)
         ts = cx.transfer_syntax if cx is not None else "1.2.840.10008.1.2"
         dataset = None if data is None else ReceivedDataSet(ts, data)
-        op.deliver((message, dataset), not is_pending(getattr(message, "status", 0)))
+        op.deliver((message, dataset), is_final(message))
 
     def _request_context(self, context_id: int) -> AcceptedContext | None:
         """The accepted context a request arrived on; aborts when there is none."""
@@ -444,6 +446,7 @@ class Association(Invoker):
     def context_for(self, abstract_syntax: str, transfer_syntax: str | None = None
                     ) -> AcceptedContext:
         """An accepted context on which we may invoke ``abstract_syntax`` operations."""
+        self._check_usable()  # a lost association says so before "not negotiated"
         scp = self.role is Role.ACCEPTOR  # the acceptor invokes where the requestor is SCP
         cx = self.negotiated.context_for(abstract_syntax, transfer_syntax, scp=scp)
         if cx is None:
@@ -502,8 +505,8 @@ class Association(Invoker):
     # -- ending ----------------------------------------------------------------------------------
     async def release(self, timeout: float | None = None) -> None:
         """A-RELEASE; aborts if the peer does not answer within ``timeout`` (default: DIMSE)."""
-        if self._error is not None or self._closed.is_set():
-            return
+        if self._error is not None or self._closed.is_set() or self._released.done():
+            return  # aborted, closed, or already released (by us or by the peer)
         self._gate.closing = True  # read the A-RELEASE-RP whatever consumers lag
         self._gate.update()
         with contextlib.suppress(ProtocolError):

@@ -41,9 +41,12 @@ from .operations import DEFAULT_BUFFER, DeadlineWatch, IdleWatch, Operation, Rea
 from .services import ReceivedDataSet
 from .status import is_pending
 
-__all__ = ["Invoker", "Response"]
+__all__ = ["Invoker", "Response", "is_final"]
 
 _E = TypeVar("_E", bound=BaseException)
+
+#: The responses that may be Pending (C-GET-RSP, C-FIND-RSP, C-MOVE-RSP).
+_MULTI_RESPONSE = frozenset({0x8010, 0x8020, 0x8021})
 
 #: A response message and its data set, if any.
 Response = tuple[Message, ReceivedDataSet | None]
@@ -64,6 +67,8 @@ class Invoker:
     _gate: ReadGate
     _idle: IdleWatch
     _deadlines: DeadlineWatch
+    _released: asyncio.Future[None]
+    _release_reason: str | None
 
     if TYPE_CHECKING:
         @property
@@ -74,30 +79,69 @@ class Invoker:
     # -- sending -------------------------------------------------------------------------------
     async def send_message(self, context_id: int, message: Message,
                            dataset: bytes | memoryview | None = None) -> None:
-        """Send one DIMSE message (command + optional data set) on ``context_id``."""
-        if self._error is not None:
-            raise _fresh(self._error)
+        """Send one DIMSE message (command + optional data set) on ``context_id``.
+
+        A message's fragments must be contiguous on the wire (PS3.8 Annex E): if sending stops
+        after the first fragment and before the last (cancellation, a stalled peer), the
+        association is aborted, since nothing else can ever be sent on it. Cancelled before
+        its first fragment, the association stays usable. Each wait for the peer to read is
+        bounded by the DIMSE timeout (DimseTimeout, association aborted).
+        """
+        self._check_usable()
         command = commands.encode(message)
         peer_max = self.negotiated.peer_max_pdu
         protocol = self.protocol
         async with self._send_lock:
-            for pdu_bytes in fragment(context_id, command, dataset, peer_max):
-                if protocol.writing_paused:
-                    try:
-                        await protocol.drain()
-                    except ConnectionError as exc:
-                        raise (_fresh(self._error) if self._error is not None
-                               else AssociationAborted("connection lost")) from exc
-                if self._error is not None:
-                    raise _fresh(self._error)
-                protocol.send_pdata_bytes(pdu_bytes)
+            sent = 0
+            try:
+                for pdu_bytes in fragment(context_id, command, dataset, peer_max):
+                    if protocol.writing_paused:
+                        await self._drain()
+                    self._check_usable()
+                    protocol.send_pdata_bytes(pdu_bytes)
+                    sent += 1
+            except BaseException as exc:
+                if sent:
+                    self._abort_mid_message(exc)
+                raise
         self._idle.last_activity = self._loop.time()
+
+    def _check_usable(self) -> None:
+        """Raise the AssociationError saying why nothing can be sent any more, if so."""
+        if self._error is not None:
+            raise _fresh(self._error)
+        if self._released.done():
+            raise AssociationError(self._release_reason or "association released")
+
+    async def _drain(self) -> None:
+        """Wait until the peer reads again, at most the DIMSE timeout (then abort)."""
+        try:
+            async with asyncio.timeout(self.dimse_timeout):
+                await self.protocol.drain()
+        except ConnectionError as exc:
+            raise (_fresh(self._error) if self._error is not None
+                   else AssociationAborted("connection lost")) from exc
+        except TimeoutError as exc:
+            self._fail(AssociationAborted("aborted: the peer read nothing within the DIMSE "
+                                          f"timeout ({self.dimse_timeout} s) while we sent",
+                                          source=AbortSource.SERVICE_USER, reason=0))
+            self.protocol.abort()
+            raise DimseTimeout(f"the peer read nothing for {self.dimse_timeout} s while we "
+                               "sent a message; association aborted") from exc
+
+    def _abort_mid_message(self, exc: BaseException) -> None:
+        """Sending stopped inside a message: abort (its remaining fragments cannot follow)."""
+        if self._error is None and not self._released.done():
+            why = "cancelled" if isinstance(exc, asyncio.CancelledError) else repr(exc)
+            self._fail(AssociationAborted(
+                f"aborted: sending a DIMSE message stopped after some of its fragments ({why})",
+                source=AbortSource.SERVICE_USER, reason=0))
+        self.protocol.abort()
 
     def send_now(self, context_id: int, message: Message) -> bool:
         """Send a message without a data set at once, if nothing is queued before it and the
         transport is not paused (True); False when it must wait (use :meth:`send_message`)."""
-        if self._error is not None:
-            raise _fresh(self._error)
+        self._check_usable()
         protocol = self.protocol
         if self._send_lock.locked() or protocol.writing_paused:
             return False
@@ -152,7 +196,7 @@ class Invoker:
         try:
             while True:
                 response = await op.next(_fresh)
-                if not is_pending(getattr(response[0], "status", 0)):
+                if is_final(response[0]):
                     return response
         finally:
             if op.final or op.error is not None or self._error is not None:
@@ -189,7 +233,7 @@ class Invoker:
             while True:
                 response = await op.next(_fresh)
                 yield response
-                if not is_pending(getattr(response[0], "status", 0)):
+                if is_final(response[0]):
                     return
         finally:
             if not sent or op.final or op.error is not None or self._error is not None:
@@ -230,6 +274,14 @@ class Invoker:
         self._fail(AssociationAborted("aborted after a DIMSE timeout",
                                       source=AbortSource.SERVICE_USER, reason=0))
         self.protocol.abort()
+
+
+def is_final(message: Message) -> bool:
+    """Whether a response ends its operation. Only C-FIND, C-GET and C-MOVE have Pending
+    responses; any other (C-STORE, C-ECHO: PS3.4 B.2, A.4) has exactly one, final whatever its
+    status says (as other toolkits take it): a stray 0xFF00 must not make us wait forever."""
+    return (message.command_field not in _MULTI_RESPONSE
+            or not is_pending(getattr(message, "status", 0)))
 
 
 def _fresh(error: _E) -> _E:

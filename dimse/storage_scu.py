@@ -36,6 +36,7 @@ def storage_context(assoc: Association, sop_class: str,
     encoding) may go on any uncompressed context (the codec transcodes); a compressed one needs
     its own transfer syntax (NotNegotiatedError otherwise).
     """
+    assoc._check_usable()  # a lost association says so before "not negotiated"
     negotiated = assoc.negotiated
     scp = assoc.role is Role.ACCEPTOR
     if transfer_syntax is not None:
