@@ -479,10 +479,15 @@ class Association(Invoker):
 
         Returns the statuses in the order of ``datasets``. With the default window (1, 1) the
         C-STOREs go one at a time, each data set encoded while the previous one is on the wire;
-        with a wider one (asynchronous operations negotiated) the round trips overlap. The first
-        error (e.g. NotNegotiatedError) stops the run (cancelling the stores still running).
+        with a wider one (asynchronous operations negotiated) the round trips overlap.
+        ``datasets`` is consumed lazily (at most the window's worth ahead of the responses).
+
+        The first error (e.g. NotNegotiatedError, AssociationAborted) stops the run, cancelling
+        the stores still running (one cancelled mid-send aborts the association), and is raised
+        itself with an attribute ``completed``: a tuple of ``(index, status)`` pairs, in index
+        order, for the instances whose C-STORE-RSP arrived before it.
         """
-        return await storage_scu.store_many(self, list(datasets), priority)
+        return await storage_scu.store_many(self, datasets, priority)
 
     async def store_encoded(self, sop_class: str, sop_instance: str, data: bytes | memoryview,
                             context: AcceptedContext, *, priority: int = Priority.MEDIUM,

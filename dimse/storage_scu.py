@@ -7,14 +7,16 @@ Kept apart from :mod:`dimse.association` (which delegates ``store``, ``store_man
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import TYPE_CHECKING, cast
 
 from pydicom.dataset import Dataset
 
 from pdu.machine import Role
 from pdu.negotiation import AcceptedContext
 
+from .errors import DataSetEncodeError
 from .instances import UNCOMPRESSED, encode_instance, instance_transfer_syntax, instance_uids
 from .messages import CStoreRQ
 from .operations import UNLIMITED_WINDOW_CAP
@@ -23,6 +25,9 @@ if TYPE_CHECKING:
     from .association import Association
 
 __all__ = ["PreparedStore", "prepare_store", "storage_context", "store_builder", "store_many"]
+
+#: The attributes a C-STORE-RQ takes its Affected SOP Class/Instance UIDs from.
+_REQUIRED_UIDS = ((0x00080016, "SOPClassUID"), (0x00080018, "SOPInstanceUID"))
 
 #: What a C-STORE sends: SOP class and instance UIDs, the encoded data set, its context.
 PreparedStore = tuple[str, str, bytes, AcceptedContext]
@@ -52,8 +57,18 @@ def storage_context(assoc: Association, sop_class: str,
 
 
 def prepare_store(assoc: Association, ds: Dataset) -> PreparedStore:
-    """What a C-STORE of ``ds`` sends: its UIDs, its encoding and the context it goes on."""
+    """What a C-STORE of ``ds`` sends: its UIDs, its encoding and the context it goes on.
+
+    A data set without a SOP Class or SOP Instance UID raises DataSetEncodeError naming it.
+    """
+    for tag, keyword in _REQUIRED_UIDS:
+        if tag not in ds:
+            raise DataSetEncodeError(f"cannot C-STORE a data set without {keyword}", tag=tag)
     sop_class, sop_instance = instance_uids(ds)
+    for uid, (tag, keyword) in zip((sop_class, sop_instance), _REQUIRED_UIDS, strict=True):
+        if not uid:
+            raise DataSetEncodeError(f"cannot C-STORE a data set with an empty {keyword}",
+                                     tag=tag)
     cx = storage_context(assoc, sop_class, instance_transfer_syntax(ds))
     return sop_class, sop_instance, encode_instance(ds, cx.transfer_syntax), cx
 
@@ -71,45 +86,77 @@ def store_builder(sop_class: str, sop_instance: str, priority: int,
     return build
 
 
-async def store_many(assoc: Association, items: list[Dataset], priority: int) -> list[int]:
-    """See :meth:`dimse.association.Association.store_many`."""
-    statuses = [0] * len(items)
+async def store_many(assoc: Association, items: Iterable[Dataset], priority: int) -> list[int]:
+    """See :meth:`dimse.association.Association.store_many`.
+
+    ``items`` is consumed lazily: at most the window's worth of data sets (one, plus the one
+    being encoded ahead, with the default window) is pulled before their responses are in. On
+    error the exception raised carries ``completed``: (index, status) pairs, in index order, of
+    the instances whose response arrived.
+    """
+    done: dict[int, int] = {}
     invoked = assoc.negotiated.async_window[1 if assoc.role is Role.ACCEPTOR else 0]
-    workers = min(len(items), invoked if invoked > 0 else UNLIMITED_WINDOW_CAP)
-    if workers == 1:
-        await _one_at_a_time(assoc, items, statuses, priority)
-    elif workers > 1:
-        work = iter(enumerate(items))
+    workers = invoked if invoked > 0 else UNLIMITED_WINDOW_CAP
+    if isinstance(items, Sized):
+        workers = min(workers, len(items))
+    try:
+        if workers == 1:
+            await _one_at_a_time(assoc, iter(items), done, priority)
+        elif workers > 1:
+            await _in_window(assoc, iter(items), done, priority, workers)
+    except Exception as exc:
+        exc.completed = tuple(sorted(done.items()))  # type: ignore[attr-defined]
+        raise
+    return [done[index] for index in range(len(done))]
 
-        async def worker() -> None:
-            for index, ds in work:
-                statuses[index] = await assoc.store(ds, priority=priority)
 
+async def _in_window(assoc: Association, items: Iterator[Dataset], done: dict[int, int],
+                     priority: int, workers: int) -> None:
+    """``workers`` C-STOREs in flight; the first error stops the others and is raised as is."""
+    work = enumerate(items)  # shared: each worker pulls the next data set when it is free
+
+    async def worker() -> None:
+        for index, ds in work:
+            done[index] = await assoc.store(ds, priority=priority)
+
+    try:
         async with asyncio.TaskGroup() as group:
             for _ in range(workers):
                 group.create_task(worker())
-    return statuses
+    except BaseExceptionGroup as errors:
+        first = errors.exceptions[0]  # keep its own cause; show the group if others failed too
+        raise first from (errors if len(errors.exceptions) > 1 else first.__cause__)
 
 
-async def _one_at_a_time(assoc: Association, items: list[Dataset], statuses: list[int],
+_END = object()
+
+
+async def _one_at_a_time(assoc: Association, items: Iterator[Dataset], done: dict[int, int],
                          priority: int) -> None:
-    """Sequential C-STOREs; the next data set is encoded while the peer works on this one.
+    """Sequential C-STOREs; the next data set is pulled and encoded while the peer works on this
+    one.
 
     An error preparing the next data set is raised once this one's response is in, as a plain
     loop of ``store`` would.
     """
-    prepared = prepare_store(assoc, items[0])
-    for index in range(len(items)):
+    following: object = next(items, _END)
+    if following is _END:
+        return
+    prepared = prepare_store(assoc, cast(Dataset, following))
+    for index in itertools.count():
         sop_class, sop_instance, data, cx = prepared
         sent = await assoc.send_request(
             cx, store_builder(sop_class, sop_instance, priority, None), data)
         error: Exception | None = None
-        if index + 1 < len(items):
-            try:
-                prepared = prepare_store(assoc, items[index + 1])
-            except Exception as exc:  # raised below, after the response
-                error = exc
+        try:
+            following = next(items, _END)
+            if following is not _END:
+                prepared = prepare_store(assoc, cast(Dataset, following))
+        except Exception as exc:  # raised below, after the response
+            error = exc
         rsp, _ = await assoc.final_response(*sent)
-        statuses[index] = int(getattr(rsp, "status", 0))
+        done[index] = int(getattr(rsp, "status", 0))
         if error is not None:
             raise error
+        if following is _END:
+            return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -19,10 +19,13 @@ from dimse.connect import connect
 from dimse.errors import (
     AssociationAborted,
     AssociationError,
+    DataSetEncodeError,
     DimseTimeout,
+    NotNegotiatedError,
 )
+from dimse.messages import CStoreRQ
 from dimse.server import Server
-from dimse.services import HandlerRegistry
+from dimse.services import HandlerRegistry, ReceivedDataSet, RequestContext
 from pdu.errors import ProtocolError
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -301,3 +304,122 @@ async def test_pending_store_response_is_final() -> None:
             assert assoc.error is None
 
 
+
+
+# -- 5. a data set without its UIDs: a typed error before anything is sent ----------------------
+class Stores:
+    """A C-STORE handler recording the instance numbers it stored (and what the test wants)."""
+
+    def __init__(self, status: int = 0, abort_at: int | None = None) -> None:
+        self.stored: list[int] = []
+        self.status = status
+        self.abort_at = abort_at
+
+    def __call__(self, rq: CStoreRQ, ds: ReceivedDataSet, ctx: RequestContext) -> int:
+        number = int(str(rq.affected_sop_instance_uid).rsplit(".", 1)[1])
+        if number == self.abort_at:
+            ctx.association.abort()
+            return 0
+        self.stored.append(number)
+        return self.status
+
+
+@asynccontextmanager
+async def store_server(handler: Stores, window: tuple[int, int] = (1, 1)
+                       ) -> AsyncIterator[int]:
+    registry = HandlerRegistry()
+    registry.on_store(handler)
+    async with Server("SRV", handlers=registry, async_window=window) as server:
+        yield server.port
+
+
+@pytest.mark.parametrize(("missing", "tag"), [("SOPClassUID", 0x00080016),
+                                              ("SOPInstanceUID", 0x00080018)])
+@pytest.mark.parametrize("empty", [False, True])
+async def test_store_without_a_uid_raises_a_typed_error_before_sending(
+        missing: str, tag: int, empty: bool) -> None:
+    handler = Stores()
+    ds = make_ds(1)
+    if empty:
+        setattr(ds, missing, "")
+    else:
+        delattr(ds, missing)
+    async with store_server(handler) as port:
+        async with connect("127.0.0.1", port, called_ae="SRV",
+                           sop_classes=["1.2.840.10008.1.1", CT], dimse_timeout=5) as assoc:
+            with pytest.raises(DataSetEncodeError, match=missing) as info:
+                await assoc.store(ds)
+            assert isinstance(info.value, ValueError) and info.value.tag == tag
+            assert not assoc._pending and assoc.is_established
+            assert await assoc.echo() == 0
+    assert handler.stored == []
+
+
+# -- 6. store_many: the outcomes known before an error travel with it --------------------------
+async def test_store_many_error_carries_the_completed_statuses() -> None:
+    handler = Stores(status=0xB000)
+    items = [make_ds(1), make_ds(2), make_ds(3, sop_class=MR), make_ds(4)]
+    async with store_server(handler) as port:
+        async with connect("127.0.0.1", port, called_ae="SRV", sop_classes=[CT],
+                           dimse_timeout=5) as assoc:
+            with pytest.raises(NotNegotiatedError) as info:
+                await assoc.store_many(items)
+    assert info.value.completed == ((0, 0xB000), (1, 0xB000))  # type: ignore[attr-defined]
+    assert handler.stored == [1, 2]
+
+
+async def test_store_many_abort_carries_the_completed_statuses() -> None:
+    handler = Stores(abort_at=3)
+    async with store_server(handler) as port:
+        assoc = await connect("127.0.0.1", port, called_ae="SRV", sop_classes=[CT],
+                              dimse_timeout=5)
+        try:
+            with pytest.raises(AssociationAborted) as info:
+                await assoc.store_many(make_ds(n) for n in range(1, 6))
+        finally:
+            await asyncio.wait_for(assoc.aclose(), 10)
+    assert info.value.completed == ((0, 0), (1, 0))  # type: ignore[attr-defined]
+    assert handler.stored == [1, 2]
+
+
+async def test_store_many_in_a_window_raises_the_error_itself_with_completed() -> None:
+    handler = Stores()
+    items = [make_ds(n, sop_class=MR if n == 6 else CT) for n in range(1, 11)]
+    async with store_server(handler, window=(4, 4)) as port:
+        async with connect("127.0.0.1", port, called_ae="SRV", sop_classes=[CT],
+                           async_window=(4, 4), dimse_timeout=5) as assoc:
+            with pytest.raises(NotNegotiatedError) as info:  # not an ExceptionGroup
+                await assoc.store_many(items)
+            assert await assoc.store(make_ds(11)) == 0
+    completed = info.value.completed  # type: ignore[attr-defined]
+    assert completed == tuple(sorted(completed)) and all(s == 0 for _, s in completed)
+    assert {index + 1 for index, _ in completed} <= set(handler.stored)
+    assert 5 not in {index for index, _ in completed}  # the MR instance never went out
+
+
+# -- 7. store_many consumes its iterable lazily --------------------------------------------------
+@pytest.mark.parametrize("window", [1, 4])
+async def test_store_many_pulls_at_most_the_window_ahead(window: int) -> None:
+    pulled = 0
+    pulled_at_store: list[int] = []
+
+    class Counting(Stores):
+        def __call__(self, rq: CStoreRQ, ds: ReceivedDataSet, ctx: RequestContext) -> int:
+            pulled_at_store.append(pulled)
+            return super().__call__(rq, ds, ctx)
+
+    def generate() -> Iterator[Dataset]:
+        nonlocal pulled
+        for n in range(1, 11):
+            pulled += 1
+            yield make_ds(n)
+
+    handler = Counting()
+    async with store_server(handler, window=(window, window)) as port:
+        async with connect("127.0.0.1", port, called_ae="SRV", sop_classes=[CT],
+                           async_window=(window, window), dimse_timeout=5) as assoc:
+            assert await assoc.store_many(generate()) == [0] * 10
+    assert sorted(handler.stored) == list(range(1, 11))
+    # the sequential path encodes one data set ahead; a window of N has N in flight
+    assert pulled_at_store[0] <= max(window, 2)
+    assert all(p - i <= max(window, 2) for i, p in enumerate(pulled_at_store))
