@@ -11,7 +11,12 @@ dispatch that delivers incoming responses to the pending :class:`~dimse.operatio
 Operations in flight are bounded by the negotiated asynchronous operations window (a semaphore;
 with the default window (1, 1) operations are serialized). Every response is awaited under the
 DIMSE timeout, which a Pending response or an incoming sub-operation restarts; on expiry the
-association is aborted and :class:`~dimse.errors.DimseTimeout` raised.
+association is aborted and :class:`~dimse.errors.DimseTimeout` raised. Only C-FIND, C-GET and
+C-MOVE responses may be Pending (:func:`is_final`). Sending is bounded too: a peer that reads
+nothing for the DIMSE timeout gets the same treatment, and a message whose sending stops after its
+first fragment and before its last (e.g. its task was cancelled) aborts the association, since the
+fragments of a message must be contiguous (PS3.8 Annex E). After a release, calls raise
+:class:`~dimse.errors.AssociationError` saying so.
 
 Flow control (:meth:`Invoker.request_stream`): each invoked operation buffers at most ``buffer``
 responses for its consumer; above that, reading from the socket pauses (resumed at half), and the
