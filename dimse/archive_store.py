@@ -103,7 +103,7 @@ def check_identity(ds: Dataset, request: CStoreRQ) -> None:
             raise ServiceError(STATUS_DATASET_MISMATCH, f"no {name} in the data set", (tag,))
 
 
-def check_encoding(head: bytes | memoryview, transfer_syntax: str, size: int) -> None:
+def check_encoding(head: bytes | bytearray | memoryview, transfer_syntax: str, size: int) -> None:
     """ServiceError 0xC000 when the data set starting with ``head`` (``size`` bytes in all) is
     clearly not encoded in ``transfer_syntax`` (see :func:`encoding_mismatch`)."""
     reason = encoding_mismatch(head, transfer_syntax, size)
@@ -156,13 +156,14 @@ class ArchiveSink:
         except BaseException:
             self._remove()
             raise
-        #: Offset of the data set in the file (after preamble, ``DICM`` and File Meta).
-        self.data_offset = len(meta)
+        self._head = bytearray()  # the data set's first bytes, for the syntax check
         self.size = 0
         self.result: Adopted | None = None
 
     def write(self, fragment: memoryview) -> None:
         self._file.write(fragment)
+        if len(self._head) < HEAD_SIZE:  # kept as it arrives: no read-back for the check
+            self._head += fragment[:HEAD_SIZE - len(self._head)]
         self.size += len(fragment)
 
     def finish(self) -> None:
@@ -195,13 +196,7 @@ class ArchiveSink:
             self._file.close()
         except OSError as exc:
             raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot write: {exc}"[:64]) from exc
-        try:
-            with open(self.temp_path, "rb") as fh:
-                fh.seek(self.data_offset)
-                head = fh.read(HEAD_SIZE)
-        except OSError as exc:
-            raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot read: {exc}"[:64]) from exc
-        check_encoding(head, self.transfer_syntax, self.size)
+        check_encoding(self._head, self.transfer_syntax, self.size)
         try:
             ds = pydicom.dcmread(self.temp_path, stop_before_pixels=True,
                                  defer_size=HEADER_DEFER_SIZE)

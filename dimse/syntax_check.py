@@ -62,7 +62,7 @@ def checked_encoding(transfer_syntax: str) -> tuple[bool, bool] | None:
     return False, True
 
 
-def encoding_mismatch(head: bytes | memoryview, transfer_syntax: str,
+def encoding_mismatch(head: bytes | bytearray | memoryview, transfer_syntax: str,
                       size: int | None = None) -> str | None:
     """Why the data set starting with ``head`` is clearly not in ``transfer_syntax``, or None.
 
