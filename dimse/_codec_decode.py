@@ -113,25 +113,31 @@ def _fast_pn(s: str, codec: str = DEFAULT_ENCODING,
 
 
 def _fast_is(s: str) -> Any:
+    """IS value; one that is no integer (``1,5``, ``abc``) goes to pydicom, which keeps it as
+    text, rather than failing the whole data set."""
     t = s.strip()
     if not t:
         return s
     try:
         n = int(t)
+        if not -(2**53) < n < 2**53:
+            return IS(s)
     except ValueError:
-        return IS(s)
-    if not -(2**53) < n < 2**53:
-        return IS(s)
+        raise _NotFast from None
     v = _int_new(IS, n)
     v.original_string = t
     return v
 
 
 def _fast_ds(s: str) -> Any:
+    """DS value; one Python's float() refuses goes to pydicom (kept as text, as pydicom does)."""
     t = s.strip()
     if not t:
         return s
-    v = _float_new(DSfloat, s)
+    try:
+        v = _float_new(DSfloat, s)
+    except ValueError:
+        raise _NotFast from None
     v.original_string = t
     v.auto_format = False
     return v
@@ -557,6 +563,11 @@ class _Parser:
                 return convert_ATvalue(raw, self.little)
             return convert_value(vr, rde, list(enc))
         except Exception as exc:
+            if vr in ("DS", "IS"):  # a number even pydicom cannot hold (IS 'inf'): keep text
+                try:
+                    return _c_string(raw)
+                except UnicodeDecodeError:
+                    pass
             raise DataSetDecodeError(f"cannot convert {vr} value: {exc}",
                                      tag=tag, offset=offset) from None
 

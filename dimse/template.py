@@ -103,6 +103,8 @@ class IdentifierTemplate:
                 raise ValueError("pass SpecificCharacterSet as specific_character_set=")
             if not tag & 0xFFFF and tag >> 16 > 6:
                 raise ValueError(f"group length {tag:08X} is never written")
+            if tag >> 16 == 0xFFFE:
+                raise ValueError(f"{tag:08X} is an item or delimiter tag, not a data element")
         self.keys = tuple(keys)
         self.tags = tuple(tags)
         self.vrs = tuple(vr for _, vr in resolved)
