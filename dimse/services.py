@@ -307,10 +307,26 @@ def _echo_response(rq: CEchoRQ, status: int | None, exc: Exception | None) -> CE
                     status=cast(int, status), error_comment=comment or None)
 
 
+def _echo_refused(rq: CEchoRQ, req: RequestContext) -> CEchoRSP | None:
+    """0x0122 for a C-ECHO on a context whose abstract syntax is not its SOP class (as for
+    every other request: PS3.8 Annex E, a message travels on its SOP class's context)."""
+    if rq.affected_sop_class_uid == req.context.abstract_syntax:
+        return None
+    log.warning("C-ECHO-RQ for %s on context %d (%s): refused 0x0122", rq.affected_sop_class_uid,
+                req.context.context_id, req.context.abstract_syntax)
+    return CEchoRSP(message_id_being_responded_to=rq.message_id,
+                    affected_sop_class_uid=rq.affected_sop_class_uid, status=0x0122,
+                    error_comment=error_comment("C-ECHO on a presentation context of "
+                                                f"{req.context.abstract_syntax}"))
+
+
 async def _perform_echo(handler: EchoHandler, req: RequestContext,
                         started: Awaitable[int | None] | None = None) -> None:
     """Perform a C-ECHO (or finish one whose plain handler returned ``started``)."""
     rq = cast(CEchoRQ, req.message)
+    if started is None and (refused := _echo_refused(rq, req)) is not None:
+        await req.respond(refused)
+        return
     try:
         status = await _outcome(handler(rq, req) if started is None else started)
     except Exception as exc:
@@ -321,6 +337,9 @@ async def _perform_echo(handler: EchoHandler, req: RequestContext,
 
 def _echo_now(handler: EchoHandler, req: RequestContext) -> Awaitable[None] | None:
     rq = cast(CEchoRQ, req.message)
+    refused = _echo_refused(rq, req)
+    if refused is not None:
+        return req.respond_now(refused)
     try:
         result = handler(rq, req)
     except Exception as exc:
