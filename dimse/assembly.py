@@ -52,6 +52,7 @@ __all__ = [
     "MessageAssembler",
     "MessageReceived",
     "PdvLike",
+    "UnrecognizedRequest",
     "fragment",
     "fragment_message",
 ]
@@ -100,9 +101,21 @@ class DataFragment:
     last: bool
 
 
-AssemblyEvent = MessageReceived | CommandReceived | DataFragment
+@dataclass(frozen=True, slots=True)
+class UnrecognizedRequest:
+    """A complete request whose command field we do not know (its data set, if any, was read
+    and dropped): the SCP answers it with status 0x0211 (see
+    :func:`dimse.commands.encode_unrecognized`)."""
 
-_IDLE, _IN_COMMAND, _IN_DATASET, _STREAMING = 0, 1, 2, 3
+    context_id: int
+    command_field: int
+    message_id: int
+    sop_class_uid: str | None
+
+
+AssemblyEvent = MessageReceived | CommandReceived | DataFragment | UnrecognizedRequest
+
+_IDLE, _IN_COMMAND, _IN_DATASET, _STREAMING, _SKIPPING = 0, 1, 2, 3, 4
 
 
 class MessageAssembler:
@@ -113,8 +126,8 @@ class MessageAssembler:
     and ``max_dataset_length`` (None = unlimited) bound what is buffered.
     """
 
-    __slots__ = ("_context_id", "_message", "_parts", "_phase", "_size", "max_command_length",
-                 "max_dataset_length", "stream")
+    __slots__ = ("_context_id", "_message", "_parts", "_phase", "_size", "_unrecognized",
+                 "max_command_length", "max_dataset_length", "stream")
 
     def __init__(
         self,
@@ -131,6 +144,7 @@ class MessageAssembler:
         self._parts: list[bytes | memoryview] = []
         self._size = 0
         self._message: Message | None = None
+        self._unrecognized: UnrecognizedRequest | None = None
 
     @property
     def in_progress(self) -> bool:
@@ -148,6 +162,7 @@ class MessageAssembler:
         self._parts = []
         self._size = 0
         self._message = None
+        self._unrecognized = None
 
     def feed_all(self, pdvs: Iterable[PdvLike]) -> list[AssemblyEvent]:
         """Feed several PDVs (e.g. ``pdata.pdvs``); return the events in order."""
@@ -194,7 +209,10 @@ class MessageAssembler:
         if not last:
             return None
         parts = self._parts
-        message = commands.decode(parts[0] if len(parts) == 1 else b"".join(parts))
+        try:
+            message = commands.decode(parts[0] if len(parts) == 1 else b"".join(parts))
+        except commands.UnknownCommandError as exc:
+            return self._unknown_command(exc)
         self._parts = []
         self._size = 0
         context_id = self._context_id
@@ -208,9 +226,32 @@ class MessageAssembler:
         self._phase = _IN_DATASET
         return None
 
+    def _unknown_command(self, exc: commands.UnknownCommandError) -> AssemblyEvent | None:
+        """A request of an unknown command field, with a Message ID and a readable
+        CommandDataSetType, is answered (PS3.7: 0x0211) once its data set, if any, is read and
+        dropped; anything else (a response, no Message ID) stays a protocol error."""
+        if exc.command_field & 0x8000 or exc.message_id is None or exc.has_dataset is None:
+            raise exc
+        event = UnrecognizedRequest(self._context_id, exc.command_field, exc.message_id,
+                                    exc.sop_class_uid)
+        self._parts = []
+        self._size = 0
+        if not exc.has_dataset:
+            self._phase = _IDLE
+            return event
+        self._unrecognized = event
+        self._phase = _SKIPPING
+        return None
+
     def _data_fragment(self, data: bytes | memoryview, last: bool) -> AssemblyEvent | None:
         self._add(data, self.max_dataset_length, "data set")
         context_id = self._context_id
+        if self._phase == _SKIPPING:
+            if not last:
+                return None
+            event = self._unrecognized
+            self.discard()
+            return event
         if self._phase == _STREAMING:
             if last:
                 self.discard()

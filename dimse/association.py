@@ -54,8 +54,8 @@ from pdu.negotiation import AcceptedContext, Negotiated, negotiated_from_ac
 from pdu.pdus import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF
 from pdu.transport import UpperLayerProtocol
 
-from . import storage_scu
-from .assembly import CommandReceived, DataFragment, MessageReceived
+from . import commands, storage_scu
+from .assembly import CommandReceived, DataFragment, MessageReceived, UnrecognizedRequest
 from .errors import (
     AssociationAborted,
     AssociationError,
@@ -320,6 +320,8 @@ class Association(Invoker):
                     self._inbound.fragment(event)
                 elif type(event) is CommandReceived:
                     self._inbound.start(event)
+                elif type(event) is UnrecognizedRequest:
+                    self._unrecognized(event)
         except ProtocolError as exc:
             log.warning("aborting: %s", exc)
             self._fail(AssociationAborted(f"protocol error: {exc}"))
@@ -337,6 +339,25 @@ class Association(Invoker):
             if cx is not None:
                 dataset = None if data is None else ReceivedDataSet(cx.transfer_syntax, data)
                 self._on_request(RequestContext(self, cx, message, dataset))
+
+    def _unrecognized(self, event: UnrecognizedRequest) -> None:
+        """Answer a request of a command field we do not know with 0x0211 (PS3.7)."""
+        cx = self._request_context(event.context_id)
+        if cx is None:
+            return
+        log.warning("unrecognized operation 0x%04X (message ID %d) on context %d: answered "
+                    "0x0211", event.command_field, event.message_id, event.context_id)
+        command = commands.encode_unrecognized(event.command_field, event.message_id,
+                                               event.sop_class_uid)
+        task = self._loop.create_task(self._answer_unrecognized(cx.context_id, command))
+        self._tasks.add(task)
+        task.add_done_callback(self._performed)
+
+    async def _answer_unrecognized(self, context_id: int, command: bytes) -> None:
+        try:
+            await self.send_encoded(context_id, command)
+        except AssociationError:
+            pass  # the association is gone; nothing to answer
 
     def _on_response(self, message: Message, context_id: int, data: Any) -> None:
         op = self._pending.get(getattr(message, "message_id_being_responded_to", -1))

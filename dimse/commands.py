@@ -32,7 +32,7 @@ from typing import Any
 from .errors import CommandDecodeError, LocalProtocolError
 from .messages import ELEMENTS, MESSAGE_TYPES, SPECS, VR, Message, Presence, Priority
 
-__all__ = ["CommandEncodeError", "UnknownCommandError", "decode", "encode"]
+__all__ = ["CommandEncodeError", "UnknownCommandError", "decode", "encode", "encode_unrecognized"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ _U16 = struct.Struct("<H")
 _TAG_GROUP_LENGTH = 0x00000000
 _TAG_COMMAND_FIELD = 0x00000100
 _TAG_MESSAGE_ID = 0x00000110
+_TAG_AFFECTED_SOP_CLASS = 0x00000002
+_TAG_REQUESTED_SOP_CLASS = 0x00000003
+_TAG_DATA_SET_TYPE = 0x00000800
 _MAX_LEN = {VR.UI: 64, VR.AE: 16, VR.LO: 64}
 
 
@@ -62,9 +65,14 @@ class UnknownCommandError(CommandDecodeError):
     (unrecognized operation) as PS3.7 asks.
     """
 
-    def __init__(self, command_field: int, message_id: int | None) -> None:
+    def __init__(self, command_field: int, message_id: int | None, *,
+                 has_dataset: bool | None = None, sop_class_uid: str | None = None) -> None:
         self.command_field = command_field
         self.message_id = message_id
+        #: Whether a data set follows (None: CommandDataSetType absent or unreadable).
+        self.has_dataset = has_dataset
+        #: Affected (or Requested) SOP Class UID, when one could be read.
+        self.sop_class_uid = sop_class_uid
         super().__init__(f"unknown command field 0x{command_field:04X}", tag=_TAG_COMMAND_FIELD)
 
 
@@ -220,6 +228,45 @@ def _split(data: bytes | bytearray | memoryview) -> tuple[dict[int, memoryview],
     return values, duplicates
 
 
+def _unknown(command_field: int, values: dict[int, memoryview]) -> UnknownCommandError:
+    """The error for a command field we do not know, with what a 0x0211 answer needs."""
+    def us(tag: int) -> int | None:
+        raw = values.get(tag)
+        return int(_U16.unpack(raw)[0]) if raw is not None and len(raw) == 2 else None
+
+    data_set_type = us(_TAG_DATA_SET_TYPE)
+    sop_class = None
+    for tag in (_TAG_AFFECTED_SOP_CLASS, _TAG_REQUESTED_SOP_CLASS):
+        raw = values.get(tag)
+        if raw is not None:
+            try:
+                sop_class = _ui(tag, raw) or None
+            except CommandDecodeError:
+                pass
+            break
+    return UnknownCommandError(
+        command_field, us(_TAG_MESSAGE_ID),
+        has_dataset=None if data_set_type is None else data_set_type != 0x0101,
+        sop_class_uid=sop_class if sop_class is None or len(sop_class) <= 64 else None)
+
+
+def encode_unrecognized(command_field: int, message_id: int, sop_class_uid: str | None) -> bytes:
+    """The response to a request whose command field we do not know: its command field with
+    bit 15 set, Status 0x0211 "unrecognized operation" (PS3.7 Annex C), no data set."""
+    elements = []
+    if sop_class_uid:
+        uid = sop_class_uid.encode("ascii")
+        if len(uid) & 1:
+            uid += b"\0"
+        elements.append(_HDR.pack(0, 0x0002, len(uid)) + uid)
+    elements += [_US_EL.pack(0, 0x0100, 2, (command_field | 0x8000) & 0xFFFF),
+                 _US_EL.pack(0, 0x0120, 2, message_id),
+                 _US_EL.pack(0, 0x0800, 2, 0x0101),
+                 _US_EL.pack(0, 0x0900, 2, 0x0211)]
+    body = b"".join(elements)
+    return _UL_EL.pack(0, 0, 4, len(body)) + body
+
+
 def _decode_exact(data: bytes | bytearray | memoryview) -> Message:
     """The general decoder: every leniency rule, every error, in one documented order."""
     values, duplicates = _split(data)
@@ -229,10 +276,7 @@ def _decode_exact(data: bytes | bytearray | memoryview) -> Message:
         raise CommandDecodeError("mandatory CommandField is missing", tag=_TAG_COMMAND_FIELD)
     spec = SPECS.get(command_field)
     if spec is None:
-        raw_id = values.get(_TAG_MESSAGE_ID)
-        message_id = _us(_TAG_MESSAGE_ID, raw_id) if raw_id is not None and len(raw_id) == 2 \
-            else None
-        raise UnknownCommandError(command_field, message_id)
+        raise _unknown(command_field, values)
     values.pop(_TAG_GROUP_LENGTH, None)
     kwargs: dict[str, Any] = {}
     pop = values.pop

@@ -93,7 +93,12 @@ class Invoker:
         bounded by the DIMSE timeout (DimseTimeout, association aborted).
         """
         self._check_usable()
-        command = commands.encode(message)
+        await self.send_encoded(context_id, commands.encode(message), dataset)
+
+    async def send_encoded(self, context_id: int, command: bytes,
+                           dataset: bytes | memoryview | None = None) -> None:
+        """:meth:`send_message` for a command set already encoded."""
+        self._check_usable()
         peer_max = self.negotiated.peer_max_pdu
         protocol = self.protocol
         async with self._send_lock:
