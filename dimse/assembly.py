@@ -12,7 +12,10 @@ CommandDataSetType != 0x0101) collects data set fragments until the last one. Ea
   then one :class:`DataFragment` ``(context_id, data, last)`` per data set PDV, without
   buffering anything; ``data`` is the PDV's own buffer (a memoryview slice of the PDU as decoded
   by :mod:`pdu`), so a sink can write it straight to disk. A message without a data set always
-  comes as :class:`MessageReceived`.
+  comes as :class:`MessageReceived`;
+* a request whose command field is unknown (N-GET, N-SET, ...) but carries a Message ID and a
+  CommandDataSetType: :class:`UnrecognizedRequest` once its data set, if any, has been read and
+  dropped, so the SCP can answer 0x0211 (PS3.7) instead of aborting.
 
 Violations of Annex E raise :class:`~dimse.errors.AssemblyError` (a data set fragment before the
 command is complete, a PDV on another presentation context while a message is in progress, a
