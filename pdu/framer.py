@@ -3,7 +3,10 @@
 The 6-byte header is checked (known PDU type, fixed sizes, length limits) before any buffer for
 the body is allocated, so a peer cannot make us reserve memory by announcing a huge PDU. PDUs that
 lie whole inside one immutable ``bytes`` chunk are decoded in place (their PDV data are slices of
-that chunk); a PDU spread over several chunks is collected in a buffer of exactly its size.
+that chunk); a PDU spread over several chunks is collected in a buffer of exactly its size, made
+up front for PDUs of up to :data:`PREALLOCATE` bytes and grown as the bytes arrive beyond that.
+So even with no limit (a maximum length of 0, which PS3.8 allows), memory follows what the peer
+really sent, never what its header announced.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from .errors import PduDecodeError
 from .pdus import Pdu, check_header, decode
 
 _PDU_HDR = struct.Struct(">BBI")
+#: PDUs up to this size (header included) get their whole buffer at once; larger ones grow.
+PREALLOCATE = 1 << 20
 
 
 class PduFramer:
@@ -25,7 +30,8 @@ class PduFramer:
     that of the other PDUs (0 = no limit).
     """
 
-    __slots__ = ("max_pdata_length", "max_other_length", "_head", "_body", "_filled", "_error")
+    __slots__ = ("max_pdata_length", "max_other_length", "_head", "_body", "_filled", "_total",
+                 "_error")
 
     def __init__(self, max_pdata_length: int = 0,
                  max_other_length: int = DEFAULT_MAX_ASSOCIATE_PDU_LENGTH) -> None:
@@ -34,6 +40,7 @@ class PduFramer:
         self._head = bytearray()           # a partial 6-byte header
         self._body: bytearray | None = None  # the PDU being collected (header included)
         self._filled = 0
+        self._total = 0  # the size of the PDU being collected
         self._error: PduDecodeError | None = None
 
     @property
@@ -73,11 +80,14 @@ class PduFramer:
         while pos < size:
             body = self._body
             if body is not None:  # continue a PDU spread over chunks
-                n = min(len(body) - self._filled, size - pos)
-                body[self._filled:self._filled + n] = view[pos:pos + n]
+                n = min(self._total - self._filled, size - pos)
+                if len(body) == self._total:
+                    body[self._filled:self._filled + n] = view[pos:pos + n]
+                else:  # a large PDU: grown as its bytes arrive
+                    body += view[pos:pos + n]
                 self._filled += n
                 pos += n
-                if self._filled == len(body):
+                if self._filled == self._total:
                     self._body = None
                     self._filled = 0
                     yield decode(body)
@@ -90,10 +100,10 @@ class PduFramer:
                     continue
                 pdu_type, _, length = _PDU_HDR.unpack(self._head)
                 total = self._start(pdu_type, length)
-                body = bytearray(total)
+                body = bytearray(total) if total <= PREALLOCATE else bytearray(6)
                 body[:6] = self._head
                 self._head.clear()
-                self._body, self._filled = body, 6
+                self._body, self._filled, self._total = body, 6, total
                 if total == 6:
                     self._body, self._filled = None, 0
                     yield decode(body)
@@ -105,8 +115,11 @@ class PduFramer:
                 pos += total
                 yield decode(chunk if immutable else bytes(chunk))
                 continue
-            body = bytearray(total)
             n = size - pos
-            body[:n] = view[pos:]
+            if total <= PREALLOCATE:
+                body = bytearray(total)
+                body[:n] = view[pos:]
+            else:
+                body = bytearray(view[pos:])
             pos = size
-            self._body, self._filled = body, n
+            self._body, self._filled, self._total = body, n, total
