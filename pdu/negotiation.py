@@ -340,8 +340,10 @@ def check_association_rq(
 
     In order: protocol version without bit 0 -> RJ (1, 2, 2); unknown application context ->
     RJ (1, 1, 2); ``called_ae`` given and different -> RJ (1, 1, 7); ``calling_allow`` given and
-    the calling AE not in it -> RJ (1, 1, 3); a peer Maximum Length 1..13 -> RJ (1, 1, 1). AE titles
-    are compared with spaces and NULs at both ends stripped, case-sensitively.
+    the calling AE not in it -> RJ (1, 1, 3); a peer Maximum Length 1..13 -> RJ (1, 1, 1); no
+    presentation context with an odd ID (PS3.8 9.3.2 asks for one or more, and an A-ASSOCIATE-AC
+    answering none would break 9.3.3) -> RJ (1, 1, 1). AE titles are compared with spaces and
+    NULs at both ends stripped, case-sensitively.
     """
     permanent = int(RejectResult.REJECTED_PERMANENT)
     user = int(RejectSource.SERVICE_USER)
@@ -357,6 +359,8 @@ def check_association_rq(
         return AAssociateRJ(permanent, user, int(RejectReason.CALLING_AE_NOT_RECOGNIZED))
     max_length = rq.user_information.max_length
     if max_length is not None and 0 < max_length < MIN_PEER_MAX_PDU:
+        return AAssociateRJ(permanent, user, int(RejectReason.NO_REASON))
+    if not any(pc.context_id & 1 for pc in rq.presentation_contexts):
         return AAssociateRJ(permanent, user, int(RejectReason.NO_REASON))
     return None
 

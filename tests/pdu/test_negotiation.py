@@ -580,7 +580,9 @@ def test_user_identity_ac_only_when_requested_and_given(
 
 
 def make_rq(**kwargs: object) -> AAssociateRQ:
-    args: dict[str, object] = dict(called_ae="ARCHIVE", calling_ae="ME")
+    args: dict[str, object] = dict(called_ae="ARCHIVE", calling_ae="ME",
+                                   presentation_contexts=(PresentationContextRQ(1, CT,
+                                                                                (IMPLICIT,)),))
     args.update(kwargs)
     rq = AAssociateRQ.build(**args)  # type: ignore[arg-type]
     out = roundtrip(rq)
@@ -603,6 +605,7 @@ def make_rq(**kwargs: object) -> AAssociateRQ:
         ({}, "ARCHIVE", ["YOU"], (1, 1, 3)),
         ({}, "ARCHIVE", [], (1, 1, 3)),
         ({"called_ae": "X"}, "ARCHIVE", ["YOU"], (1, 1, 7)),  # called AE checked first
+        ({"presentation_contexts": ()}, None, None, (1, 1, 1)),  # PS3.8 9.3.2: one or more
     ],
 )
 def test_check_association_rq(
@@ -615,6 +618,27 @@ def test_check_association_rq(
     else:
         assert rj == AAssociateRJ(*expected)
         assert isinstance(pdu.decode(pdu.encode(rj)), AAssociateRJ)
+
+
+@pytest.mark.parametrize("context_id", [0, 2])
+def test_only_even_context_ids_are_rejected(context_id: int) -> None:
+    """As sent on the wire (our encoder refuses even IDs): nothing an AC could answer."""
+    def with_first_id(rq: AAssociateRQ, new_id: int) -> AAssociateRQ:
+        data = bytearray(pdu.encode(rq))
+        at = 74 + 4 + len(rq.application_context)  # the first presentation context item
+        assert data[at] == 0x20 and data[at + 4] == 1
+        data[at + 4] = new_id
+        out = pdu.decode(bytes(data))
+        assert isinstance(out, AAssociateRQ)
+        assert out.presentation_contexts[0].context_id == new_id
+        return out
+
+    rq = with_first_id(make_rq(), context_id)
+    assert check_association_rq(rq, called_ae=None, calling_allow=None) == AAssociateRJ(1, 1, 1)
+    mixed = with_first_id(make_rq(presentation_contexts=(
+        PresentationContextRQ(1, CT, (IMPLICIT,)), PresentationContextRQ(3, CT, (IMPLICIT,)))),
+        context_id)
+    assert check_association_rq(mixed, called_ae=None, calling_allow=None) is None
 
 
 def test_check_tolerates_nul_padded_ae_titles() -> None:
