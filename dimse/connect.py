@@ -78,7 +78,7 @@ class Connector:
         if exc_type is None:
             await assoc.release()
         else:
-            assoc.abort()
+            _abort_and_close(assoc)
 
     async def _open(self) -> Association:
         o = self._options
@@ -103,7 +103,7 @@ class Connector:
                 )
                 await assoc.established()
         except TimeoutError as exc:
-            assoc.abort()
+            await _shut(assoc)
             raise DimseTimeout(f"association with {self._host}:{self._port} not established "
                                f"within {o['connect_timeout']} s") from exc
         except OSError as exc:
@@ -111,12 +111,30 @@ class Connector:
             raise AssociationAborted(f"cannot connect to {self._host}:{self._port}: {exc}"
                                      ) from exc
         except AssociationError:
-            assoc.abort()
+            await _shut(assoc)
             raise
         except BaseException:
-            assoc.abort()
+            _abort_and_close(assoc)
             raise
         return assoc
+
+
+def _abort_and_close(assoc: Association) -> None:
+    """A-ABORT, then close our end as soon as it is written: the caller keeps no handle on an
+    association that failed (or whose block raised), so nothing may stay open waiting for the
+    peer to close (PS3.8 Sta13 would hold the socket for up to ARTIM)."""
+    assoc.abort()
+    assoc.protocol.close_transport()
+
+
+async def _shut(assoc: Association, grace: float = 1.0) -> None:
+    """:func:`_abort_and_close`, and wait (briefly) until the socket is really closed."""
+    _abort_and_close(assoc)
+    try:
+        async with asyncio.timeout(grace):
+            await assoc.wait_closed()
+    except TimeoutError:
+        pass
 
 
 def connect(

@@ -39,6 +39,7 @@ from pdu.constants import (
     RejectSource,
 )
 from pdu.errors import ProtocolError
+from pdu.fsm import State
 from pdu.items import UserIdentityRQ
 from pdu.machine import Role
 from pdu.negotiation import AcceptorPolicy, check_association_rq, negotiate
@@ -217,24 +218,38 @@ class Server:
                 await asyncio.wait([assoc.protocol.closed], timeout=1.0)
 
     async def _answer(self, assoc: Association, rq: AAssociateRQ) -> bool:
-        """Accept or reject ``rq``; True when accepted (an association slot is then taken)."""
+        """Accept or reject ``rq``; True when accepted (an association slot is then taken).
+
+        The slot is reserved before the authenticator is awaited, so that concurrent requests
+        cannot overshoot ``max_associations``, and given back on every other outcome, including
+        a peer that leaves (or aborts) while it is being authenticated.
+        """
         rj = self._access_control(assoc, rq)
-        identity_response = None
-        if rj is None:
-            self._accepted += 1  # reserve the slot before awaiting the authenticator
-            rj, identity_response = await self._check_identity(rq, assoc.peer)
-            if rj is not None:
-                self._accepted -= 1
         if rj is not None:
-            log.info("rejecting association from %s (%s -> %s): %s/%s/%s", assoc.peer,
-                     rq.calling_ae, rq.called_ae, rj.result, rj.source, rj.reason)
-            assoc.reject(rj)
+            self._reject(assoc, rq, rj)
+            return False
+        self._accepted += 1
+        accepted = False
+        try:
+            accepted = await self._decide(assoc, rq)
+        finally:
+            if not accepted:
+                self._accepted -= 1
+        return accepted
+
+    async def _decide(self, assoc: Association, rq: AAssociateRQ) -> bool:
+        rj, identity_response = await self._check_identity(rq, assoc.peer)
+        if assoc.machine.state is not State.STA3:  # gone while we authenticated
+            log.info("association from %s (%s) ended before it was answered", assoc.peer,
+                     rq.calling_ae)
+            return False
+        if rj is not None:
+            self._reject(assoc, rq, rj)
             return False
         try:
             ac, negotiated = negotiate(rq, self.policy,
                                        identity_response=identity_response)
         except ProtocolError as exc:
-            self._accepted -= 1
             log.warning("aborting association from %s: %s", assoc.peer, exc)
             assoc.abort()
             return False
@@ -243,6 +258,12 @@ class Server:
                      assoc.peer, rq.calling_ae)
         assoc.accept(ac, negotiated)
         return True
+
+    @staticmethod
+    def _reject(assoc: Association, rq: AAssociateRQ, rj: AAssociateRJ) -> None:
+        log.info("rejecting association from %s (%s -> %s): %s/%s/%s", assoc.peer,
+                 rq.calling_ae, rq.called_ae, rj.result, rj.source, rj.reason)
+        assoc.reject(rj)
 
     def _access_control(self, assoc: Association, rq: AAssociateRQ) -> AAssociateRJ | None:
         """AE titles, peer address and the association limit (see the module docstring)."""
