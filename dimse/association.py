@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -63,7 +63,7 @@ from .errors import (
     DimseTimeout,
     NotNegotiatedError,
 )
-from .inbound import InboundStores
+from .inbound import ROLE_REFUSED, InboundStores
 from .instances import instance_transfer_syntax
 from .invoking import Invoker, Response, _fresh, is_final
 from .messages import (
@@ -336,9 +336,27 @@ class Association(Invoker):
                 event.set()
         else:
             cx = self._request_context(context_id)
-            if cx is not None:
-                dataset = None if data is None else ReceivedDataSet(cx.transfer_syntax, data)
-                self._on_request(RequestContext(self, cx, message, dataset))
+            if cx is None:
+                return
+            dataset = None if data is None else ReceivedDataSet(cx.transfer_syntax, data)
+            request = RequestContext(self, cx, message, dataset)
+            if self.may_perform(cx):
+                self._on_request(request)
+            else:
+                log.warning("%s on context %d, where we are not SCP: refused 0x0122",
+                            type(message).__name__, context_id)
+                self._spawn(self._unsupported(request, 0x0122, ROLE_REFUSED))
+
+    def may_perform(self, cx: AcceptedContext) -> bool:
+        """Whether we may perform (be SCP for) requests on ``cx``: the requestor only where role
+        selection made it SCP, the acceptor where the requestor kept its SCU role."""
+        return cx.scp_role if self.role is Role.REQUESTOR else cx.scu_role
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (an answer) as a tracked task, so a release waits for it."""
+        task = self._loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._performed)
 
     def _unrecognized(self, event: UnrecognizedRequest) -> None:
         """Answer a request of a command field we do not know with 0x0211 (PS3.7)."""
@@ -349,9 +367,7 @@ class Association(Invoker):
                     "0x0211", event.command_field, event.message_id, event.context_id)
         command = commands.encode_unrecognized(event.command_field, event.message_id,
                                                event.sop_class_uid)
-        task = self._loop.create_task(self._answer_unrecognized(cx.context_id, command))
-        self._tasks.add(task)
-        task.add_done_callback(self._performed)
+        self._spawn(self._answer_unrecognized(cx.context_id, command))
 
     async def _answer_unrecognized(self, context_id: int, command: bytes) -> None:
         try:
@@ -441,7 +457,9 @@ class Association(Invoker):
             self._gate.update()
         self._maybe_release_response()
 
-    async def _unsupported(self, request: RequestContext) -> None:
+    async def _unsupported(self, request: RequestContext, status: int = 0x0211,
+                           comment: str | None = None) -> None:
+        """A failure response (default 0x0211, unrecognized operation) to ``request``."""
         rq = request.message
         rsp_type: Any = MESSAGE_TYPES.get(rq.command_field | 0x8000)
         if rsp_type is None:
@@ -449,9 +467,12 @@ class Association(Invoker):
         rsp = rsp_type(
             message_id_being_responded_to=getattr(rq, "message_id", 0),
             affected_sop_class_uid=getattr(rq, "affected_sop_class_uid", None),
-            status=0x0211,  # unrecognized operation
+            status=status, error_comment=comment,
         )
-        await request.respond(rsp)
+        try:
+            await request.respond(rsp)
+        except AssociationError:
+            pass  # the association is gone; nothing to answer
 
     # -- idle timeout (the watch lives in dimse.operations) -------------------------------------
     def _busy(self) -> bool:

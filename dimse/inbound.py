@@ -13,11 +13,15 @@ import logging
 from typing import TYPE_CHECKING
 
 from .assembly import CommandReceived, DataFragment, MessageAssembler
+from .errors import ServiceError
 from .messages import CStoreRQ, Message
 from .services import DataSetSink, ReceivedDataSet, RequestContext
 
 if TYPE_CHECKING:
     from .association import Association
+
+#: ErrorComment of the 0x0122 refusing a request on a context where we are not SCP.
+ROLE_REFUSED = "not SCP on this presentation context (SCP/SCU role selection)"
 
 __all__ = ["InboundStores"]
 
@@ -55,6 +59,11 @@ class InboundStores:
         if cx is None:
             return
         request = RequestContext(assoc, cx, event.message, None)
+        if not assoc.may_perform(cx):  # the data set is read and dropped, then refused
+            log.warning("C-STORE-RQ on context %d, where we are not SCP: refused 0x0122",
+                        event.context_id)
+            self._streaming = _Streaming(request, None, ServiceError(0x0122, ROLE_REFUSED))
+            return
         try:
             sink = assoc.handlers.sink_for(event.message, request)
         except Exception as exc:  # the sink cannot be opened: drop the data, answer failure

@@ -368,6 +368,7 @@ def test_a_reused_message_id_does_not_inherit_an_old_cancel() -> None:
     assoc._cancels = {}
     assoc._request_context = lambda context_id: object()  # type: ignore[method-assign,assignment,return-value]
     assoc._on_request = assoc._track  # type: ignore[method-assign,assignment]
+    assoc.may_perform = lambda cx: True  # type: ignore[method-assign]
     echo = CEchoRQ(message_id=7, affected_sop_class_uid="1.2.840.10008.1.1")
     assoc._dispatch(1, echo, None)
     first = assoc.cancel_event(7)

@@ -4,6 +4,8 @@
   back never: with ``max_associations`` the server ended up refusing everyone.
 * A failed ``connect()`` (no answer, a garbage answer) left a socket the caller could not
   close, open until ARTIM; it is now closed once the A-ABORT is written.
+* A request sent to us on a context where role selection did not make us SCP (our SCU got
+  a C-ECHO or C-STORE from the acceptor) is refused with 0x0122; it used to be performed.
 * With a maximum PDU length of 0 ("no limit"), a 6-byte header announcing 4 GiB made us
   allocate (and zero) 4 GiB before a byte of the body came (see tests/pdu/test_audit3_framer.py
   for the framer itself; here: a live server stays small and keeps serving).
@@ -14,13 +16,19 @@ from __future__ import annotations
 import asyncio
 import struct
 import tracemalloc
+from pathlib import Path
 
 import pytest
+from pydicom import Dataset
 
 import pdu
+from dimse import codec, storage_scu
 from dimse.connect import connect
 from dimse.errors import AssociationError, DimseTimeout
+from dimse.file_sink import file_sink_factory
+from dimse.messages import CEchoRQ
 from dimse.server import Server
+from dimse.services import HandlerRegistry, RequestContext
 from pdu.items import UserIdentityRQ
 from pdu.negotiation import build_associate_rq
 
@@ -127,3 +135,59 @@ async def test_unlimited_pdu_length_does_not_allocate_what_a_header_announces() 
         async with connect("127.0.0.1", server.port, called_ae="SRV", dimse_timeout=10) as a:
             assert await a.echo() == 0  # others are served meanwhile
         writer.close()
+
+
+# --------------------------------------------------------------------------- SCP/SCU roles
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def ct_instance() -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CT
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.2.1143.77.1"
+    ds.PatientID = "ROLE"
+    return ds
+
+
+async def _requests_back(roles: dict[str, tuple[bool, bool]] | None,
+                         tmp_path: Path) -> list[tuple[int, str | None]]:
+    """The server answers our C-ECHO by first sending a C-ECHO and a C-STORE to us on the
+    contexts our association has; what we answered it."""
+    answers: list[tuple[int, str | None]] = []
+
+    async def on_echo(rq: CEchoRQ, ctx: RequestContext) -> int:
+        assoc = ctx.association
+        rsp, _ = await assoc.request(ctx.context, lambda mid: CEchoRQ(message_id=mid))
+        answers.append((rsp.status, rsp.error_comment))
+        ct = next(c for c in assoc.negotiated.contexts.values() if c.abstract_syntax == CT)
+        data = codec.encode(ct_instance(), ct.transfer_syntax)
+        rsp, _ = await assoc.request(ct, storage_scu.store_builder(
+            CT, ct_instance().SOPInstanceUID, 0, None), data)
+        answers.append((rsp.status, rsp.error_comment))
+        return 0
+
+    server_handlers = HandlerRegistry()
+    server_handlers.on_echo(on_echo)
+    server_handlers.on_store(lambda rq, ds, ctx: 0)
+    ours = HandlerRegistry()  # the SCU's own handlers: echo (default) and store into a folder
+    ours.on_store(lambda rq, ds, ctx: 0, sink=file_sink_factory(tmp_path))
+    async with Server("SRV", handlers=server_handlers, scp_roles=roles) as server, connect(
+            "127.0.0.1", server.port, called_ae="SRV", sop_classes=[VERIFICATION, CT],
+            roles=roles, handlers=ours, dimse_timeout=10) as assoc:
+        assert await assoc.echo() == 0
+    return answers
+
+
+async def test_we_refuse_requests_where_we_are_only_scu(tmp_path: Path) -> None:
+    answers = await _requests_back(None, tmp_path)
+    assert [status for status, _ in answers] == [0x0122, 0x0122]
+    assert all("role" in (comment or "") for _, comment in answers)
+    assert list(tmp_path.glob("*.dcm")) == []  # the refused data set left nothing behind
+
+
+async def test_we_perform_requests_where_role_selection_made_us_scp(tmp_path: Path) -> None:
+    roles = {VERIFICATION: (True, True), CT: (True, True)}
+    answers = await _requests_back(roles, tmp_path)
+    assert answers == [(0, None), (0, None)]
+    assert [p.name for p in tmp_path.glob("*.dcm")] == [ct_instance().SOPInstanceUID + ".dcm"]
