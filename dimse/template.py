@@ -203,7 +203,7 @@ _PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UR", "LO", "SH", "L
                         "UT"})
 #: Names that str.encode serves without a codec registry look-up (same codec, faster).
 _FAST_CODEC_NAMES = {"iso8859-1": "latin-1", "utf-8": "utf-8", "ascii": "ascii"}
-_NORM = {"UI": 1, "IS": 1, "DS": 1, "PN": 2}
+_NORM = {"UI": 1, "IS": 3, "DS": 3, "PN": 2}  # 1 strip, 2 PN, 3 strip unless only spaces
 _LONG = struct.Struct("<L").pack
 _LENGTHS = {
     ("<", False): struct.Struct("<H").pack, (">", False): struct.Struct(">H").pack,
@@ -234,7 +234,8 @@ def _generate(slots: tuple[_Slot, ...], count: int, deflated: bool,
         if codec is not None:
             lines += ["if v.__class__ is str and '\\\\' not in v:"]
             if norm:
-                lines.append("    v = v.strip()" if norm == 1 else "    v = v.rstrip('=')")
+                lines.append({1: "    v = v.strip()", 2: "    v = v.rstrip('=')",
+                              3: "    v = v.strip() or v"}[norm])
             lines += [f"    d{k} = v.encode(C{k})", f"    if len(d{k}) & 1:",
                       f"        d{k} += D{k}", f"    p{k}, h{k} = P{k}, L{k}(len(d{k}))", "el"]
         else:
@@ -330,12 +331,17 @@ def _pn_norm(s: str) -> str:
 
 
 def _number_norm(s: str) -> str:
+    """IS/DS text as pydicom writes it: stripped, unless only spaces (kept as they are)."""
+    return s.strip() or s
+
+
+def _uid_norm(s: str) -> str:
     return s.strip()
 
 
 def _ds_value(v: Any) -> str:
     if isinstance(v, str):
-        return v.strip()
+        return _number_norm(v)
     return str(DSfloat(v))
 
 
@@ -370,7 +376,9 @@ def _value_encoder(tag: int, vr: str, e: str, enc: tuple[str, ...]) -> Callable[
 def _text_encoder(vr: str, enc: tuple[str, ...]) -> Callable[[Any], bytes]:
     pad = b"\0" if vr == "UI" else b" "
     norm: Callable[[str], str] | None = None
-    if vr == "UI" or vr in ("IS", "DS"):
+    if vr == "UI":
+        norm = _uid_norm
+    elif vr in ("IS", "DS"):
         norm = _number_norm
     elif vr == "PN":
         norm = _pn_norm

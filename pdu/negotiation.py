@@ -121,7 +121,8 @@ def _peer_max_pdu(value: int | None, who: str) -> int:
         return MISSING_MAX_PDU
     if 0 < value < MIN_PEER_MAX_PDU:
         raise RemoteProtocolError(
-            f"{who} Maximum Length {value} is below {MIN_PEER_MAX_PDU}: no PDV fits"
+            f"{who} Maximum Length {value} is below {MIN_PEER_MAX_PDU}, the smallest we send "
+            "in (a 6-byte PDV header and 8 bytes of data, as DCMTK)"
         )
     return value
 

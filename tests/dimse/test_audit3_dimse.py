@@ -251,3 +251,20 @@ async def test_pynetdicom_n_get_and_n_set_get_unrecognized_operation() -> None:
     async with Server("SRV") as server:
         statuses = await asyncio.wait_for(asyncio.to_thread(client, server.port), 50)
     assert statuses == [0x0211, 0x0211, 0x0000]
+
+
+@pytest.mark.parametrize("uid", SYNTAXES)
+@pytest.mark.parametrize("values", [["  ", "  ", "  "], ["    ", " 1.5 ", " 12 "],
+                                    ["1.2\\1.3 ", " 1\\  ", "  \\3"]])
+def test_template_writes_numbers_and_uids_as_codec_encode(uid: str, values: list[str]) -> None:
+    """All-space IS/DS values stay as they are (pydicom keeps them), others are stripped."""
+    keys = ["StudyInstanceUID", "PatientWeight", "NumberOfStudyRelatedInstances"]
+    ds = Dataset()
+    for key, value in zip(keys, values, strict=True):
+        setattr(ds, key, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = codec.encode(ds, uid)
+        assert IdentifierTemplate(keys, uid).encode(values) == expected
+        assert IdentifierTemplate(keys, uid).encode([[v] if "\\" not in v else v.split("\\")
+                                                     for v in values]) == expected
