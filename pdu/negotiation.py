@@ -156,8 +156,14 @@ def _bad_context_ids(contexts: Sequence[PresentationContextRQ]) -> set[int]:
     return bad
 
 
-def _first_ts(pc: PresentationContextRQ) -> str | None:
-    return pc.transfer_syntaxes[0] if pc.transfer_syntaxes else None
+def _first_ts(pc: PresentationContextRQ) -> str:
+    """The transfer syntax sub-item of a rejected context's AC item: not significant, but
+    present (PS3.8 Table 9-18 has exactly one), so the first proposed one, or Implicit VR
+    Little Endian when the (malformed) RQ proposed none."""
+    return pc.transfer_syntaxes[0] if pc.transfer_syntaxes else _IMPLICIT_VR_LE
+
+
+_IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 
 
 # --------------------------------------------------------------------------- requestor

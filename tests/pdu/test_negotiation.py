@@ -784,3 +784,15 @@ def test_role_matrix_same_as_pynetdicom(
     ours = {a.context_id: (a.result, a.transfer_syntax if a.result == 0 else None)
             for a in ac.presentation_contexts}
     assert ours == expected
+
+
+def test_a_context_without_transfer_syntax_still_gets_one_in_its_ac_item() -> None:
+    """PS3.8 Table 9-18: the AC item holds exactly one transfer syntax sub-item (not
+    significant when the result is not acceptance)."""
+    rq = make_rq(presentation_contexts=(PresentationContextRQ(1, CT, ()),
+                                        PresentationContextRQ(3, CT, (IMPLICIT,))))
+    ac, negotiated = negotiate(rq, AcceptorPolicy(contexts={CT: (IMPLICIT,)}))
+    first, second = pdu.decode(pdu.encode(ac)).presentation_contexts  # type: ignore[union-attr]
+    assert first.result == ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED
+    assert first.transfer_syntax == IMPLICIT
+    assert second.result == ContextResult.ACCEPTANCE and set(negotiated.contexts) == {3}
