@@ -258,7 +258,7 @@ _PACKERS: dict[str, tuple[_Pack, _Pack, _Pack, _Pack]] = {
 def _check_no_delimiters(tags: Sequence[int]) -> None:
     """(FFFE,E000/E00D/E0DD) encode sequence items only; as a data element they would end
     the data set for any reader (PS3.5 7.5)."""
-    for tag in reversed(tags):
+    for tag in map(int, reversed(tags)):
         if tag >> 16 == 0xFFFE:
             raise DataSetEncodeError("an item or delimiter tag (FFFE,xxxx) cannot be a data "
                                      "element (PS3.5 7.5)", tag=tag)
@@ -310,7 +310,7 @@ class _Writer:
         hdr_i, hdr_s, hdr_l = self.hdr_implicit, self.hdr_short, self.hdr_long
         kinds, fast, vr_bytes, long_vrs = _STR_KINDS, _FAST_ENCODERS, _VR_BYTES, LONG_VRS
         tags = sorted(d, key=int)  # int keys: BaseTag's own comparison is Python code
-        if tags and tags[-1] >= 0xFFFE0000:
+        if tags and int(tags[-1]) >= 0xFFFE0000:  # int(): BaseTag's >= is Python code
             _check_no_delimiters(tags)
         for tag in tags:
             if not tag & 0xFFFF and tag >> 16 > 6:
