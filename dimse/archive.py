@@ -75,7 +75,7 @@ _UNSAFE: Final = re.compile(r"[^0-9A-Za-z._-]")
 
 #: Bump when what the index stores changes without a change of its DDL (the version written to
 #: ``PRAGMA user_version`` is derived from this and the DDL; see Archive._create_schema).
-SCHEMA_REVISION: Final = 3
+SCHEMA_REVISION: Final = 4  # 4: shared rows keep values a later file lacks
 # A patient is (ID, issuer, name, birth date): two people sharing an ID stay apart. A series
 # is keyed within its study (series UIDs reused across studies occur in the field).
 _STRUCTURE: Final = {
@@ -346,8 +346,15 @@ class Archive:
         return self.storage_dir / study / series / (sop + ".dcm")
 
     def _upsert_row(self, table: str, key: tuple[str, ...], values: dict[str, object]) -> int:
+        """Insert or update one row. An instance row takes its file's values as they are; a
+        patient, study or series row is shared by many files, so a file lacking (or leaving
+        empty) one of its attributes keeps the value another file gave it (the last non-empty
+        one wins): a key object or presentation state added to a study does not blank its
+        description or accession number."""
         cols = list(values)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
+        setter = "{0} = excluded.{0}" if table == "instance" else \
+            "{0} = COALESCE(excluded.{0}, {0})"
+        updates = ", ".join(setter.format(c) for c in cols if c not in key)
         sql = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
                f"ON CONFLICT({', '.join(key)}) DO UPDATE SET {updates} RETURNING id")
         row = self._db.execute(sql, list(values.values())).fetchone()
