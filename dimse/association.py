@@ -129,6 +129,7 @@ class Association(Invoker):
         self._closed = asyncio.Event()
         self._error: AssociationError | None = None
         self._pending: dict[int, Operation] = {}
+        self._drained: asyncio.Future[None] | None = None
         self._next_id = 0
         self._window: asyncio.Semaphore | None = None
         self._perform_limit = 1
@@ -301,6 +302,7 @@ class Association(Invoker):
                 fut.set_exception(_fresh(error))
         for op in list(self._pending.values()):
             op.fail(error)
+        self._wake_drained()
         for task in self._tasks:
             task.cancel()
         self._inbound.discard()
@@ -376,12 +378,22 @@ class Association(Invoker):
             pass  # the association is gone; nothing to answer
 
     def _on_response(self, message: Message, context_id: int, data: Any) -> None:
-        op = self._pending.get(getattr(message, "message_id_being_responded_to", -1))
+        message_id = getattr(message, "message_id_being_responded_to", -1)
+        op = self._pending.get(message_id)
         if op is None:
             log.warning("response to no outstanding request: %r", message)
             return
         cx = self.negotiated.contexts.get(context_id)
-        ts = cx.transfer_syntax if cx is not None else "1.2.840.10008.1.2"
+        if context_id != op.context_id or cx is None:
+            # a response travels on its request's context (PS3.8 Annex E): from another one
+            # its SOP class and transfer syntax cannot be trusted
+            why = (f"response to message {message_id} on presentation context {context_id}; "
+                   f"the request went on context {op.context_id}")
+            log.warning("aborting: %s", why)
+            self._fail(AssociationAborted(f"protocol error: {why}"))
+            self.protocol.abort()
+            return
+        ts = cx.transfer_syntax
         dataset = None if data is None else ReceivedDataSet(ts, data)
         op.deliver((message, dataset), is_final(message))
 
@@ -556,6 +568,9 @@ class Association(Invoker):
             return  # aborted, closed, or already released (by us or by the peer)
         self._gate.closing = True  # read the A-RELEASE-RP whatever consumers lag
         self._gate.update()
+        await self._wait_outstanding(timeout or self.dimse_timeout)
+        if self._error is not None or self._closed.is_set() or self._released.done():
+            return  # lost (or released by the peer) while the last responses came
         with contextlib.suppress(ProtocolError):
             self.protocol.call(self.machine.release_request)
         try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,6 +48,8 @@ from .services import ReceivedDataSet
 from .status import is_pending
 
 __all__ = ["Invoker", "Response", "is_final"]
+
+log = logging.getLogger(__name__)
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -66,6 +69,7 @@ class Invoker:
     dimse_timeout: float | None
     _error: AssociationError | None
     _pending: dict[int, Operation]
+    _drained: asyncio.Future[None] | None  # resolved when the last pending operation ends
     _next_id: int
     _window: asyncio.Semaphore | None
     _send_lock: asyncio.Lock
@@ -259,6 +263,29 @@ class Invoker:
             del self._pending[message_id]
             if window is not None:
                 window.release()
+            if not self._pending:
+                self._wake_drained()
+
+    def _wake_drained(self) -> None:
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    async def _wait_outstanding(self, timeout: float | None) -> None:
+        """Wait until every operation we invoked has its final response (at most ``timeout``):
+        a release must not overtake them (PS3.4 C.4.1.3: after a C-CANCEL the SCP still sends
+        its final response). Past ``timeout`` the release goes ahead, and says so."""
+        if not self._pending or self._error is not None:
+            return
+        self._drained = self._loop.create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drained
+        except TimeoutError:
+            log.warning("releasing with %d operation(s) still outstanding after %s s",
+                        len(self._pending), timeout)
+        finally:
+            self._drained = None
 
     async def _cancel_abandoned(self, context: AcceptedContext, message_id: int,
                                 op: Operation) -> None:
