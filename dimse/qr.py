@@ -68,6 +68,7 @@ __all__ = [
     "Violation",
     "check_identifier",
     "contexts_for",
+    "drop_non_data_elements",
     "key_level",
     "keys_for",
     "model_for_sop_class",
@@ -104,6 +105,20 @@ class Rule(Enum):
     UNIQUE_AT_LEVEL = "unique key of the level"
     FRAME_KEYS = "frame keys"
     NO_KEYS = "no keys"
+    NOT_DATA_ELEMENT = "command or file meta element"
+
+
+#: Groups never in a data set (PS3.5 7.1): the command set and the file meta information.
+_NOT_DATA_GROUPS: Final = frozenset({0x0000, 0x0002})
+
+
+def drop_non_data_elements(ds: Dataset) -> list[int]:
+    """Remove group 0000 and 0002 elements from a received identifier (an SCP neither matches
+    nor returns them, as DCMTK's does not); return their tags."""
+    tags = [int(e.tag) for e in ds if int(e.tag) >> 16 in _NOT_DATA_GROUPS]
+    for tag in tags:
+        del ds[tag]
+    return tags
 
 
 #: Rules a lenient SCP lets pass (the archive then matches relationally whatever keys it has,
@@ -237,6 +252,11 @@ class _Checker:
         general = _GENERAL_FIND if self.op is Operation.FIND else _GENERAL_RETRIEVE
         for elem in self.ds:
             tag = int(elem.tag)
+            if tag >> 16 in _NOT_DATA_GROUPS:
+                self.add(Rule.NOT_DATA_ELEMENT, [tag], f"{self.prefix(level)} must not contain "
+                         f"{tag_name(tag)}: groups 0000 (command) and 0002 (file meta) are not "
+                         "data set elements", f"{tag_name(tag)} is no data set element")
+                continue
             if tag in general or tag in above_uniques:
                 continue
             if self.model is QueryModel.COMPOSITE_INSTANCE_ROOT and tag in _COMPOSITE_TOLERATED:

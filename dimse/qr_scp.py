@@ -51,10 +51,12 @@ from .qr import (
     Level,
     Operation,
     QueryModel,
+    drop_non_data_elements,
     model_for_sop_class,
     parse_level,
     relational_accepted,
     resolve_un,
+    tag_name,
     validate_scp,
 )
 from .server import Server, default_contexts
@@ -203,9 +205,12 @@ def _prepare(served: frozenset[QueryModel], lenient: bool, ctx: RequestContext
         model, op = model_for_sop_class(uid)
     except KeyError:
         model, op = QueryModel.STUDY_ROOT, Operation.MOVE
-    if op is not Operation.FIND or model not in served or uid != ctx.context.abstract_syntax:
+    if op is not Operation.FIND or model not in served:
         return _response(rq, Status.SOP_CLASS_NOT_SUPPORTED,
                          comment=f"not a served C-FIND model: {uid}")
+    if uid != ctx.context.abstract_syntax:
+        return _response(rq, Status.SOP_CLASS_NOT_SUPPORTED,
+                         comment="SOP class is not the presentation context's")
     try:
         received = ctx.dataset or ReceivedDataSet(ctx.context.transfer_syntax, b"")
         identifier = resolve_un(received.decode(),
@@ -213,6 +218,10 @@ def _prepare(served: frozenset[QueryModel], lenient: bool, ctx: RequestContext
     except Exception as exc:
         log.warning("undecodable C-FIND identifier: %s", exc)
         return _response(rq, Status.UNABLE_TO_PROCESS, comment=f"cannot decode identifier: {exc}")
+    dropped = drop_non_data_elements(identifier)
+    if dropped:
+        log.warning("C-FIND identifier holds command/file meta elements, ignored: %s",
+                    ", ".join(tag_name(t) for t in dropped))
     extended = ctx.association.negotiated.extended.get(uid, b"")
     relational = relational_accepted(extended)
     failure = validate_scp(identifier, model, Operation.FIND,
