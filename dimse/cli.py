@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         line, code = _describe(exc, args)
-        if args.verbose:
-            log.debug("details", exc_info=exc)
+        if args.verbose and not isinstance(exc, DicomError | OSError):
+            log.debug("details", exc_info=exc)  # a traceback only for the unexpected
         print(f"dimse {args.command}: error: {line}", file=sys.stderr)
         return code

@@ -197,12 +197,14 @@ def run(main: Coroutine[Any, Any, _T], *, use_uvloop: bool | None = None,
     (benchmarks/RESULTS-e2e.md). ``use_uvloop=None`` picks it when installed unless the
     environment variable ``DIMSE_UVLOOP=0``; True without uvloop raises ImportError.
 
-    ``freeze_gc`` (default) calls :func:`gc.freeze` first: everything alive at that point
+    ``freeze_gc`` (default) calls :func:`gc.collect` then :func:`gc.freeze` first: everything
+    alive at that point
     (modules, pydicom's dictionaries) leaves the cyclic collector's generations, so the many
     short-lived objects of each association no longer trigger collections that walk them all
     (+20% associations per second from 64 concurrent clients).
     """
     if freeze_gc:
+        gc.collect()  # garbage left by an earlier run() must not be frozen alive for good
         gc.freeze()
     if use_uvloop is None:
         use_uvloop = os.environ.get(UVLOOP_ENV, "1") != "0" and uvloop_available()

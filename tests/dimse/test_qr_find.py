@@ -561,7 +561,9 @@ async def test_unencodable_handler_error_still_answers(error: ServiceError, stat
     """A ServiceError whose status, comment or tags the command cannot carry still gets a
     final response (PS3.7 9.1.1), never silence."""
     async def failing(request: FindRequest) -> AsyncIterator[Dataset]:
-        raise error
+        # a fresh copy: raising the module-level parameter itself would pin this test's
+        # frames (and its associations) in its __traceback__ for the rest of the session
+        raise ServiceError(error.status, error.comment, error.offending_elements)
         yield q("STUDY")  # pragma: no cover
 
     server, _ = spy_server(None, failing)  # type: ignore[arg-type]
