@@ -12,6 +12,7 @@ import copy
 import struct
 import warnings
 import zlib
+from array import array
 from collections.abc import Callable, Sequence
 from io import BufferedIOBase
 from typing import Any
@@ -206,6 +207,35 @@ _ENCODERS: dict[str, _ValueEncoder] = {
 _SIMPLE = frozenset({str, bytes, int, float, PersonName, UID, DSfloat, IS, MultiValue, list})
 _NUMERIC = frozenset({int, float, DSfloat, IS})
 _FAST_ENCODERS = {vr: fn for vr, fn in _ENCODERS.items() if vr not in AMBIGUOUS_VRS}
+#: Word size of the VRs whose bytes are numbers in the syntax's byte order (PS3.5 7.3): their
+#: bytes are swapped when a data set read in one byte order is written in the other.
+WORD_SIZES: dict[str, int] = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+#: The fast encoders without those VRs (used when byte order changes, so they get swapped).
+_FAST_UNSWAPPED = {vr: fn for vr, fn in _FAST_ENCODERS.items() if vr not in WORD_SIZES}
+_ARRAY_CODES = {2: "H", 4: "I" if array("I").itemsize == 4 else "L", 8: "Q"}
+
+
+def _word_size(tag: int, vr: str, ds: Dataset) -> int:
+    """The unit to swap: the VR's word, except for OW Pixel Data of 32 or 64 bits allocated,
+    whose pixels are the words (as pydicom reads them in either byte order)."""
+    if tag == 0x7FE00010 and vr == "OW":
+        bits = ds.get(0x00280100)  # Bits Allocated
+        value = bits.value if bits is not None else None
+        if isinstance(value, bytes) and len(value) == 2:  # still raw: read in the source order
+            value = None
+        if value in (32, 64):
+            return int(value) // 8
+    return WORD_SIZES[vr]
+
+
+def swap_words(data: bytes, size: int, tag: int) -> bytes:
+    """``data`` with each ``size``-byte word reversed (a change of byte order)."""
+    if len(data) % size:
+        raise DataSetEncodeError(f"cannot change the byte order of a {len(data)}-byte value "
+                                 f"made of {size}-byte words", tag=tag)
+    words = array(_ARRAY_CODES[size], data)
+    words.byteswap()
+    return words.tobytes()
 _SPACE_PADDED, _NUL_PADDED, _CHARSET_TEXT = 1, 2, 3
 #: How a plain ``str`` value of each text VR is written (what the per-VR encoders do for str).
 _STR_KINDS: dict[str, int] = {
@@ -269,10 +299,11 @@ def _check_no_delimiters(tags: Sequence[int]) -> None:
 class _Writer:
     """One encode call: syntax-specific packers and the output list."""
 
-    __slots__ = ("e", "hdr_implicit", "hdr_long", "hdr_short", "out", "syn", "tag_len")
+    __slots__ = ("e", "hdr_implicit", "hdr_long", "hdr_short", "out", "swap", "syn", "tag_len")
 
-    def __init__(self, syn: Syntax) -> None:
+    def __init__(self, syn: Syntax, swap: bool = False) -> None:
         self.syn = syn
+        self.swap = swap  # OW/OF/OL/OD/OV bytes are in the other byte order: swap them
         self.e = e = "<" if syn.little else ">"
         self.hdr_implicit, self.hdr_short, self.hdr_long, self.tag_len = _PACKERS[e]
         self.out: list[bytes] = []
@@ -308,7 +339,8 @@ class _Writer:
         out = self.out
         e = self.e
         hdr_i, hdr_s, hdr_l = self.hdr_implicit, self.hdr_short, self.hdr_long
-        kinds, fast, vr_bytes, long_vrs = _STR_KINDS, _FAST_ENCODERS, _VR_BYTES, LONG_VRS
+        kinds, vr_bytes, long_vrs = _STR_KINDS, _VR_BYTES, LONG_VRS
+        fast = _FAST_UNSWAPPED if self.swap else _FAST_ENCODERS
         tags = sorted(d, key=int)  # int keys: BaseTag's own comparison is Python code
         if tags and int(tags[-1]) >= 0xFFFE0000:  # int(): BaseTag's >= is Python code
             _check_no_delimiters(tags)
@@ -401,6 +433,8 @@ class _Writer:
             except Exception as exc:
                 raise DataSetEncodeError(f"cannot encode {vr} value: {exc}", tag=tag) from exc
         undefined = elem.is_undefined_length
+        if self.swap and vr in WORD_SIZES and data and not undefined:
+            data = swap_words(data, _word_size(tag, vr, ancestors[0]), tag)
         if not self.syn.implicit and vr not in LONG_VRS and not undefined and len(data) > 0xFFFF:
             warnings.warn(f"value of {tag} longer than 64 KiB: VR changed to UN", stacklevel=4)
             vr = "UN"
@@ -469,7 +503,8 @@ def encode(ds: Dataset, transfer_syntax_uid: str) -> bytes:
     syn = syntax_for_encode(transfer_syntax_uid)
     if not isinstance(ds, Dataset):
         raise DataSetEncodeError(f"expected a pydicom Dataset, got {type(ds).__name__}")
-    writer = _Writer(syn)
+    read_little = getattr(ds, "_read_little", None)  # byte order of a data set read from bytes
+    writer = _Writer(syn, swap=read_little is not None and read_little != syn.little)
     try:
         writer.dataset(ds, DEFAULT_ENCODINGS, [ds])
     except DataSetEncodeError:
@@ -483,9 +518,11 @@ def encode(ds: Dataset, transfer_syntax_uid: str) -> bytes:
 
 
 def deflate(data: bytes) -> bytes:
-    """Raw deflate (no zlib header), as PS3.5 A.5 requires."""
+    """Raw deflate (no zlib header), as PS3.5 A.5 requires, padded with a NUL to an even
+    length as PS3.5 A.5 also requires (a PDV fragment must be even: DCMTK aborts otherwise)."""
     comp = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
-    return comp.compress(data) + comp.flush()
+    out = comp.compress(data) + comp.flush()
+    return out + b"\0" if len(out) & 1 else out
 
 
 def header_pieces(syn: Syntax, tag: int, vr: str, length: int) -> bytes:
