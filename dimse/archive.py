@@ -73,6 +73,15 @@ _UID_OF: Final = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
                   "instance": "SOPInstanceUID"}
 _UNSAFE: Final = re.compile(r"[^0-9A-Za-z._-]")
 
+def _file_mode() -> int:
+    mask = os.umask(0o022)  # read once, at import (single-threaded), and put back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: Mode of the files the archive writes: what open() would give (mkstemp gives 0600).
+FILE_MODE: Final = _file_mode()
+
 #: Bump when what the index stores changes without a change of its DDL (the version written to
 #: ``PRAGMA user_version`` is derived from this and the DDL; see Archive._create_schema).
 SCHEMA_REVISION: Final = 4  # 4: shared rows keep values a later file lacks
@@ -328,10 +337,13 @@ class Archive:
                 assert old is not None
                 source.unlink(missing_ok=True)
                 return Adopted(old, True)
-            os.replace(source, target)
-            _fsync_dir(target.parent)
+            # index first, then move, in one transaction: if either fails (a full disk, a
+            # full database) nothing is indexed and the file stays where it was, for the
+            # caller to remove, so a failed store never reappears at the next index()
             with self._db:
-                self._index(ds, self._relative(target), target.stat(), replace=True)
+                self._index(ds, self._relative(target), source.stat(), replace=True)
+                os.replace(source, target)  # keeps mtime and size, which the index holds
+            _fsync_dir(target.parent)
         if old is not None and old != target:
             old.unlink(missing_ok=True)  # replaced a file stored under another name
         return Adopted(target, known)
@@ -488,16 +500,19 @@ class Archive:
         out.file_meta = meta
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=folder)
         try:
+            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as fh:
                 pydicom.dcmwrite(fh, out, enforce_file_format=True)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            written, stat = _read(Path(tmp))
+            old = self.stored_path(sop)
+            with self._lock, self._db:  # indexed and moved together, or neither (see adopt)
+                self._index(written, self._relative(target), stat, replace=True)
+                os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        old = self.stored_path(sop)
-        self._add(target, self._relative(target), replace=True)
         if old is not None and old != target:
             old.unlink(missing_ok=True)  # replaced a file stored under another name
         return target

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import tempfile
 import threading
 from pathlib import Path
@@ -45,7 +46,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from .archive import HEADER_DEFER_SIZE, Adopted, Archive, Duplicate
+from .archive import FILE_MODE, HEADER_DEFER_SIZE, Adopted, Archive, Duplicate
 from .errors import ServiceError
 from .messages import CStoreRQ
 from .services import (
@@ -145,6 +146,8 @@ class ArchiveSink:
         self.request = request
         self.transfer_syntax = transfer_syntax
         fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=archive.storage_dir)
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, FILE_MODE)  # as any file the archive keeps (mkstemp makes it 0600)
         self.temp_path = Path(name)
         self._lock = threading.Lock()
         self._state = "open"
@@ -207,7 +210,7 @@ class ArchiveSink:
         check_identity(ds, self.request)
         try:
             adopted = self.archive.adopt(self.temp_path, ds, duplicate=duplicate)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:  # e.g. "database or disk is full"
             raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}"[:64]) from exc
         if adopted.duplicate:
             log.info("SOP Instance %s already stored: %s", self.request.affected_sop_instance_uid,

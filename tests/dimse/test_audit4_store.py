@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import warnings
 from array import array
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -21,6 +23,9 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 
 from dimse import codec
+from dimse.archive import FILE_MODE, Archive
+from dimse.connect import connect
+from dimse.qr_scp import archive_server
 
 LE, BE, IMPLICIT = codec.EXPLICIT_VR_LE, codec.EXPLICIT_VR_BE, codec.IMPLICIT_VR_LE
 DEFLATED = codec.DEFLATED_EXPLICIT_VR_LE
@@ -92,3 +97,58 @@ def test_deflated_data_sets_have_even_length(n: int) -> None:
     data = codec.encode(ds, DEFLATED)
     assert len(data) % 2 == 0
     assert codec.decode(data, DEFLATED).PatientComments == ds.PatientComments
+
+
+# --------------------------------------------------------------------------- a full database
+
+
+def ct(n: int) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = f"1.2.826.0.1.3680043.2.1143.66.{n}"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.2.1143.66"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1143.66.0"
+    ds.PatientID = "P66"
+    return ds
+
+
+def _full(*args: object, **kwargs: object) -> None:
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_a_failed_index_leaves_no_file_behind(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with Archive(tmp_path / "store") as archive:
+        archive.store(ct(1))
+        monkeypatch.setattr(archive, "_index", _full)
+        with pytest.raises(sqlite3.OperationalError):
+            archive.store(ct(2))
+        monkeypatch.undo()
+        names = [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()]
+        assert not [n for n in names if n.endswith(".2.dcm") or n.startswith(".tmp-")]
+        assert archive.index().added == 0  # nothing failed comes back at the next scan
+        assert archive.stored_path("1.2.826.0.1.3680043.2.1143.66.2") is None
+        assert archive.stored_path("1.2.826.0.1.3680043.2.1143.66.1") is not None
+
+
+async def test_a_full_database_answers_out_of_resources(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    with Archive(tmp_path / "store") as archive:
+        server = archive_server(archive, "QRSCP")
+        async with server, connect("127.0.0.1", server.port, called_ae="QRSCP",
+                                   sop_classes=[ct(0).SOPClassUID], dimse_timeout=10) as assoc:
+            monkeypatch.setattr(archive, "_index", _full)
+            assert await assoc.store(ct(3)) == 0xA700
+            monkeypatch.undo()
+            assert await assoc.store(ct(4)) == 0x0000  # and the server goes on
+        leftovers = [p.name for p in (tmp_path / "store").rglob("*.dcm")]
+        assert leftovers == ["1.2.826.0.1.3680043.2.1143.66.4.dcm"]
+        assert not list((tmp_path / "store").rglob(".tmp-*"))
+        assert archive.index().added == 0
+
+
+def test_archive_files_get_the_usual_mode(tmp_path: Path) -> None:
+    with Archive(tmp_path / "store") as archive:
+        path = archive.store(ct(5))
+    assert path.stat().st_mode & 0o777 == FILE_MODE
+    assert FILE_MODE & 0o044  # readable by group and others under the usual umask 022
