@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
 import os
 import sqlite3
 import tempfile
@@ -57,6 +58,7 @@ from .services import (
     StoreHandler,
     file_meta_bytes,
 )
+from .structure_check import structure_problem
 from .syntax_check import HEAD_SIZE, checked_encoding, encoding_mismatch
 
 __all__ = [
@@ -112,6 +114,22 @@ def check_encoding(head: bytes | bytearray | memoryview, transfer_syntax: str, s
         raise ServiceError(STATUS_CANNOT_UNDERSTAND, reason[:64])
 
 
+def check_structure(path: Path, offset: int, size: int, transfer_syntax: str) -> None:
+    """ServiceError 0xC000 when the data set of ``size`` bytes at ``offset`` in ``path`` is cut
+    short or malformed (see :func:`dimse.structure_check.structure_problem`): pydicom would read
+    it anyway (it stops before the pixel data, or pads a short value), and the archive would
+    keep a file no other reader opens. PS3.4 B.2.3: "cannot understand"."""
+    encoding = checked_encoding(transfer_syntax)
+    if encoding is None or size == 0:
+        return
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm, \
+            memoryview(mm) as view, view[offset:offset + size] as data_set:
+        reason = structure_problem(data_set, *encoding)
+    if reason is not None:
+        log.warning("C-STORE data set refused: %s", reason)
+        raise ServiceError(STATUS_CANNOT_UNDERSTAND, reason[:64])
+
+
 def check_read_encoding(ds: Dataset, transfer_syntax: str) -> None:
     """ServiceError 0xC000 when pydicom read ``ds`` in another encoding than ``transfer_syntax``
     says: its fallback guesses the VR form when the declared one does not parse, and
@@ -159,6 +177,7 @@ class ArchiveSink:
         except BaseException:
             self._remove()
             raise
+        self._meta_size = len(meta)
         self._head = bytearray()  # the data set's first bytes, for the syntax check
         self.size = 0
         self.result: Adopted | None = None
@@ -200,6 +219,7 @@ class ArchiveSink:
         except OSError as exc:
             raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot write: {exc}"[:64]) from exc
         check_encoding(self._head, self.transfer_syntax, self.size)
+        check_structure(self.temp_path, self._meta_size, self.size, self.transfer_syntax)
         try:
             ds = pydicom.dcmread(self.temp_path, stop_before_pixels=True,
                                  defer_size=HEADER_DEFER_SIZE)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from ._vr import LONG_VRS
+
 __all__ = ["HEAD_SIZE", "VRS", "checked_encoding", "encoding_mismatch"]
 
 IMPLICIT_VR_LE: Final = "1.2.840.10008.1.2"
@@ -40,8 +42,7 @@ VRS: Final = frozenset(
         "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI "
         "UL UN UR US UT UV").split())
 #: VRs whose Explicit VR header is 12 bytes: 2 reserved bytes, then a 32-bit length.
-_LONG_VRS: Final = frozenset(vr.encode("ascii") for vr in
-                             "OB OD OF OL OV OW SQ UC UN UR UT UV".split())
+_LONG_VRS: Final = frozenset(vr.encode("ascii") for vr in LONG_VRS)
 #: Bytes of the data set's start :func:`encoding_mismatch` may need: one short Explicit VR
 #: element of the largest size and the header after it.
 HEAD_SIZE: Final = 8 + 0xFFFF + 8

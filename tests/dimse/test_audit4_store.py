@@ -6,6 +6,10 @@
   its pixels).
 * A Deflated data set of odd length went out as is; DCMTK aborts on the odd fragment (PS3.5
   A.5 pads it with one NUL).
+* A full disk or database while indexing left the received file in place, unindexed (it came
+  back at the next scan), and answered 0x0110; now nothing stays and the answer is A700.
+* A data set cut short (a value past the end, pixel data missing its end, encapsulated pixel
+  data without its delimiter) was stored with Success; the archive now answers 0xC000.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 
-from dimse import codec
+from dimse import codec, storage_scu
 from dimse.archive import FILE_MODE, Archive
 from dimse.connect import connect
+from dimse.messages import CStoreRSP
 from dimse.qr_scp import archive_server
 
 LE, BE, IMPLICIT = codec.EXPLICIT_VR_LE, codec.EXPLICIT_VR_BE, codec.IMPLICIT_VR_LE
@@ -152,3 +157,31 @@ def test_archive_files_get_the_usual_mode(tmp_path: Path) -> None:
         path = archive.store(ct(5))
     assert path.stat().st_mode & 0o777 == FILE_MODE
     assert FILE_MODE & 0o044  # readable by group and others under the usual umask 022
+
+
+# --------------------------------------------------------------------------- truncated data sets
+
+
+@pytest.mark.parametrize("cut", [1, 1000, 5000])
+async def test_the_archive_refuses_a_data_set_cut_short(tmp_path: Path, cut: int) -> None:
+    """pydicom reads such a file (it stops before the pixel data): without the structure walk
+    the archive answered Success and kept a file DCMTK cannot open."""
+    ds = ct(7)
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = bytes(64 * 64 * 2)
+    ds["PixelData"].VR = "OW"
+    with Archive(tmp_path / "store") as archive:
+        server = archive_server(archive, "QRSCP")
+        async with server, connect("127.0.0.1", server.port, called_ae="QRSCP",
+                                   sop_classes=[ds.SOPClassUID], dimse_timeout=10) as assoc:
+            sop_class, sop_instance, data, cx = storage_scu.prepare_store(assoc, ds)
+            rsp, _ = await assoc.request(cx, storage_scu.store_builder(
+                sop_class, sop_instance, 0, None), data[:-cut])
+            assert isinstance(rsp, CStoreRSP) and rsp.status == 0xC000
+            assert "(7FE0,0010)" in (rsp.error_comment or "")
+            assert await assoc.store(ds) == 0x0000  # the whole one is kept
+        assert [p.name for p in (tmp_path / "store").rglob("*.dcm")] == [
+            "1.2.826.0.1.3680043.2.1143.66.7.dcm"]
+        assert not list((tmp_path / "store").rglob(".tmp-*"))
