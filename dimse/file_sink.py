@@ -308,7 +308,14 @@ def _safe_name(uid: str) -> str:
 
 
 def file_sink_factory(folder: str | Path) -> SinkFactory:
-    """A :class:`SinkFactory` writing every received instance to ``folder/<SOPInstanceUID>.dcm``."""
+    """A :class:`SinkFactory` writing every received instance to ``folder/<SOPInstanceUID>.dcm``.
+
+    The data set is written as it arrives, never parsed: its File Meta Information (SOP Class
+    and Instance UID) comes from the C-STORE-RQ, and the file is kept when the store handler
+    returns a success or warning status. A handler that must not trust the peer checks the data
+    set against the command (``dataset.decode()``) and answers A900 when they differ, as
+    :func:`dimse.archive_store.archive_store_handler` does.
+    """
     target = Path(folder)
     spare = SpareFiles(target)
 
