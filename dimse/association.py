@@ -130,6 +130,7 @@ class Association(Invoker):
         self._error: AssociationError | None = None
         self._pending: dict[int, Operation] = {}
         self._drained: asyncio.Future[None] | None = None
+        self._releasing = False
         self._next_id = 0
         self._window: asyncio.Semaphore | None = None
         self._perform_limit = 1
@@ -190,6 +191,13 @@ class Association(Invoker):
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    async def wait_performed(self, timeout: float | None = None) -> None:
+        """Wait (at most ``timeout``) until the requests being performed have finished, e.g.
+        the handler tasks an abort cancelled, whose cleanup may still run."""
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
     # -- establishment ---------------------------------------------------------------------------
     async def established(self) -> Negotiated:
@@ -420,6 +428,11 @@ class Association(Invoker):
                 pass  # the association is gone; nothing to answer
             except Exception:
                 log.exception("performer for %r failed", message)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                self._handler_escaped(message, exc)
+                return
             if rest is None:
                 self._untrack(message, cancel)
                 self._maybe_release_response()
@@ -430,6 +443,15 @@ class Association(Invoker):
         if len(self._tasks) >= self._read_limit and not self._gate.backlog:
             self._gate.backlog = True
             self._gate.update()
+
+    def _handler_escaped(self, message: Message, exc: BaseException) -> None:
+        """A handler raised a BaseException that no service turns into a status: the request
+        cannot be answered, so the association is aborted at once (never left waiting)."""
+        log.error("performer for %r raised %s: aborting the association", message,
+                  type(exc).__name__, exc_info=exc)
+        self._fail(AssociationAborted(f"aborted: a handler raised {type(exc).__name__}",
+                                      source=AbortSource.SERVICE_USER, reason=0))
+        self.protocol.abort()
 
     def _track(self, request: RequestContext) -> asyncio.Event:
         """A fresh cancel event for the request (a reused message ID starts uncancelled)."""
@@ -459,6 +481,10 @@ class Association(Invoker):
             pass  # the association is gone; nothing to answer
         except Exception:
             log.exception("performer for %r failed", message)
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            self._handler_escaped(message, exc)
         finally:
             self._untrack(message, cancel)
 
@@ -566,14 +592,15 @@ class Association(Invoker):
         """A-RELEASE; aborts if the peer does not answer within ``timeout`` (default: DIMSE)."""
         if self._error is not None or self._closed.is_set() or self._released.done():
             return  # aborted, closed, or already released (by us or by the peer)
+        self._releasing = True  # new requests are refused from now on
         self._gate.closing = True  # read the A-RELEASE-RP whatever consumers lag
         self._gate.update()
-        await self._wait_outstanding(timeout or self.dimse_timeout)
-        if self._error is not None or self._closed.is_set() or self._released.done():
-            return  # lost (or released by the peer) while the last responses came
-        with contextlib.suppress(ProtocolError):
-            self.protocol.call(self.machine.release_request)
         try:
+            await self._wait_outstanding(timeout or self.dimse_timeout)
+            if self._error is not None or self._closed.is_set() or self._released.done():
+                return  # lost (or released by the peer) while the last responses came
+            with contextlib.suppress(ProtocolError):
+                self.protocol.call(self.machine.release_request)
             async with asyncio.timeout(timeout or self.dimse_timeout):
                 await asyncio.shield(self._released)
                 await self._closed.wait()
@@ -582,6 +609,10 @@ class Association(Invoker):
             raise DimseTimeout("no A-RELEASE-RP in time; association aborted") from exc
         except AssociationAborted:
             return  # the peer aborted instead of answering: nothing left to release
+        except asyncio.CancelledError:  # a graceful close cancelled falls back to an abort
+            self.abort()
+            self.protocol.close_transport()
+            raise
 
     def abort(self) -> None:
         """A-ABORT (source service-user); safe to call at any time."""

@@ -66,6 +66,9 @@ class Connector:
         return self._open().__await__()
 
     async def __aenter__(self) -> Association:
+        if self._assoc is not None:
+            raise RuntimeError("this connect() is already in an async with block; call "
+                               "connect() again for a second association")
         self._assoc = await self._open()
         return self._assoc
 
@@ -76,7 +79,11 @@ class Connector:
         if assoc is None:
             return
         if exc_type is None:
-            await assoc.release()
+            try:
+                await assoc.release()
+            except BaseException:  # cancelled or failed: never leave it open
+                _abort_and_close(assoc)
+                raise
         else:
             _abort_and_close(assoc)
 

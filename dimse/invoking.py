@@ -69,6 +69,7 @@ class Invoker:
     dimse_timeout: float | None
     _error: AssociationError | None
     _pending: dict[int, Operation]
+    _releasing: bool  # our release() has begun: no new request
     _drained: asyncio.Future[None] | None  # resolved when the last pending operation ends
     _next_id: int
     _window: asyncio.Semaphore | None
@@ -188,13 +189,12 @@ class Invoker:
                             ) -> tuple[int, Operation, asyncio.Semaphore | None]:
         """The first half of :meth:`request`: take a window slot and a message ID, send the
         request, start its DIMSE timer; :meth:`final_response` is the second half."""
-        window = self._window
-        if window is not None:
-            await window.acquire()
+        window = await self._take_slot()
         message_id = self._new_message_id()
         op = Operation(context.context_id, self._gate, self._loop,
                        timeout=self.dimse_timeout, expired=self._dimse_timeout,
                        watch=self._deadlines)
+        op.on_final = functools.partial(self._on_final, op, window)
         self._pending[message_id] = op
         try:
             await self.send_message(context.context_id, build(message_id), dataset)
@@ -230,13 +230,12 @@ class Invoker:
         responses are dropped until the final one, which frees the message ID and the window
         slot; ``cancel_on_exit`` also sends C-CANCEL for it.
         """
-        window = self._window
-        if window is not None:
-            await window.acquire()
+        window = await self._take_slot()
         message_id = self._new_message_id()
         op = Operation(context.context_id, self._gate, self._loop, buffer=buffer,
                        timeout=self.dimse_timeout, expired=self._dimse_timeout,
                        watch=self._deadlines)
+        op.on_final = functools.partial(self._on_final, op, window)
         self._pending[message_id] = op
         retire = functools.partial(self._retire, message_id, op, window)
         sent = False
@@ -257,14 +256,51 @@ class Invoker:
                 if cancel_on_exit:
                     await self._cancel_abandoned(context, message_id, op)
 
+    async def _take_slot(self) -> asyncio.Semaphore | None:
+        """A slot of the asynchronous operations window (None when there is no window); at
+        most the DIMSE timeout: a slot held by an operation whose responses nobody reads would
+        otherwise block every later request for good."""
+        if self._releasing:
+            raise AssociationError("association being released: no new request")
+        self._check_usable()
+        window = self._window
+        if window is None:
+            return None
+        try:
+            async with asyncio.timeout(self.dimse_timeout):
+                await window.acquire()
+        except TimeoutError as exc:
+            raise DimseTimeout(
+                f"no operation slot freed within {self.dimse_timeout} s (the asynchronous "
+                "operations window is full: is an operation's iterator left unread?)") from exc
+        return window
+
+    def _free_slot(self, op: Operation, window: asyncio.Semaphore | None) -> None:
+        if window is not None and not op.slot_freed:
+            op.slot_freed = True
+            window.release()
+
+    def _on_final(self, op: Operation, window: asyncio.Semaphore | None) -> None:
+        """The final response arrived: the operation no longer counts against the window or
+        a release, even if its consumer has not read it yet."""
+        self._free_slot(op, window)
+        self._check_drained()
+
     def _retire(self, message_id: int, op: Operation, window: asyncio.Semaphore | None) -> None:
         op.stop_timer()
+        op.release_hold()  # a consumer that left with responses buffered must not keep reading paused
         if self._pending.get(message_id) is op:
             del self._pending[message_id]
-            if window is not None:
-                window.release()
-            if not self._pending:
-                self._wake_drained()
+            self._free_slot(op, window)
+            self._check_drained()
+
+    def _outstanding(self) -> bool:
+        """Whether an operation still waits for its final response."""
+        return any(not op.final and op.error is None for op in self._pending.values())
+
+    def _check_drained(self) -> None:
+        if not self._outstanding():
+            self._wake_drained()
 
     def _wake_drained(self) -> None:
         drained = self._drained
@@ -275,7 +311,7 @@ class Invoker:
         """Wait until every operation we invoked has its final response (at most ``timeout``):
         a release must not overtake them (PS3.4 C.4.1.3: after a C-CANCEL the SCP still sends
         its final response). Past ``timeout`` the release goes ahead, and says so."""
-        if not self._pending or self._error is not None:
+        if not self._outstanding() or self._error is not None:
             return
         self._drained = self._loop.create_future()
         try:

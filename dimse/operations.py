@@ -118,8 +118,8 @@ class Operation:
     """One invoked operation: its response buffer, its DIMSE timer; see the module docstring."""
 
     __slots__ = ("_expired", "_loop", "_watch", "context_id", "draining", "error", "final", "gate",
-                 "high", "holding", "low", "on_retire", "responses", "suspended", "timeout",
-                 "timer", "timer_wanted", "waiter")
+                 "high", "holding", "low", "on_final", "on_retire", "responses", "slot_freed",
+                 "suspended", "timeout", "timer", "timer_wanted", "waiter")
 
     def __init__(self, context_id: int, gate: ReadGate, loop: asyncio.AbstractEventLoop, *,
                  buffer: int = DEFAULT_BUFFER, timeout: float | None = None,
@@ -137,6 +137,8 @@ class Operation:
         self.holding = False  # this operation keeps the gate paused
         self.draining = False  # abandoned by its consumer: drop responses until the final
         self.on_retire: Callable[[], None] | None = None  # run once when a draining op ends
+        self.on_final: Callable[[], None] | None = None  # run once when the final response came
+        self.slot_freed = False  # its asynchronous operations window slot was given back
         self.timeout = timeout
         self._expired = expired
         self._watch = watch
@@ -149,6 +151,9 @@ class Operation:
         if final:
             self.final = True
             self.stop_timer()
+            on_final, self.on_final = self.on_final, None
+            if on_final is not None:
+                on_final()
         elif self.timeout is not None:
             self.restart_timer()
         if self.draining:
@@ -200,6 +205,12 @@ class Operation:
             self.holding = False
             self.gate.release(self)
         return response
+
+    def release_hold(self) -> None:
+        """Stop holding the read gate (the operation ends, whatever its consumer did)."""
+        if self.holding:
+            self.holding = False
+            self.gate.release(self)
 
     def drain(self, on_retire: Callable[[], None]) -> None:
         """The consumer left: drop buffered and later responses; ``on_retire`` at the end."""

@@ -128,6 +128,9 @@ class Server:
         self.dimse_timeout = dimse_timeout
         self.idle_timeout = idle_timeout
         self.keepalive = keepalive
+        #: How long an ended association waits for its cancelled handlers' cleanup (close()
+        #: waits for these waits, within its own timeout).
+        self.handler_grace = 5.0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._associations: set[Association] = set()
@@ -216,6 +219,7 @@ class Server:
             if not assoc.protocol.closed.done():
                 assoc.protocol.close_transport()
                 await asyncio.wait([assoc.protocol.closed], timeout=1.0)
+            await assoc.wait_performed(timeout=self.handler_grace)  # cancelled handlers' cleanup
 
     async def _answer(self, assoc: Association, rq: AAssociateRQ) -> bool:
         """Accept or reject ``rq``; True when accepted (an association slot is then taken).
