@@ -299,7 +299,7 @@ class Invoker:
         return any(not op.final and op.error is None for op in self._pending.values())
 
     def _check_drained(self) -> None:
-        if not self._outstanding():
+        if self._drained is not None and not self._outstanding():  # only when awaited
             self._wake_drained()
 
     def _wake_drained(self) -> None:

@@ -59,8 +59,11 @@ def storage_context(assoc: Association, sop_class: str,
 def prepare_store(assoc: Association, ds: Dataset) -> PreparedStore:
     """What a C-STORE of ``ds`` sends: its UIDs, its encoding and the context it goes on.
 
-    A data set without a SOP Class or SOP Instance UID raises DataSetEncodeError naming it.
+    A data set without a SOP Class or SOP Instance UID raises DataSetEncodeError naming it;
+    anything but a pydicom Dataset raises TypeError.
     """
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"C-STORE takes a pydicom Dataset, not {type(ds).__name__}")
     for tag, keyword in _REQUIRED_UIDS:
         if tag not in ds:
             raise DataSetEncodeError(f"cannot C-STORE a data set without {keyword}", tag=tag)

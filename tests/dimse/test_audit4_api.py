@@ -206,3 +206,16 @@ async def test_one_connect_cannot_be_entered_twice() -> None:
                     pass  # pragma: no cover
             assert await first.echo() == 0
         assert not first.is_established
+
+
+async def test_storing_something_else_than_a_dataset_says_so() -> None:
+    registry = HandlerRegistry()
+    registry.on_store(lambda rq, ds, ctx: 0)
+    async with Server("SRV", handlers=registry) as server, connect(
+            "127.0.0.1", server.port, called_ae="SRV",
+            sop_classes=["1.2.840.10008.5.1.4.1.1.2"]) as assoc:
+        for wrong in (42, "x", None):
+            with pytest.raises(TypeError, match="pydicom Dataset, not"):
+                await assoc.store(wrong)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="pydicom Dataset, not int"):
+            await assoc.store_many([42])  # type: ignore[list-item]
