@@ -266,6 +266,9 @@ class Invoker:
         window = self._window
         if window is None:
             return None
+        if not window.locked():  # a slot is free: no wait, so no timer (the hot path)
+            await window.acquire()
+            return window
         try:
             async with asyncio.timeout(self.dimse_timeout):
                 await window.acquire()
