@@ -97,7 +97,6 @@ class Invoker:
         its first fragment, the association stays usable. Each wait for the peer to read is
         bounded by the DIMSE timeout (DimseTimeout, association aborted).
         """
-        self._check_usable()
         await self.send_encoded(context_id, commands.encode(message), dataset)
 
     async def send_encoded(self, context_id: int, command: bytes,
@@ -291,7 +290,7 @@ class Invoker:
 
     def _retire(self, message_id: int, op: Operation, window: asyncio.Semaphore | None) -> None:
         op.stop_timer()
-        op.release_hold()  # a consumer that left with responses buffered must not keep reading paused
+        op.release_hold()  # a consumer gone with responses buffered must not keep reading paused
         if self._pending.get(message_id) is op:
             del self._pending[message_id]
             self._free_slot(op, window)
