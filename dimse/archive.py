@@ -337,16 +337,32 @@ class Archive:
                 assert old is not None
                 source.unlink(missing_ok=True)
                 return Adopted(old, True)
-            # index first, then move, in one transaction: if either fails (a full disk, a
-            # full database) nothing is indexed and the file stays where it was, for the
-            # caller to remove, so a failed store never reappears at the next index()
-            with self._db:
-                self._index(ds, self._relative(target), source.stat(), replace=True)
-                os.replace(source, target)  # keeps mtime and size, which the index holds
+            self._place(ds, source, target, sop)
             _fsync_dir(target.parent)
         if old is not None and old != target:
             old.unlink(missing_ok=True)  # replaced a file stored under another name
         return Adopted(target, known)
+
+    def _place(self, ds: Dataset, source: Path, target: Path, sop: str) -> None:
+        """Index ``source`` under ``target``'s name, then move it there (lock held).
+
+        The index is committed first: if that fails (a full disk or database), nothing moved
+        and the caller removes ``source``, so a failed store never reappears at the next
+        :meth:`index`. If the move then fails, the new row is taken back (best effort; a row
+        left behind is dropped or corrected by the next :meth:`index`, which compares files).
+        """
+        with self._db:
+            self._index(ds, self._relative(target), source.stat(), replace=True)
+        try:
+            os.replace(source, target)  # keeps mtime and size, which the index holds
+        except BaseException:
+            try:
+                with self._db:
+                    self._db.execute("DELETE FROM instance WHERE sop_uid = ?", (sop,))
+                    self._prune()
+            except Exception:
+                log.exception("could not take back the index row of %s", sop)
+            raise
 
     def _target(self, ds: Dataset) -> Path:
         """The final path of an instance: ``<study>/<series>/<sop>.dcm`` (ValueError if a UID
@@ -505,11 +521,10 @@ class Archive:
                 pydicom.dcmwrite(fh, out, enforce_file_format=True)
                 fh.flush()
                 os.fsync(fh.fileno())
-            written, stat = _read(Path(tmp))
+            written, _stat = _read(Path(tmp))
             old = self.stored_path(sop)
-            with self._lock, self._db:  # indexed and moved together, or neither (see adopt)
-                self._index(written, self._relative(target), stat, replace=True)
-                os.replace(tmp, target)
+            with self._lock:
+                self._place(written, Path(tmp), target, sop)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -185,3 +185,56 @@ async def test_the_archive_refuses_a_data_set_cut_short(tmp_path: Path, cut: int
         assert [p.name for p in (tmp_path / "store").rglob("*.dcm")] == [
             "1.2.826.0.1.3680043.2.1143.66.7.dcm"]
         assert not list((tmp_path / "store").rglob(".tmp-*"))
+
+
+class _FailingCommit:
+    """The archive's connection, with every commit failing as a full disk makes it fail."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.db.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.db.rollback()
+            raise sqlite3.OperationalError("database or disk is full")
+        self.db.__exit__(*exc)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("how", ["store", "adopt"])
+def test_a_failed_commit_leaves_no_file_either(tmp_path: Path, how: str) -> None:
+    with Archive(tmp_path / "store") as archive:
+        archive.store(ct(1))
+        real = archive._db
+        if how == "adopt":
+            staged = tmp_path / "store" / "incoming.dcm"
+            pydicom.dcmwrite(staged, _with_meta(ct(8)), enforce_file_format=True)
+        archive._db = _FailingCommit(real)  # type: ignore[assignment]
+        try:
+            with pytest.raises(sqlite3.OperationalError):
+                if how == "store":
+                    archive.store(ct(8))
+                else:
+                    archive.adopt(staged)
+        finally:
+            archive._db = real
+        if how == "adopt":
+            staged.unlink()  # what the caller does with a source left in place
+        names = [p.name for p in (tmp_path / "store").rglob("*.dcm")]
+        assert names == ["1.2.826.0.1.3680043.2.1143.66.1.dcm"]
+        assert archive.index().added == 0
+
+
+def _with_meta(ds: Dataset) -> Dataset:
+    from pydicom.dataset import FileMetaDataset
+
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = LE
+    return ds
