@@ -517,24 +517,29 @@ class Association(ScuOperations):
 
     # -- ending ----------------------------------------------------------------------------------
     async def release(self, timeout: float | None = None) -> None:
-        """A-RELEASE; aborts if the peer does not answer within ``timeout`` (default: DIMSE)."""
+        """A-RELEASE, once every operation we invoked has its final response; aborts (and
+        raises DimseTimeout) when both have not happened within ``timeout`` in all (default:
+        the DIMSE timeout)."""
         if self._error is not None or self._closed.is_set() or self._released.done():
             return  # aborted, closed, or already released (by us or by the peer)
         self._releasing = True  # new requests are refused from now on
         self._gate.closing = True  # read the A-RELEASE-RP whatever consumers lag
         self._gate.update()
+        limit = timeout or self.dimse_timeout
+        waiting = "the final responses of the operations still outstanding"
         try:
-            await self._wait_outstanding(timeout or self.dimse_timeout)
-            if self._error is not None or self._closed.is_set() or self._released.done():
-                return  # lost (or released by the peer) while the last responses came
-            with contextlib.suppress(ProtocolError):
-                self.protocol.call(self.machine.release_request)
-            async with asyncio.timeout(timeout or self.dimse_timeout):
+            async with asyncio.timeout(limit):
+                await self._wait_outstanding()
+                if self._error is not None or self._closed.is_set() or self._released.done():
+                    return  # lost (or released by the peer) while the last responses came
+                with contextlib.suppress(ProtocolError):
+                    self.protocol.call(self.machine.release_request)
+                waiting = "the A-RELEASE-RP"
                 await asyncio.shield(self._released)
                 await self._closed.wait()
         except TimeoutError as exc:
             self.abort()
-            raise DimseTimeout("no A-RELEASE-RP in time; association aborted") from exc
+            raise DimseTimeout(f"no {waiting} within {limit} s; association aborted") from exc
         except AssociationAborted:
             return  # the peer aborted instead of answering: nothing left to release
         except asyncio.CancelledError:  # a graceful close cancelled falls back to an abort

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,8 +47,6 @@ from .services import ReceivedDataSet
 from .status import is_pending
 
 __all__ = ["Invoker", "Response", "is_final"]
-
-log = logging.getLogger(__name__)
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -275,6 +272,9 @@ class Invoker:
             raise DimseTimeout(
                 f"no operation slot freed within {self.dimse_timeout} s (the asynchronous "
                 "operations window is full: is an operation's iterator left unread?)") from exc
+        if self._releasing:  # the release began while we waited: the slot is not ours to use
+            window.release()
+            raise AssociationError("association being released: no new request")
         return window
 
     def _free_slot(self, op: Operation, window: asyncio.Semaphore | None) -> None:
@@ -309,21 +309,16 @@ class Invoker:
         if drained is not None and not drained.done():
             drained.set_result(None)
 
-    async def _wait_outstanding(self, timeout: float | None) -> None:
-        """Wait until every operation we invoked has its final response (at most ``timeout``):
-        a release must not overtake them (PS3.4 C.4.1.3: after a C-CANCEL the SCP still sends
-        its final response). Past ``timeout`` the release goes ahead, and says so."""
-        if not self._outstanding() or self._error is not None:
-            return
-        self._drained = self._loop.create_future()
-        try:
-            async with asyncio.timeout(timeout):
+    async def _wait_outstanding(self) -> None:
+        """Wait until every operation we invoked has its final response: a release must not
+        overtake them (PS3.4 C.4.1.3: after a C-CANCEL the SCP still sends its final
+        response). The caller bounds the wait."""
+        while self._outstanding() and self._error is None:
+            self._drained = self._loop.create_future()
+            try:
                 await self._drained
-        except TimeoutError:
-            log.warning("releasing with %d operation(s) still outstanding after %s s",
-                        len(self._pending), timeout)
-        finally:
-            self._drained = None
+            finally:
+                self._drained = None
 
     async def _cancel_abandoned(self, context: AcceptedContext, message_id: int,
                                 op: Operation) -> None:

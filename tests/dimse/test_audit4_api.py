@@ -219,3 +219,43 @@ async def test_storing_something_else_than_a_dataset_says_so() -> None:
                 await assoc.store(wrong)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="pydicom Dataset, not int"):
             await assoc.store_many([42])  # type: ignore[list-item]
+
+
+async def test_a_request_waiting_for_a_window_slot_does_not_slip_past_a_release() -> None:
+    served: list[int] = []
+
+    async def on_echo(rq: CEchoRQ, ctx: RequestContext) -> int:
+        served.append(rq.message_id)
+        await asyncio.sleep(0.3)
+        return 0
+
+    registry = HandlerRegistry()
+    registry.on_echo(on_echo)
+    async with Server("SRV", handlers=registry, async_window=(1, 1)) as server:
+        assoc = await connect("127.0.0.1", server.port, called_ae="SRV", dimse_timeout=10,
+                              async_window=(1, 1))
+        first = asyncio.ensure_future(assoc.echo())  # takes the only slot
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(assoc.echo())  # waits for it
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(assoc.release(), 5)
+        assert await first == 0
+        with pytest.raises(AssociationError, match="released"):
+            await second
+    assert len(served) == 1
+
+
+async def test_release_timeout_is_one_budget() -> None:
+    """Outstanding operations and the A-RELEASE-RP share ``timeout``: never twice it."""
+    server, _ = slow_echo_server(30)
+    async with server:
+        assoc = await connect("127.0.0.1", server.port, called_ae="SRV", dimse_timeout=20)
+        echo = asyncio.ensure_future(assoc.echo())
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(DimseTimeout, match="final responses"):
+            await assoc.release(timeout=0.5)
+        assert time.monotonic() - started < 1.5
+        with pytest.raises(AssociationAborted):
+            await echo
+        await assoc.aclose()
