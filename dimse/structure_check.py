@@ -7,11 +7,12 @@ value. An archive that keeps them keeps a file no other reader can open. :func:`
 walks the headers only (values are skipped by their lengths, never read) and names the first
 element that does not fit, or returns None:
 
-* every defined length must end inside its parent (data set, item or sequence value);
+* every defined length must end inside its parent (data set, item or sequence value), and the
+  items of an SQ of defined length are walked too (in Explicit VR, where SQ is known);
 * an undefined length is allowed on SQ, on UN (whose items are Implicit VR Little Endian,
-  PS3.5 6.2.2) and, in Implicit VR, on any element (read as a sequence of items), and on OB/OW
-  pixel data (encapsulated: items, then the
-  sequence delimiter); it must be closed by its delimiter before the end of its parent;
+  PS3.5 6.2.2) and, in Implicit VR, on any element (read as a sequence of items), and on Pixel
+  Data whatever its VR (encapsulated: fragments, then the sequence delimiter); it must be
+  closed by its delimiter before the end of its parent;
 * items hold (FFFE,E000) headers only; item and sequence delimiters appear only where they close
   something.
 
@@ -33,6 +34,7 @@ __all__ = ["MAX_DEPTH", "structure_problem"]
 MAX_DEPTH: Final = 64
 _UNDEFINED: Final = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
 _LONG_VRS: Final = frozenset(vr.encode("ascii") for vr in LONG_VRS)
 _SEQUENCE_LIKE: Final = frozenset({b"SQ", b"UN"})
 _STRUCTS: Final = {
@@ -89,6 +91,8 @@ class _Walker:
             if nxt > end:
                 raise _Broken(f"{_name(group << 16 | elem)} at offset {pos}: value of {length} "
                               f"bytes overruns the data set by {nxt - end}")
+            if vr == b"SQ" and length:  # its items are walked too, within its length
+                self.sequence(start, nxt, depth + 1, _name(group << 16 | elem), defined=True)
             pos = nxt
         if in_item:
             raise _Broken(f"item without its delimiter (ends at offset {end})")
@@ -103,6 +107,8 @@ class _Walker:
 
     def undefined(self, pos: int, start: int, end: int, tag: int, vr: bytes, depth: int) -> int:
         name = _name(tag)
+        if tag == _PIXEL_DATA:  # encapsulated, whatever VR it came with (OB, OW or UN)
+            return self.fragments(start, end, name)
         if vr == b"UN":  # its items are Implicit VR Little Endian (PS3.5 6.2.2)
             inner = _Walker(self.buf, True, True)
             return inner.sequence(start, end, depth + 1, name)
@@ -112,7 +118,8 @@ class _Walker:
             return self.fragments(start, end, name)
         raise _Broken(f"{name} at offset {pos}: undefined length on VR {vr.decode('latin-1')}")
 
-    def sequence(self, pos: int, end: int, depth: int, name: str) -> int:
+    def sequence(self, pos: int, end: int, depth: int, name: str, defined: bool = False) -> int:
+        """Walk items up to the sequence delimiter, or (``defined``) exactly up to ``end``."""
         if depth > MAX_DEPTH:
             raise _Broken(f"{name}: sequences nested deeper than {MAX_DEPTH}")
         tag_len = self.tag_len
@@ -120,6 +127,9 @@ class _Walker:
             group, elem, length = tag_len.unpack_from(self.buf, pos)
             tag = group << 16 | elem
             if tag == _SEQ_END:
+                if defined:  # tolerated inside a defined length, as readers do
+                    pos += 8
+                    continue
                 return pos + 8
             if tag != _ITEM:
                 raise _Broken(f"{name}: ({group:04X},{elem:04X}) at offset {pos} where an item "
@@ -132,6 +142,10 @@ class _Walker:
             else:
                 self.elements(pos + 8, pos + 8 + length, depth, False)
                 pos += 8 + length
+        if defined and pos == end:
+            return pos
+        if defined:
+            raise _Broken(f"{name}: {end - pos} bytes at offset {pos}: too few for an item header")
         raise _Broken(f"{name}: sequence without its delimiter")
 
     def fragments(self, pos: int, end: int, name: str) -> int:

@@ -111,3 +111,29 @@ def test_nesting_is_bounded() -> None:
     assert "nested deeper" in (structure_problem(deep, False, True) or "")
     ok = opening * 10 + closing * 10
     assert structure_problem(ok, False, True) is None
+
+
+def _explicit_short(tag: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def test_items_of_a_defined_length_sequence_are_walked() -> None:
+    code = _explicit_short(0x00080100, b"SH", b"C1")
+    item = _hdr(ITEM, len(code)) + code
+    whole = _explicit_long(0x00081032, b"SQ", len(item)) + item
+    assert structure_problem(whole, False, True) is None
+    overrun = bytearray(whole)
+    overrun[12 + 8 + 6:12 + 8 + 8] = struct.pack("<H", 40)  # the SH claims 40 bytes
+    assert "(0008,0100)" in (structure_problem(bytes(overrun), False, True) or "")
+    open_item = _hdr(ITEM, 0xFFFFFFFF) + code  # no item delimiter before the SQ ends
+    unclosed = _explicit_long(0x00081032, b"SQ", len(open_item)) + open_item
+    assert "item without its delimiter" in (structure_problem(unclosed, False, True) or "")
+    short = _explicit_long(0x00081032, b"SQ", len(item) + 4) + item + b"\0" * 4
+    assert "too few for an item header" in (structure_problem(short, False, True) or "")
+
+
+def test_pixel_data_of_undefined_length_is_fragments_whatever_its_vr() -> None:
+    frags = _hdr(ITEM, 0) + _hdr(ITEM, 4) + b"JPEG" + _hdr(SEQ_END, 0)
+    for vr in (b"OB", b"OW", b"UN"):
+        assert structure_problem(_explicit_long(0x7FE00010, vr, 0xFFFFFFFF) + frags,
+                                 False, True) is None
