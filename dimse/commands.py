@@ -23,6 +23,7 @@ Any byte string either decodes to a message or raises ``CommandDecodeError``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 from collections.abc import Callable
@@ -239,11 +240,10 @@ def _unknown(command_field: int, values: dict[int, memoryview]) -> UnknownComman
     for tag in (_TAG_AFFECTED_SOP_CLASS, _TAG_REQUESTED_SOP_CLASS):
         raw = values.get(tag)
         if raw is not None:
-            try:
+            with contextlib.suppress(CommandDecodeError):
                 sop_class = _ui(tag, raw) or None
-            except CommandDecodeError:
-                pass
-            break
+            if sop_class is not None:
+                break
     return UnknownCommandError(
         command_field, us(_TAG_MESSAGE_ID),
         has_dataset=None if data_set_type is None else data_set_type != 0x0101,

@@ -268,3 +268,10 @@ def test_template_writes_numbers_and_uids_as_codec_encode(uid: str, values: list
         assert IdentifierTemplate(keys, uid).encode(values) == expected
         assert IdentifierTemplate(keys, uid).encode([[v] if "\\" not in v else v.split("\\")
                                                      for v in values]) == expected
+
+
+def test_an_unreadable_affected_sop_class_falls_back_to_the_requested_one() -> None:
+    command = command_set((0x0002, b"\xff\xfe"), (0x0003, VERIFICATION.encode() + b"\0"),
+                          (0x0100, us(0x0110)), (0x0110, us(7)), (0x0800, us(0x0101)))
+    assert MessageAssembler().feed(pdv(command, 0x03)) == UnrecognizedRequest(
+        1, 0x0110, 7, VERIFICATION)
