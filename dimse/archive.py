@@ -343,7 +343,8 @@ class Archive:
             old.unlink(missing_ok=True)  # replaced a file stored under another name
         return Adopted(target, known)
 
-    def _place(self, ds: Dataset, source: Path, target: Path, sop: str) -> None:
+    def _place(self, ds: Dataset, source: Path, target: Path, sop: str,
+               stat: os.stat_result | None = None) -> None:
         """Index ``source`` under ``target``'s name, then move it there (lock held).
 
         The index is committed first: if that fails (a full disk or database), nothing moved
@@ -352,7 +353,7 @@ class Archive:
         left behind is dropped or corrected by the next :meth:`index`, which compares files).
         """
         with self._db:
-            self._index(ds, self._relative(target), source.stat(), replace=True)
+            self._index(ds, self._relative(target), stat or source.stat(), replace=True)
         try:
             os.replace(source, target)  # keeps mtime and size, which the index holds
         except BaseException:
@@ -521,10 +522,10 @@ class Archive:
                 pydicom.dcmwrite(fh, out, enforce_file_format=True)
                 fh.flush()
                 os.fsync(fh.fileno())
-            written, _stat = _read(Path(tmp))
+            written, stat = _read(Path(tmp))
             old = self.stored_path(sop)
             with self._lock:
-                self._place(written, Path(tmp), target, sop)
+                self._place(written, Path(tmp), target, sop, stat)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import warnings
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
@@ -24,6 +26,7 @@ from pydicom.filereader import read_dataset
 
 from dimse import codec, commands
 from dimse.assembly import MessageAssembler, MessageReceived, UnrecognizedRequest
+from dimse.association import Association
 from dimse.connect import connect
 from dimse.errors import CommandDecodeError, DataSetDecodeError, DataSetEncodeError
 from dimse.messages import CEchoRQ, CEchoRSP
@@ -123,13 +126,24 @@ def test_a_private_group_after_the_last_standard_one_still_encodes() -> None:
 # --------------------------------------------------------------------------- C-ECHO context
 
 
-async def test_echo_on_another_sop_class_context_is_refused() -> None:
-    registry = HandlerRegistry()
+@contextlib.asynccontextmanager
+async def ct_and_echo(registry: HandlerRegistry) -> AsyncIterator[Association]:
+    """An association with ``registry``'s server proposing CT storage and Verification."""
     registry.on_store(lambda rq, ds, ctx: 0)
     async with Server("SRV", handlers=registry) as server, connect(
             "127.0.0.1", server.port, called_ae="SRV", sop_classes=[CT, VERIFICATION],
             dimse_timeout=10) as assoc:
-        rsp, _ = await assoc.request(assoc.context_for(CT), lambda mid: CEchoRQ(message_id=mid))
+        yield assoc
+
+
+async def echo_on_ct(assoc: Association) -> CEchoRSP:
+    rsp, _ = await assoc.request(assoc.context_for(CT), lambda mid: CEchoRQ(message_id=mid))
+    return cast(CEchoRSP, rsp)
+
+
+async def test_echo_on_another_sop_class_context_is_refused() -> None:
+    async with ct_and_echo(HandlerRegistry()) as assoc:
+        rsp = await echo_on_ct(assoc)
         assert cast(CEchoRSP, rsp).status == 0x0122
         assert "presentation context" in (cast(CEchoRSP, rsp).error_comment or "")
         assert await assoc.echo() == 0  # the association is still fine
@@ -144,11 +158,8 @@ async def test_async_echo_handler_is_refused_on_the_wrong_context_too() -> None:
 
     registry = HandlerRegistry()
     registry.on_echo(on_echo)
-    registry.on_store(lambda rq, ds, ctx: 0)
-    async with Server("SRV", handlers=registry) as server, connect(
-            "127.0.0.1", server.port, called_ae="SRV", sop_classes=[CT, VERIFICATION],
-            dimse_timeout=10) as assoc:
-        rsp, _ = await assoc.request(assoc.context_for(CT), lambda mid: CEchoRQ(message_id=mid))
+    async with ct_and_echo(registry) as assoc:
+        rsp = await echo_on_ct(assoc)
         assert cast(CEchoRSP, rsp).status == 0x0122
         assert calls == []
         assert await assoc.echo() == 0
