@@ -159,7 +159,7 @@ class ArchiveSink:
     """
 
     def __init__(self, archive: Archive, request: CStoreRQ, transfer_syntax: str,
-                 source_ae: str = "") -> None:
+                 sending_ae: str = "", receiving_ae: str = "") -> None:
         self.archive = archive
         self.request = request
         self.transfer_syntax = transfer_syntax
@@ -172,7 +172,8 @@ class ArchiveSink:
         self._file = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
         try:
             meta = file_meta_bytes(request.affected_sop_class_uid,
-                                   request.affected_sop_instance_uid, transfer_syntax, source_ae)
+                                   request.affected_sop_instance_uid, transfer_syntax, sending_ae,
+                                   receiving_ae)
             self._file.write(meta)
         except BaseException:
             self._remove()
@@ -262,7 +263,8 @@ def archive_sink_factory(archive: Archive) -> SinkFactory:
     """A :class:`SinkFactory` streaming each received instance into ``archive``'s folder."""
 
     def open_sink(request: CStoreRQ, ctx: RequestContext) -> DataSetSink:
-        return ArchiveSink(archive, request, ctx.context.transfer_syntax, ctx.calling_ae)
+        return ArchiveSink(archive, request, ctx.context.transfer_syntax, ctx.calling_ae,
+                           ctx.called_ae)
 
     return open_sink
 

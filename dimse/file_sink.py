@@ -39,15 +39,28 @@ def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
     return _ELEMENT_SHORT.pack(0x0002, element, vr, len(value)) + value
 
 
+def _is_ae_value(title: str) -> bool:
+    """Whether ``title`` can be written as an AE value (PS3.5 Table 6.2-1): 1 to 16 characters of
+    the default repertoire, no backslash or control character. A peer's title that is not (the
+    Upper Layer reads titles as Latin-1) is left out of the file rather than failing the store."""
+    return 0 < len(title) <= 16 and title.isascii() and title.isprintable() and "\\" not in title
+
+
 def _pad(text: str, pad: bytes) -> bytes:
     raw = text.encode("ascii")
     return raw + pad if len(raw) % 2 else raw
 
 
 def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str,
-                    source_ae: str = "") -> bytes:
-    """Preamble, ``DICM`` and the group 0002 File Meta Information (PS3.10 7.1)."""
-    before, after = _meta_parts(sop_class, transfer_syntax, source_ae)
+                    sending_ae: str = "", receiving_ae: str = "") -> bytes:
+    """Preamble, ``DICM`` and the group 0002 File Meta Information (PS3.10 7.1).
+
+    For an instance received over a network, PS3.10 Table 7.1-1 names the peer that sent it
+    Sending Application Entity Title (0002,0017), the AE that received it Receiving Application
+    Entity Title (0002,0018), and the AE that wrote the file, which is the receiving one here,
+    Source Application Entity Title (0002,0016). Each is left out when its title is empty.
+    """
+    before, after = _meta_parts(sop_class, transfer_syntax, sending_ae, receiving_ae)
     instance = _meta_element(0x0003, b"UI", _pad(sop_instance, b"\x00"))
     length = len(before) + len(instance) + len(after)
     return b"".join((_PREAMBLE_DICM, _GROUP_LENGTH.pack(0x0002, 0, b"UL", 4, length), before,
@@ -59,9 +72,11 @@ _GROUP_LENGTH = struct.Struct("<HH2sHL")
 
 
 @functools.lru_cache(maxsize=256)
-def _meta_parts(sop_class: str, transfer_syntax: str, source_ae: str) -> tuple[bytes, bytes]:
+def _meta_parts(sop_class: str, transfer_syntax: str, sending_ae: str,
+                receiving_ae: str) -> tuple[bytes, bytes]:
     """The meta elements before and after (0002,0003): the same for every instance of a class
-    sent in one transfer syntax by one AE, so they are built once."""
+    sent in one transfer syntax by one AE to another, so they are built once."""
+    titles = ((0x0016, receiving_ae), (0x0017, sending_ae), (0x0018, receiving_ae))
     before = b"".join((
         _meta_element(0x0001, b"OB", b"\x00\x01"),
         _meta_element(0x0002, b"UI", _pad(sop_class, b"\x00")),
@@ -70,7 +85,8 @@ def _meta_parts(sop_class: str, transfer_syntax: str, source_ae: str) -> tuple[b
         _meta_element(0x0010, b"UI", _pad(transfer_syntax, b"\x00")),
         _meta_element(0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\x00")),
         _meta_element(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION_NAME, b" ")),
-        *((_meta_element(0x0016, b"AE", _pad(source_ae, b" ")),) if source_ae else ()),
+        *(_meta_element(element, b"AE", _pad(title, b" ")) for element, title in titles
+          if _is_ae_value(title)),
     ))
     return before, after
 
@@ -161,7 +177,8 @@ class FileSink:
                  "size")
 
     def __init__(self, folder: str | Path, request: CStoreRQ, transfer_syntax: str,
-                 source_ae: str = "", spare: SpareFiles | None = None) -> None:
+                 sending_ae: str = "", spare: SpareFiles | None = None, *,
+                 receiving_ae: str = "") -> None:
         uid = request.affected_sop_instance_uid
         name = _safe_name(uid)
         folder = os.fspath(folder)
@@ -170,7 +187,8 @@ class FileSink:
         self._path = os.path.join(folder, name + ".dcm")
         self._temp = ""  # named when needed (an anonymous temp file has no name)
         self._chunks: list[bytes | bytearray | memoryview] = [
-            file_meta_bytes(request.affected_sop_class_uid, uid, transfer_syntax, source_ae)]
+            file_meta_bytes(request.affected_sop_class_uid, uid, transfer_syntax, sending_ae,
+                            receiving_ae)]
         self._held = 0
         self._fd = -1
         self._spare = spare
@@ -320,6 +338,7 @@ def file_sink_factory(folder: str | Path) -> SinkFactory:
     spare = SpareFiles(target)
 
     def open_sink(request: CStoreRQ, ctx: RequestContext) -> FileSink:
-        return FileSink(target, request, ctx.context.transfer_syntax, ctx.calling_ae, spare)
+        return FileSink(target, request, ctx.context.transfer_syntax, ctx.calling_ae, spare,
+                        receiving_ae=ctx.called_ae)
 
     return open_sink

@@ -136,6 +136,11 @@ class RequestContext:
         return self.association.calling_ae
 
     @property
+    def called_ae(self) -> str:
+        """The AE title the peer called: ours, as this association knows it."""
+        return self.association.called_ae
+
+    @property
     def peer(self) -> tuple[str, int] | None:
         return self.association.peer
 

@@ -157,7 +157,8 @@ async def test_50mb_instance_streamed_with_flat_memory(archive: Archive, server:
     assert fm.TransferSyntaxUID == ExplicitVRLittleEndian
     assert fm.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
     assert fm.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
-    assert fm.SourceApplicationEntityTitle == "SENDER"
+    assert fm.SendingApplicationEntityTitle == "SENDER"
+    assert fm.SourceApplicationEntityTitle == fm.ReceivingApplicationEntityTitle == "QRSCP"
     assert back.PatientName == "Doe^Jane"
 
 
@@ -239,7 +240,7 @@ async def test_dcmtk_storescu_into_archive_server(archive: Archive, server: Serv
         stored = archive.stored_path(f"{ROOT}1.1.{10 + i}")
         assert stored is not None
         back = pydicom.dcmread(stored)
-        assert back.file_meta.SourceApplicationEntityTitle == "DCMTKSCU"
+        assert back.file_meta.SendingApplicationEntityTitle == "DCMTKSCU"
         assert back.PixelData == pydicom.dcmread(original).PixelData
     assert not [p for p in archive.storage_dir.iterdir() if p.suffix == ".part"]
 

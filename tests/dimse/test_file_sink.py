@@ -34,7 +34,8 @@ def test_file_meta_read_back_by_pydicom(instance: str, ae: str) -> None:
         assert meta.TransferSyntaxUID == ts
         assert meta.FileMetaInformationVersion == b"\x00\x01"
         assert meta.FileMetaInformationGroupLength == len(raw) - 132 - 12
-        assert meta.get("SourceApplicationEntityTitle", "") == ae
+        assert meta.get("SendingApplicationEntityTitle", "") == ae
+        assert "SourceApplicationEntityTitle" not in meta  # no receiving title given
         assert len(raw) % 2 == 0
 
 
