@@ -84,7 +84,7 @@ FILE_MODE: Final = _file_mode()
 
 #: Bump when what the index stores changes without a change of its DDL (the version written to
 #: ``PRAGMA user_version`` is derived from this and the DDL; see Archive._create_schema).
-SCHEMA_REVISION: Final = 4  # 4: shared rows keep values a later file lacks
+SCHEMA_REVISION: Final = 5  # 5: DA/TM/DT normalised value by value
 # A patient is (ID, issuer, name, birth date): two people sharing an ID stay apart. A series
 # is keyed within its study (series UIDs reused across studies occur in the field).
 _STRUCTURE: Final = {
@@ -159,14 +159,16 @@ class _DuplicateFile(ValueError):
 
 
 def _multi_value_indexes() -> list[str]:
-    """A partial index per stored STR/PN match column over its multi-valued rows (``\\`` in
-    the value), which matching's exact keys look up apart (see dimse.matching): a query then
-    visits those rows only, not the whole table."""
+    """A partial index per stored STR/PN/DA/TM/DT match column over its multi-valued rows
+    (``\\`` in the value), which matching's exact and date/time keys look up apart (see
+    dimse.matching): a query then visits those rows only, not the whole table."""
     out = []
+    suffix = {Kind.PN: "_f", Kind.TIME: "_n", Kind.DATETIME: "_n"}
     for attr in ATTRIBUTES.values():
-        if attr.computed or attr.kind not in (Kind.STR, Kind.PN):
+        if attr.computed or attr.kind not in (Kind.STR, Kind.PN, Kind.DATE, Kind.TIME,
+                                              Kind.DATETIME):
             continue
-        col = attr.column + ("_f" if attr.kind is Kind.PN else "")
+        col = attr.column + suffix.get(attr.kind, "")
         out.append(f"CREATE INDEX IF NOT EXISTS {attr.table}_{col}_multi ON {attr.table}({col}) "
                    f"WHERE instr({col}, '\\') > 0")
     return out
@@ -201,11 +203,12 @@ def _stored(ds: Dataset, column: str, attr: Attr) -> object:
     if column.endswith("_f"):
         return fold_pn(value)
     if column.endswith("_n") and attr.kind is Kind.DATETIME:
-        return datetime_bounds(value, _text(ds, "TimezoneOffsetFromUTC"))[0]
+        tz = _text(ds, "TimezoneOffsetFromUTC")
+        return "\\".join(datetime_bounds(v, tz)[0] for v in value.split("\\"))
     if column.endswith("_n"):
-        return time_bounds(value)[0]
+        return "\\".join(time_bounds(v)[0] for v in value.split("\\"))
     if attr.kind is Kind.DATE:
-        return date_norm(value)
+        return "\\".join(date_norm(v) for v in value.split("\\"))  # each value on its own
     if attr.kind is Kind.INT:
         try:
             return int(value)

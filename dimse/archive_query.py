@@ -35,7 +35,7 @@ from dimse.matching import (
     Cond,
     Kind,
     match_column,
-    match_datetime_pair,
+    match_datetime_pair_values,
     match_sequence,
 )
 from dimse.qr import MODELS, QR_LEVEL, SPECIFIC_CHARACTER_SET, UNIQUE_KEYS, Level, QueryModel
@@ -160,7 +160,7 @@ class Plan:
             if d_kw not in self.identifier or t_kw not in self.identifier:
                 continue
             alias = ALIAS[d.table]
-            cond = match_datetime_pair(f"{alias}.{d.column}", f"{alias}.{t.column}_n",
+            cond = match_datetime_pair_values(f"{alias}.{d.column}", f"{alias}.{t.column}_n",
                                        self.identifier[d_kw].value, self.identifier[t_kw].value)
             if cond is not None:
                 self.conds.append(cond)

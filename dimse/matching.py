@@ -34,6 +34,10 @@ Choices (conformance statement material):
   (:func:`any_value_matches`), which :func:`register_functions` adds to a connection. Exact
   keys on stored columns are ``cond OR id IN (multi-valued rows that match)`` so the column's
   index still serves them; wildcard keys use ``CASE WHEN instr(col, '\\') ...``.
+* A stored DA/TM/DT value with several values (normalised value by value, ``\\``-joined)
+  matches if one value is within the key's bounds: ``cond OR id IN (multi-valued rows
+  that match)`` through ``dicom_in_range``, so single-valued rows keep the column's index;
+  a combined DA+TM pair tries each date with each time (``dicom_pair_in_range``).
 * Sequence keys: one request item; its non-empty keys must all match within one item of the
   entity's sequence (only the item keys listed in the table are indexed; no nesting).
 * Values are always SQL parameters; the only SQL text built from the request is the fixed set
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import calendar
 import functools
+import json
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
@@ -61,6 +66,7 @@ __all__ = [
     "Attr",
     "Cond",
     "Kind",
+    "any_value_in_range",
     "any_value_matches",
     "date_norm",
     "datetime_bounds",
@@ -68,6 +74,7 @@ __all__ = [
     "fold_pn",
     "match",
     "match_datetime_pair",
+    "match_datetime_pair_values",
     "match_sequence",
     "register_functions",
     "time_bounds",
@@ -319,14 +326,27 @@ def _values(value: object) -> list[str]:
 
 
 def _range(col: str, lo: str | None, hi: str | None) -> Cond:
-    col = f"NULLIF({col}, '')"
+    """``col`` within [lo, hi]; an empty value never matches a bound (a non-empty ``lo``
+    already excludes ''), and the bare column keeps its index usable."""
     if lo and hi:
         return f"{col} BETWEEN ? AND ?", [lo, hi]
     if lo:
         return f"{col} >= ?", [lo]
     if hi:
-        return f"{col} <= ?", [hi]
+        return f"{col} > '' AND {col} <= ?", [hi]
     return "1", []
+
+
+def _bounds(kind: Kind, v: str, offset: str | None) -> tuple[str | None, str | None]:
+    """(low, high) normalised bounds of one DA/TM/DT key value (None where open)."""
+    if kind is Kind.DATETIME:
+        return datetime_key_bounds(v, offset)
+    lo, sep, hi = v.partition("-")
+    if not sep:
+        hi = lo
+    if kind is Kind.DATE:
+        return date_norm(lo) or None, date_norm(hi) or None
+    return time_bounds(lo)[0] if lo else None, time_bounds(hi)[1] if hi else None
 
 
 def _wild_glob(value: str) -> str:
@@ -350,14 +370,8 @@ def _match_one(kind: Kind, vr: str, col: str, v: str, offset: str | None = None)
             lo, _, hi = v.partition("-")
             return _range(col, date_norm(lo) or None, date_norm(hi) or None)
         return f"{col} = ?", [date_norm(v)]
-    if kind is Kind.DATETIME:
-        return _range(col, *datetime_key_bounds(v, offset))
-    if kind is Kind.TIME:
-        bounds = time_bounds
-        lo, sep, hi = v.partition("-")
-        if not sep:
-            hi = lo
-        return _range(col, bounds(lo)[0] if lo else None, bounds(hi)[1] if hi else None)
+    if kind in (Kind.DATETIME, Kind.TIME):
+        return _range(col, *_bounds(kind, v, offset))
     if kind is Kind.INT:
         try:
             return f"{col} = ?", [int(v)]
@@ -444,12 +458,32 @@ def match_column(attr: Attr, alias: str, value: object, *,
     if attr.kind in (Kind.STR, Kind.PN) and not (
             attr.vr in WILDCARD_VRS and any("*" in v or "?" in v for v in _values(value))):
         return _exact_column(attr, alias, column, value)
+    if attr.kind in _DATED:
+        return _dated_column(attr, alias, value, offset)
     col = f"{alias}.{attr.column}"
     if attr.kind is Kind.PN:
         col += "_f"
-    elif attr.kind in (Kind.TIME, Kind.DATETIME):
-        col += "_n"
     return match(attr.kind, attr.vr, col, value, offset=offset)
+
+
+_DATED: Final = frozenset({Kind.DATE, Kind.TIME, Kind.DATETIME})
+
+
+def _dated_column(attr: Attr, alias: str, value: object, offset: str | None) -> Cond | None:
+    """DA/TM/DT keys on a stored column: the plain condition (which the column's index can
+    serve) for single-valued rows, ``OR id IN`` the multi-valued rows (``\\`` in the
+    normalised column) of which one value is within the key's bounds (``dicom_in_range``).
+    A multi-valued row that meets the plain condition does so through its first value, so
+    the OR is exact."""
+    column = attr.column + ("_n" if attr.kind in (Kind.TIME, Kind.DATETIME) else "")
+    cond = match(attr.kind, attr.vr, f"{alias}.{column}", value, offset=offset)
+    values = _key_values(attr.vr, value)
+    if cond is None or values is None:
+        return None
+    bounds = json.dumps([_bounds(attr.kind, v, offset) for v in values])
+    return (f"({cond[0]} OR {alias}.id IN (SELECT id FROM {attr.table} WHERE "
+            f"instr({column}, '\\') > 0 AND {_RANGE_FUNCTION}({column}, ?)))",
+            [*cond[1], bounds])
 
 
 def _item_kind(keyword: str) -> tuple[Kind, str]:
@@ -483,9 +517,9 @@ def match_sequence(attr: Attr, alias: str, item: Iterable[tuple[str, object]]) -
             [p for _, ps in conds for p in ps])
 
 
-def match_datetime_pair(date_col: str, time_col: str, date_value: object,
-                        time_value: object) -> Cond | None:
-    """Combined date-time range matching of a DA+TM key pair (None if either is universal)."""
+def _pair_bounds(date_value: object, time_value: object
+                 ) -> tuple[str | None, str | None] | None:
+    """(low, high) ``YYYYMMDDHHMMSS.ffffff`` bounds of a DA+TM key pair (None: universal)."""
     dv = [v for v in _values(date_value) if v]
     tv = [v for v in _values(time_value) if v]
     if len(dv) != 1 or len(tv) != 1:
@@ -498,8 +532,32 @@ def match_datetime_pair(date_col: str, time_col: str, date_value: object,
         t_hi = t_lo
     lo = date_norm(d_lo) + (time_bounds(t_lo)[0] if t_lo else "000000.000000") if d_lo else None
     hi = date_norm(d_hi) + (time_bounds(t_hi)[1] if t_hi else "235959.999999") if d_hi else None
-    col = f"{date_col} || COALESCE(NULLIF({time_col}, ''), '000000.000000')"
-    return _range(f"({col})", lo, hi)
+    return lo, hi
+
+
+def _pair_column(date_col: str, time_col: str) -> str:
+    return f"({date_col} || COALESCE(NULLIF({time_col}, ''), '000000.000000'))"
+
+
+def match_datetime_pair(date_col: str, time_col: str, date_value: object,
+                        time_value: object) -> Cond | None:
+    """Combined date-time range matching of a DA+TM key pair (None if either is universal)."""
+    bounds = _pair_bounds(date_value, time_value)
+    return None if bounds is None else _range(_pair_column(date_col, time_col), *bounds)
+
+
+def match_datetime_pair_values(date_col: str, time_col: str, date_value: object,
+                               time_value: object) -> Cond | None:
+    """:func:`match_datetime_pair` that also serves rows whose date or time is multi-valued
+    (``\\`` in the column): one date joined with one time must be in the range
+    (``dicom_pair_in_range``, see :func:`register_functions`)."""
+    bounds = _pair_bounds(date_value, time_value)
+    if bounds is None:
+        return None
+    cond = _range(_pair_column(date_col, time_col), *bounds)
+    return (f"(CASE WHEN instr({date_col}, '\\') > 0 OR instr({time_col}, '\\') > 0 "
+            f"THEN {_PAIR_FUNCTION}({date_col}, {time_col}, ?, ?) ELSE {cond[0]} END)",
+            [*bounds, *cond[1]])
 
 
 _ANY_FUNCTION: Final = "dicom_any"
@@ -526,6 +584,44 @@ def any_value_matches(stored: object, keys: object, wild: object) -> int:
     return int(any(v and matches(v) for v in stored.split("\\")))
 
 
+_RANGE_FUNCTION: Final = "dicom_in_range"
+_PAIR_FUNCTION: Final = "dicom_pair_in_range"
+
+
+@functools.lru_cache(maxsize=512)
+def _ranges(bounds: str) -> tuple[tuple[str | None, str | None], ...]:
+    return tuple((lo, hi) for lo, hi in json.loads(bounds))
+
+
+def _within(v: str, lo: str | None, hi: str | None) -> bool:
+    return bool(v) and (lo is None or v >= lo) and (hi is None or v <= hi)
+
+
+def any_value_in_range(stored: object, bounds: object) -> int:
+    """SQLite ``dicom_in_range(stored, bounds)``: 1 if one value of the ``\\``-joined,
+    normalised DA/TM/DT ``stored`` lies within one of the JSON list of (low, high) ``bounds``
+    (None = open); empty values never match."""
+    if not isinstance(stored, str) or not isinstance(bounds, str):
+        return 0
+    ranges = _ranges(bounds)
+    return int(any(_within(v, lo, hi) for v in stored.split("\\") for lo, hi in ranges))
+
+
+def any_pair_in_range(dates: object, times: object, lo: object, hi: object) -> int:
+    """SQLite ``dicom_pair_in_range``: combined date-time matching of a row whose date or
+    time is multi-valued: 1 if one date joined with one time (midnight when there is none)
+    lies within [lo, hi] (None = open)."""
+    if not isinstance(dates, str):
+        return 0
+    clock = times.split("\\") if isinstance(times, str) and times else [""]
+    low = lo if isinstance(lo, str) else None
+    high = hi if isinstance(hi, str) else None
+    return int(any(d and _within(d + (t or "000000.000000"), low, high)
+                   for d in dates.split("\\") for t in clock))
+
+
 def register_functions(db: sqlite3.Connection) -> None:
     """Add the SQL functions the conditions of this module call to ``db``."""
     db.create_function(_ANY_FUNCTION, 3, any_value_matches, deterministic=True)
+    db.create_function(_RANGE_FUNCTION, 2, any_value_in_range, deterministic=True)
+    db.create_function(_PAIR_FUNCTION, 4, any_pair_in_range, deterministic=True)

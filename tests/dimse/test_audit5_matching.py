@@ -1,0 +1,138 @@
+"""Audit 5 of C-FIND matching (PS3.4 C.2.2.2, C.2.2.3): each test failed before its fix.
+
+Multi-valued DA/TM/DT stored values (any value matches), ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dimse.archive import Archive
+from dimse.qr import Level, QueryModel
+
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")
+
+SR = QueryModel.STUDY_ROOT
+CT = "1.2.840.10008.5.1.4.1.1.2"
+ROOT = "1.2.826.0.1.3680043.99.515."
+
+
+def instance(n: int, **values: object) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CT
+    ds.StudyInstanceUID = f"{ROOT}{n}"
+    ds.SeriesInstanceUID = f"{ROOT}{n}.1"
+    ds.SOPInstanceUID = f"{ROOT}{n}.1.1"
+    ds.PatientID = f"P{n}"
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def fill(arc: Archive, *datasets: Dataset) -> None:
+    """Index data sets straight into the archive (no files needed)."""
+    with arc._lock, arc._db:
+        for n, ds in enumerate(datasets):
+            arc._upsert(ds, f"x/{n}.dcm", ExplicitVRLittleEndian, 10, 0)
+
+
+def studies(arc: Archive, *, combined: bool = False, level: str = "STUDY",
+            **keys: object) -> list[int]:
+    """The numbers of the studies (or instances' studies) the keys match."""
+    ident = Dataset()
+    ident.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ident, keyword, value)
+    ident.StudyInstanceUID = ""
+    if level == "IMAGE":
+        ident.StudyInstanceUID = keys.pop("study")  # type: ignore[assignment]
+        ident.SeriesInstanceUID = ident.StudyInstanceUID + ".1"
+        ident.SOPInstanceUID = ""
+    found = arc.find(ident, SR, Level[level], datetime_matching=combined)
+    return sorted(int(str(ds.StudyInstanceUID).rsplit(".", 1)[-1]) for ds in found)
+
+
+# -- 1. multi-valued DA / TM / DT stored values ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    arc = Archive(tmp_path_factory.mktemp("audit5-dated"))
+    fill(arc,
+         instance(1, StudyDate=["20200101", "20210505"], StudyTime=["101010", "121212"]),
+         instance(2, StudyDate="20200101", StudyTime="101010.5"),
+         instance(3, StudyDate="2019.12.31\\20220202", StudyTime=["08", "2000"]),
+         instance(4, StudyDate="", StudyTime=""))
+    yield arc
+    arc.close()
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    ("20210505", [1]),
+    ("20200101", [1, 2]),
+    ("20210501-20210510", [1]),
+    ("20210101-", [1, 3]),
+    ("-20191231", [3]),
+    ("20220202", [3]),
+    ("20191231", [3]),
+    (["20000101", "20210505"], [1]),
+    ("20300101-", []),
+])
+def test_multi_valued_dates_match_on_any_value(dated: Archive, key: object,
+                                               expected: list[int]) -> None:
+    assert studies(dated, StudyDate=key) == expected
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    ("121212", [1]),
+    ("12", [1]),
+    ("1200-1300", [1]),
+    ("1010", [1, 2]),
+    ("20", [3]),
+    ("0800-0801", [3]),
+    ("1300-", [3]),
+    ("-0900", [3]),
+])
+def test_multi_valued_times_match_on_any_value(dated: Archive, key: str,
+                                               expected: list[int]) -> None:
+    assert studies(dated, StudyTime=key) == expected
+
+
+def test_multi_valued_dates_and_times_in_combined_matching(dated: Archive) -> None:
+    # 2021-05-05 with 10:10:10 or 12:12:12; 2019-12-31/2022-02-02 with 08:00 or 20:00
+    assert studies(dated, combined=True, StudyDate="20210505-", StudyTime="1200-") == [1, 3]
+    assert studies(dated, combined=True, StudyDate="20220202-20220202",
+                   StudyTime="1900-2100") == [3]
+    assert studies(dated, combined=True, StudyDate="-20200101", StudyTime="-0900") == [3]
+
+
+def test_multi_valued_datetimes_match_on_any_value(tmp_path_factory: pytest.TempPathFactory
+                                                   ) -> None:
+    arc = Archive(tmp_path_factory.mktemp("audit5-dt"))
+    fill(arc, instance(1, AcquisitionDateTime=["20200101120000", "20210505080000+0200"]),
+         instance(2, AcquisitionDateTime="20200101120000"))
+    try:
+        uid = f"{ROOT}1"
+        assert studies(arc, level="IMAGE", study=uid,
+                       AcquisitionDateTime="20210505060000+0000") == [1]
+        assert studies(arc, level="IMAGE", study=uid,
+                       AcquisitionDateTime="20210505-20210506") == [1]
+        assert studies(arc, level="IMAGE", study=uid, AcquisitionDateTime="2022-") == []
+    finally:
+        arc.close()
+
+
+def test_single_valued_dates_keep_their_index(dated: Archive) -> None:
+    """The multi-valued rows are found apart: single-valued rows still use study_date's
+    index (no scan of the study table)."""
+    from dimse.matching import ATTRIBUTES, match_column
+
+    cond = match_column(ATTRIBUTES["StudyDate"], "st", "20200101")
+    assert cond is not None
+    plan = " ".join(str(r) for r in dated._db.execute(
+        f"EXPLAIN QUERY PLAN SELECT st.id FROM study st WHERE {cond[0]}", cond[1]))
+    assert "INDEX study_date" in plan and "SCAN st " not in plan + " "
