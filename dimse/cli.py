@@ -71,18 +71,23 @@ class UserError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
+    # -v before or after the command: the command's own -v must not reset the first one to
+    # False (argparse copies a subparser's defaults over the namespace), hence SUPPRESS there.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser = argparse.ArgumentParser(prog="dimse", description=__doc__.splitlines()[0],
-                                     parents=[common])
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging")
+    parser = argparse.ArgumentParser(prog="dimse", description="DICOM command-line tools: "
+                                     "echo, find and qrscp.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def network(p: argparse.ArgumentParser) -> None:
         p.add_argument("-aet", "--calling-aet", default="DIMSE_PY", help="our AE title")
         p.add_argument("-aec", "--called-aet", default="ANY-SCP", help="the peer's AE title")
-        p.add_argument("--timeout", type=float, default=30.0, help="connect/DIMSE timeout (s)")
+        p.add_argument("--timeout", type=_timeout, default=30.0, metavar="SECONDS",
+                       help="connect/DIMSE timeout (default 30)")
         p.add_argument("host")
-        p.add_argument("port", type=int)
+        p.add_argument("port", type=_port)
 
     echo = sub.add_parser("echo", parents=[common], help="C-ECHO a peer")
     network(echo)
@@ -108,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     qrscp = sub.add_parser("qrscp", parents=[common], help="serve a folder as a Q/R SCP")
     qrscp.add_argument("--storage", required=True, help="folder of DICOM files (indexed)")
     qrscp.add_argument("--aet", required=True, help="our AE title")
-    qrscp.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
+    qrscp.add_argument("--port", type=_listen_port, required=True,
+                       help="TCP port (0: any free port)")
     qrscp.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     qrscp.add_argument("--db", default=None, help="index database (default in the folder)")
     qrscp.add_argument("--lenient", action="store_true",
@@ -133,6 +139,33 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _timeout(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"a timeout must be more than 0 seconds: {text!r}")
+    return value
+
+
+def _listen_port(text: str) -> int:
+    """argparse type: a TCP port to listen on, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 0 to 65535: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port to connect to, 1 to 65535."""
+    value = _listen_port(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("port 0 cannot be connected to")
+    return value
+
+
 def _count(text: str) -> int:
     """argparse type: an integer >= 0."""
     try:
@@ -145,10 +178,16 @@ def _count(text: str) -> int:
 
 
 def _identifier(keys: Sequence[str], model: QueryModel) -> Dataset:
-    try:
-        ds = apply_keys(parse_key(k) for k in keys)
-    except KeyError_ as exc:
-        raise UserError(f"bad -k key: {exc}", EXIT_USAGE) from None
+    """The identifier the ``-k`` keys describe; a key or value that cannot be used (such as
+    ``NumberOfStudyRelatedInstances=abc``, which pydicom refuses) is a usage error."""
+    ds = Dataset()
+    for key in keys:
+        try:
+            apply_keys([parse_key(key)], ds)
+        except KeyError_ as exc:
+            raise UserError(f"bad -k key: {exc}", EXIT_USAGE) from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise UserError(f"bad -k key {key!r}: {exc}", EXIT_USAGE) from None
     if QR_LEVEL not in ds:
         ds.QueryRetrieveLevel = MODELS[model].levels[0].value
     return ds
