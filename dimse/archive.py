@@ -84,7 +84,7 @@ FILE_MODE: Final = _file_mode()
 
 #: Bump when what the index stores changes without a change of its DDL (the version written to
 #: ``PRAGMA user_version`` is derived from this and the DDL; see Archive._create_schema).
-SCHEMA_REVISION: Final = 5  # 5: DA/TM/DT normalised value by value
+SCHEMA_REVISION: Final = 6  # 6: PN folded character for character
 # A patient is (ID, issuer, name, birth date): two people sharing an ID stay apart. A series
 # is keyed within its study (series UIDs reused across studies occur in the field).
 _STRUCTURE: Final = {

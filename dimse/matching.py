@@ -11,7 +11,8 @@ Choices (conformance statement material):
 * Wildcards ``*``/``?`` apply to AE, CS, LO, LT, PN, SH, ST, UC, UR, UT keys only; elsewhere they
   are literal characters (so a UI key with ``*`` matches nothing).
 * Matching is case-sensitive (SQLite GLOB) except PN: patient and physician names match
-  case-insensitively (Unicode upper-case of both sides, then LIKE ... ESCAPE), ``^`` and ``=``
+  case-insensitively (Unicode upper-case of both sides, character for character so that ``?``
+  stays one character: ``ß`` folds to ``ẞ``, not ``SS``; then LIKE ... ESCAPE), ``^`` and ``=``
   are literal, no accent or phonetic folding.
 * DA/TM/DT single values and ranges (``A-B``, ``A-``, ``-B``) compare as normalised strings; a
   partial time or datetime stands for its whole span (``10`` = 10:00:00 to 10:59:59.999999).
@@ -211,8 +212,18 @@ DATETIME_PAIRS: Final = (("StudyDate", "StudyTime"), ("SeriesDate", "SeriesTime"
 
 
 def fold_pn(value: str) -> str:
-    """The case-folded form PN matching compares (Unicode upper case)."""
-    return value.upper()
+    """The case-folded form PN matching compares: Unicode upper case, character for
+    character, so that ``?`` still stands for one character of the name (``ß`` -> ``ẞ``; a
+    character whose upper case is several, such as a ligature, is kept as it is)."""
+    folded = value.upper()
+    if len(folded) == len(value):
+        return folded
+    return "".join(_fold_char(c) for c in value)
+
+
+def _fold_char(c: str) -> str:
+    upper = c.upper()
+    return upper if len(upper) == 1 else "\u1e9e" if c == "\u00df" else c
 
 
 def date_norm(value: str) -> str:

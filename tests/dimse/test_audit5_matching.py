@@ -1,6 +1,7 @@
 """Audit 5 of C-FIND matching (PS3.4 C.2.2.2, C.2.2.3): each test failed before its fix.
 
-Multi-valued DA/TM/DT stored values (any value matches), ...
+Multi-valued DA/TM/DT stored values (any value matches), PN case folding that keeps ``?`` one
+character, ...
 """
 
 from __future__ import annotations
@@ -136,3 +137,30 @@ def test_single_valued_dates_keep_their_index(dated: Archive) -> None:
     plan = " ".join(str(r) for r in dated._db.execute(
         f"EXPLAIN QUERY PLAN SELECT st.id FROM study st WHERE {cond[0]}", cond[1]))
     assert "INDEX study_date" in plan and "SCAN st " not in plan + " "
+
+
+# -- 2. PN case folding keeps one character one character --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def names(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    arc = Archive(tmp_path_factory.mktemp("audit5-names"))
+    fill(arc, instance(1, PatientName="Straße^Hans", SpecificCharacterSet="ISO_IR 100"),
+         instance(2, PatientName="Strasse^Hans"),
+         instance(3, PatientName="Buc^Jérôme", SpecificCharacterSet="ISO_IR 100"))
+    yield arc
+    arc.close()
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    ("Stra?e^Hans", [1]),  # '?' is one character, also the German sharp s
+    ("STRA?E*", [1]),
+    ("stra??e^hans", [2]),  # two characters are not one
+    ("straße^hans", [1]),  # case-insensitive still
+    ("STRAẞE^HANS", [1]),  # capital sharp s
+    ("buc^j?r?me", [3]),
+    ("BUC^JÉRÔME", [3]),
+])
+def test_pn_wildcards_count_characters_after_folding(names: Archive, key: str,
+                                                     expected: list[int]) -> None:
+    assert studies(names, PatientName=key) == expected
