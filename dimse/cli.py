@@ -21,10 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import logging
+import os
 import signal
+import sqlite3
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, TextIO
@@ -48,6 +52,9 @@ log = logging.getLogger("dimse.cli")
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
+#: Exit code when stdout's reader went away (``dimse find ... | head``): 128 + SIGPIPE, what a
+#: C tool killed by SIGPIPE reports to the shell.
+EXIT_PIPE: Final = 141
 #: ``dimse qrscp --idle-timeout`` default: a stalled peer is dropped after 10 minutes.
 DEFAULT_IDLE_TIMEOUT: Final = 600.0
 
@@ -57,6 +64,10 @@ _REJECT_REASONS: Final = {
     (2, 1): "no reason given", (2, 2): "protocol version not supported",
     (3, 1): "temporary congestion", (3, 2): "local limit exceeded",
 }
+
+
+class _OutputClosed(Exception):
+    """stdout's reader closed the pipe (``dimse find ... | head``): stop quietly."""
 
 
 class UserError(Exception):
@@ -209,11 +220,30 @@ async def _echo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _emit(out: TextIO, text: str, *, flush: bool = False) -> None:
+    """Write to stdout; a closed pipe becomes :class:`_OutputClosed` (not an error to report,
+    and not to be confused with a peer's socket closing)."""
+    try:
+        out.write(text)
+        if flush:
+            out.flush()
+    except BrokenPipeError:
+        raise _OutputClosed from None
+
+
 def _write_match(out: TextIO, ds: Dataset, index: int, as_json: bool) -> None:
     if as_json:
-        out.write(("[\n" if index == 0 else ",\n") + json.dumps(ds.to_json_dict()))
+        _emit(out, ("[\n" if index == 0 else ",\n") + json.dumps(ds.to_json_dict()))
     else:
-        out.write(f"# match {index + 1}\n{ds}\n\n")
+        _emit(out, f"# match {index + 1}\n{ds}\n\n")
+
+
+def _stdout() -> TextIO:
+    """stdout, set to print a character its encoding lacks (an ASCII or Latin-1 terminal and a
+    Japanese patient name) as an escape instead of failing with UnicodeEncodeError."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+    return sys.stdout
 
 
 async def _find(args: argparse.Namespace) -> int:
@@ -224,7 +254,7 @@ async def _find(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1", EXIT_USAGE)
     mode = Mode.RELATIONAL if args.relational else Mode.LENIENT if args.lenient else Mode.STRICT
-    out = sys.stdout
+    out = _stdout()
     count = 0
     async with connect_qr(args.host, args.port, called_ae=args.called_aet,
                           calling_ae=args.calling_aet, models=[model],
@@ -235,9 +265,7 @@ async def _find(args: argparse.Namespace) -> int:
             async for ds in matches:
                 _write_match(out, ds, count, args.json)
                 count += 1
-    if args.json:
-        out.write("\n]\n" if count else "[]\n")
-    out.flush()
+    _emit(out, ("\n]\n" if count else "[]\n") if args.json else "", flush=True)
     log.info("%d match(es)", count)
     return EXIT_OK
 
@@ -249,7 +277,12 @@ async def _qrscp(args: argparse.Namespace) -> int:
     storage = Path(args.storage)
     if storage.exists() and not storage.is_dir():
         raise UserError(f"--storage {storage} is not a folder", EXIT_USAGE)
-    archive = Archive(storage, args.db)
+    try:
+        archive = Archive(storage, args.db)
+    except sqlite3.Error as exc:
+        db = args.db or storage / ".archive.sqlite"
+        raise UserError(f"cannot open the index database {db}: {exc} (a read-only folder? "
+                        "--db PATH puts the index elsewhere)") from None
     try:
         stats = await asyncio.to_thread(archive.index)
         for bad in stats.failed:
@@ -297,15 +330,39 @@ def _describe(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
 _COMMANDS: Final = {"echo": _echo, "find": _find, "qrscp": _qrscp}
 
 
+def _quiet_pydicom(args: argparse.Namespace) -> None:
+    """pydicom reports a doubtful value twice, as a log record and as a Python warning with a
+    line of its own source: keep the log record only. ``qrscp`` without -v also drops
+    pydicom's records below ERROR: they name no file (the archive reports each file it could
+    not index)."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+    if args.command == "qrscp" and not args.verbose:
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+def _stdout_to_devnull() -> None:
+    """After a closed pipe, point stdout at /dev/null so that the interpreter's final flush
+    does not print 'Exception ignored ... BrokenPipeError'."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dimse`` console script and ``python -m dimse``."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return run(_COMMANDS[args.command](args))  # uvloop when installed (extra "speed")
+        with warnings.catch_warnings():
+            _quiet_pydicom(args)
+            return run(_COMMANDS[args.command](args))  # uvloop when installed (extra "speed")
     except KeyboardInterrupt:
         return 130
+    except _OutputClosed:
+        _stdout_to_devnull()
+        return EXIT_PIPE
     except Exception as exc:
         line, code = _describe(exc, args)
         if args.verbose and not isinstance(exc, DicomError | OSError):

@@ -4,12 +4,23 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
 from dimse.cli import _parser, main
-from tests.peers import free_port
+from tests.peers import _wait_listening, free_port, make_ct, run_process, run_tool
 
 pytestmark = pytest.mark.timeout(120)
+ROOT = "1.2.826.0.1.3680043.10.4545.5."
 
 
 # --------------------------------------------------------------------------- arguments
@@ -57,3 +68,94 @@ def test_bad_key_value_is_a_usage_error(key: str, capsys: pytest.CaptureFixture[
     assert main(["find", "-k", key, "127.0.0.1", str(free_port())]) == 2
     err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith("dimse find: error: bad -k key") and key in err
+
+
+# --------------------------------------------------------------------------- output
+
+
+@pytest.fixture(scope="module")
+def qrscp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """``dimse qrscp`` on a folder with a non-ASCII patient name (UTF-8)."""
+    folder = tmp_path_factory.mktemp("audit5-cli")
+    make_ct(folder / "a.dcm", patient_id="P1", study_uid=ROOT + "1", series_uid=ROOT + "1.1",
+            sop_uid=ROOT + "1.1.1")
+    ds = pydicom.dcmread(folder / "a.dcm")
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Müller^Jürgen=山田^太郎"
+    ds.save_as(folder / "a.dcm")
+    port = free_port()
+    with run_process(_qrscp_args(folder, port), timeout=300) as proc:
+        _wait_listening(proc, port, 20)
+        yield port
+        assert proc.poll() is None, proc.output()
+
+
+def _qrscp_args(folder: Path, port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dimse", "qrscp", "--storage", str(folder), "--aet", "A5",
+            "--port", str(port), *extra]
+
+
+def _find_args(port: int) -> list[str]:
+    return [sys.executable, "-m", "dimse", "find", "-aec", "A5", "-k", "QueryRetrieveLevel=STUDY",
+            "-k", "PatientName", "-k", "StudyInstanceUID", "127.0.0.1", str(port)]
+
+
+def test_closed_stdout_pipe_is_quiet(qrscp: int) -> None:
+    """``dimse find ... | head`` printed 'error: [Errno 32] Broken pipe' and exited 1; now it
+    stops quietly with 141, what a C tool killed by SIGPIPE gives."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first match is printed
+    try:
+        proc = subprocess.run(_find_args(qrscp), stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""
+
+
+def test_non_ascii_names_on_an_ascii_stdout(qrscp: int) -> None:
+    """A Japanese patient name on an ASCII stdout was 'unexpected UnicodeEncodeError', exit 1,
+    and nothing printed; now the characters are escaped."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    r = subprocess.run(_find_args(qrscp), capture_output=True, text=True, timeout=60, env=env,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert "M\\xfcller^J\\xfcrgen=\\u5c71\\u7530^\\u592a\\u90ce" in r.stdout
+
+
+def test_pydicom_value_warning_is_one_log_line() -> None:
+    """A doubtful -k value was reported twice: pydicom's log record, then a raw Python warning
+    with a line of pydicom's source."""
+    r = run_tool([sys.executable, "-m", "dimse", "find", "-k", "StudyDate=garbage",
+                  "127.0.0.1", str(free_port())], timeout=60)
+    assert r.returncode == 1  # nothing listens there
+    assert "UserWarning" not in r.stderr and "warn_and_log" not in r.stderr, r.stderr
+    assert r.stderr.count("Invalid value for VR DA") == 1, r.stderr
+
+
+def test_qrscp_start_does_not_print_pydicom_noise(tmp_path: Path) -> None:
+    """Indexing a file whose encoding pydicom corrects printed a warning naming no file (and
+    the same again as a raw Python warning)."""
+    shutil.copy(get_testdata_file("SC_rgb_jpeg.dcm"), tmp_path / "mislabelled.dcm")
+    port = free_port()
+    with run_process(_qrscp_args(tmp_path, port), timeout=60) as proc:
+        _wait_listening(proc, port, 20)
+        deadline = time.monotonic() + 10
+        while "listening" not in proc.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out = proc.output()
+    assert "(1 new, 0 removed, 0 not indexed)" in out, out
+    assert "pydicom" not in out and "Warning" not in out, out
+
+
+def test_index_database_that_cannot_be_opened_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only folder (or a --db in a missing folder) was 'unexpected OperationalError:
+    unable to open database file', naming no file."""
+    db = tmp_path / "missing" / "index.sqlite"
+    code = main(["qrscp", "--storage", str(tmp_path), "--aet", "X", "--port", "0",
+                 "--db", str(db)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(db) in err and "--db" in err, err
