@@ -56,6 +56,7 @@ from dimse.matching import (
     datetime_bounds,
     fold_pn,
     register_functions,
+    strip_escapes,
     time_bounds,
 )
 from dimse.qr import Level, QueryModel
@@ -84,7 +85,7 @@ FILE_MODE: Final = _file_mode()
 
 #: Bump when what the index stores changes without a change of its DDL (the version written to
 #: ``PRAGMA user_version`` is derived from this and the DDL; see Archive._create_schema).
-SCHEMA_REVISION: Final = 6  # 6: PN folded character for character
+SCHEMA_REVISION: Final = 7  # 7: ISO 2022 escape sequences left by decoding dropped
 # A patient is (ID, issuer, name, birth date): two people sharing an ID stay apart. A series
 # is keyed within its study (series UIDs reused across studies occur in the field).
 _STRUCTURE: Final = {
@@ -195,11 +196,13 @@ def _stored(ds: Dataset, column: str, attr: Attr) -> object:
         seq = _elem(ds, attr.keyword)
         if seq is None or seq.VR != "SQ" or not seq.value:
             return None
-        items = [{k: _text(item, k) or "" for k in attr.items} for item in seq.value]
+        items = [{k: strip_escapes(_text(item, k) or "") for k in attr.items}
+                 for item in seq.value]
         return json.dumps(items, ensure_ascii=False)
     value = _text(ds, attr.keyword)
     if value is None:
         return None
+    value = strip_escapes(value)
     if column.endswith("_f"):
         return fold_pn(value)
     if column.endswith("_n") and attr.kind is Kind.DATETIME:
@@ -593,7 +596,8 @@ def _rows(ds: Dataset) -> list[tuple[str, dict[str, object]]]:
 
     ValueError if a value cannot be read (a forced read may hold undecodable elements)."""
     try:
-        name, birth = _text(ds, "PatientName") or "", _text(ds, "PatientBirthDate") or ""
+        name = strip_escapes(_text(ds, "PatientName") or "")
+        birth = _text(ds, "PatientBirthDate") or ""
         out: list[tuple[str, dict[str, object]]] = [("patient", {
             "patient_id": _text(ds, "PatientID") or "",
             "issuer": _text(ds, "IssuerOfPatientID") or "",

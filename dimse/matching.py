@@ -78,6 +78,7 @@ __all__ = [
     "match_datetime_pair_values",
     "match_sequence",
     "register_functions",
+    "strip_escapes",
     "time_bounds",
     "utc_offset",
 ]
@@ -326,13 +327,23 @@ def datetime_key_bounds(value: str, offset: str | None = None) -> tuple[str | No
             datetime_bounds(hi, offset)[1] if hi else None)
 
 
+_ESCAPE_RE: Final = re.compile("\x1b[\x20-\x2f]*[\x30-\x7e]?")
+
+
+def strip_escapes(text: str) -> str:
+    """``text`` without ISO 2022 escape sequences (PS3.5 6.1.2.5) that a decoder left in it:
+    pydicom 3.0 keeps ``ESC $ ) A`` of ISO 2022 IR 58 in the decoded text. After decoding an
+    escape sequence is no character of the value, so it is never matched nor stored."""
+    return _ESCAPE_RE.sub("", text) if "\x1b" in text else text
+
+
 def _values(value: object) -> list[str]:
     """Key value (str, number, MultiValue, PersonName...) -> stripped strings."""
     if value is None:
         return []
     if isinstance(value, list | tuple | MultiValue):
-        return [str(v).strip(" \0") for v in value]
-    text = str(value)
+        return [strip_escapes(str(v)).strip(" \0") for v in value]
+    text = strip_escapes(str(value))
     return [v.strip(" \0") for v in text.split("\\")] if text.strip(" \0") else []
 
 

@@ -1,17 +1,20 @@
 """Audit 5 of C-FIND matching (PS3.4 C.2.2.2, C.2.2.3): each test failed before its fix.
 
 Multi-valued DA/TM/DT stored values (any value matches), PN case folding that keeps ``?`` one
-character, ...
+character, ISO 2022 IR 58 text (pydicom leaves its escape sequence in decoded values), ...
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
 import pytest
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dimse import codec
 from dimse.archive import Archive
 from dimse.qr import Level, QueryModel
 
@@ -164,3 +167,61 @@ def names(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
 def test_pn_wildcards_count_characters_after_folding(names: Archive, key: str,
                                                      expected: list[int]) -> None:
     assert studies(names, PatientName=key) == expected
+
+
+# -- 3. ISO 2022 IR 58: escape sequences are no characters -------------------------------------
+
+IR58 = ["", "ISO 2022 IR 58"]
+# Zhang^XiaoDong=<ESC $ ) A>GB2312 "zhang"^<ESC $ ) A>GB2312 "xiaodong" (PS3.5 K.2 layout)
+IR58_NAME = b"Zhang^XiaoDong=\x1b$)A\xd5\xc5^\x1b$)A\xd0\xa1\xb6\xab"
+UTF8_NAME = "Zhang^XiaoDong=\u5f20^\u5c0f\u4e1c"
+
+
+@pytest.fixture(scope="module")
+def chinese(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    arc = Archive(tmp_path_factory.mktemp("audit5-ir58"))
+    ds = instance(1, SpecificCharacterSet=IR58)
+    ds.add(DataElement(0x00100010, "PN", IR58_NAME))
+    ds.add(DataElement(0x00081030, "LO", b"\x1b$)A\xd5\xc5"))
+    arc.store(ds)  # written and read back as a file: decoded with its character set
+    fill(arc, instance(2, PatientName="Li^Si=\u674e^\u56db", SpecificCharacterSet="ISO_IR 192"))
+    yield arc
+    arc.close()
+
+
+def test_ir58_values_are_indexed_and_returned_without_escapes(chinese: Archive) -> None:
+    assert studies(chinese, PatientName=UTF8_NAME) == [1]
+    assert studies(chinese, PatientName="*=\u5f20^*") == [1]
+    assert studies(chinese, StudyDescription="\u5f20") == [1]
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = f"{ROOT}1"
+    ident.PatientName = ""
+    ident.StudyDescription = ""
+    (found,) = list(chinese.find(ident, SR, Level.STUDY))
+    assert str(found.PatientName) == UTF8_NAME
+    assert found.StudyDescription == "\u5f20"
+    assert found.SpecificCharacterSet == "ISO_IR 192"
+
+
+def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b" "
+    return struct.pack("<HH2sH", group, element, vr, len(value)) + value
+
+
+def test_ir58_request_keys_match(chinese: Archive) -> None:
+    """A request in ISO 2022 IR 58 (as DCMTK sends it), decoded by our codec, matches."""
+    raw = (_element(0x0008, 0x0005, b"CS", b"\\ISO 2022 IR 58")
+           + _element(0x0008, 0x0052, b"CS", b"STUDY")
+           + _element(0x0010, 0x0010, b"PN", IR58_NAME)
+           + _element(0x0020, 0x000D, b"UI", b""))
+    ident = codec.decode(raw, ExplicitVRLittleEndian)
+    found = list(chinese.find(ident, SR, Level.STUDY))
+    assert [str(ds.StudyInstanceUID) for ds in found] == [f"{ROOT}1"]
+    # "*<ESC $ ) A>li*" against a name stored in UTF-8
+    raw_wild = raw.replace(_element(0x0010, 0x0010, b"PN", IR58_NAME),
+                           _element(0x0010, 0x0010, b"PN", b"*\x1b$)A\xc0\xee*"))
+    ident = codec.decode(raw_wild, ExplicitVRLittleEndian)
+    found = list(chinese.find(ident, SR, Level.STUDY))
+    assert [str(ds.StudyInstanceUID) for ds in found] == [f"{ROOT}2"]
