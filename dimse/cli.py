@@ -1,7 +1,7 @@
 """Command-line tools: ``dimse echo``, ``dimse find`` and ``dimse qrscp``.
 
     dimse qrscp --storage DIR --aet ARCHIVE --port 11112 [--bind ADDR] [--db PATH] \\
-        [--lenient] [--idle-timeout SECONDS] [--max-associations N]
+        [--lenient] [--idle-timeout SECONDS] [--max-associations N] [--rescan SECONDS]
     dimse find -S -k QueryRetrieveLevel=STUDY -k PatientName=SMITH* -k StudyInstanceUID \\
         -aec ARCHIVE 127.0.0.1 11112 [--json] [--limit N] [--lenient]
     dimse echo -aec ARCHIVE 127.0.0.1 11112
@@ -13,7 +13,9 @@ debug logging.
 ``dimse qrscp --idle-timeout`` (default 600 s, 0: never) aborts an association on which nothing
 has moved for that long while no request is in progress, such as a peer that sent part of a PDU
 header and stalled; ``--max-associations N`` rejects (RJ transient, "local limit exceeded") the
-associations beyond N at once, so stalled peers cannot take every slot.
+associations beyond N at once, so stalled peers cannot take every slot. The folder is indexed
+at start and then every ``--rescan`` seconds (default 60; 0: at start only), so files copied in
+or deleted by hand while it runs are found without a restart.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
 from pydicom.dataset import Dataset
 
@@ -45,6 +47,9 @@ from .errors import (
 from .keys import KeyError_, apply_keys, parse_key
 from .qr import MODELS, QR_LEVEL, Mode, QueryModel
 
+if TYPE_CHECKING:
+    from .archive import Archive
+
 __all__ = ["main"]
 
 log = logging.getLogger("dimse.cli")
@@ -57,6 +62,9 @@ EXIT_USAGE: Final = 2
 EXIT_PIPE: Final = 141
 #: ``dimse qrscp --idle-timeout`` default: a stalled peer is dropped after 10 minutes.
 DEFAULT_IDLE_TIMEOUT: Final = 600.0
+#: ``dimse qrscp --rescan`` default: files copied into or deleted from the folder by hand are
+#: found within a minute (an lstat per file; a changed file is re-read).
+DEFAULT_RESCAN: Final = 60.0
 
 _REJECT_REASONS: Final = {
     (1, 1): "no reason given", (1, 2): "application context name not supported",
@@ -136,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
                             f"mid-PDU (default {DEFAULT_IDLE_TIMEOUT:g}; 0: never)")
     qrscp.add_argument("--max-associations", type=_count, default=0, metavar="N",
                        help="reject associations beyond N at once (default 0: no limit)")
+    qrscp.add_argument("--rescan", type=_seconds, default=DEFAULT_RESCAN, metavar="SECONDS",
+                       help="index files added, changed or removed in the folder out of band "
+                            f"every SECONDS (default {DEFAULT_RESCAN:g}; 0: at start only)")
     return parser
 
 
@@ -283,11 +294,11 @@ async def _qrscp(args: argparse.Namespace) -> int:
         db = args.db or storage / ".archive.sqlite"
         raise UserError(f"cannot open the index database {db}: {exc} (a read-only folder? "
                         "--db PATH puts the index elsewhere)") from None
+    once = _OncePerMessage()
+    logging.getLogger("dimse.archive").addFilter(once)
     try:
         stats = await asyncio.to_thread(archive.index)
-        for bad in stats.failed:
-            log.warning("not indexed (not a regular, readable DICOM file with Study/Series/SOP "
-                        "Instance UIDs): %s", bad)
+        failed = _report_failed(stats.failed, frozenset())
         server = archive_server(archive, args.aet, host=args.bind, port=args.port,
                                 lenient=args.lenient, idle_timeout=args.idle_timeout or None,
                                 max_associations=args.max_associations or None)
@@ -295,15 +306,73 @@ async def _qrscp(args: argparse.Namespace) -> int:
             print(f"dimse qrscp: {args.aet} listening on {args.bind}:{server.port} "
                   f"({stats.added + stats.updated} new, {stats.removed} removed, "
                   f"{len(stats.failed) + len(stats.duplicates)} not indexed)", flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            rescans = asyncio.create_task(_rescan(archive, args.rescan, failed))
+            try:
+                await _stopped()
+            finally:
+                rescans.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await rescans
     finally:
+        logging.getLogger("dimse.archive").removeFilter(once)
         archive.close()
     return EXIT_OK
+
+
+async def _stopped() -> None:
+    """Return on SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _rescan(archive: Archive, every: float, failed: frozenset[Path]) -> None:
+    """Every ``every`` seconds (0: never), index the files added, changed or removed out of
+    band, and say so when something changed. A failing scan (say the disk is full) is
+    reported and the server goes on."""
+    while every:
+        await asyncio.sleep(every)
+        try:
+            stats = await asyncio.to_thread(archive.index)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("rescan of %s failed: %s", archive.storage_dir, exc)
+            continue
+        new_failures = len(set(stats.failed) - failed)
+        failed = _report_failed(stats.failed, failed)
+        if stats.added or stats.updated or stats.removed or new_failures:
+            print(f"dimse qrscp: rescan: {stats.added + stats.updated} new, "
+                  f"{stats.removed} removed, {new_failures} newly not indexed", flush=True)
+
+
+def _report_failed(failed: Sequence[Path], known: frozenset[Path]) -> frozenset[Path]:
+    """Warn about the files that could not be indexed, except those already reported by the
+    previous scan; the set to pass next time."""
+    for bad in failed:
+        if bad not in known:
+            log.warning("not indexed (not a regular, readable DICOM file with Study/Series/SOP "
+                        "Instance UIDs): %s", bad)
+    return frozenset(failed)
+
+
+class _OncePerMessage(logging.Filter):
+    """Lets each 'not indexed: ...' record of the archive through once: a rescan finds the same
+    duplicate SOP Instance UIDs again and need not warn about them every time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("not indexed:"):
+            return True
+        if message in self._seen:
+            return False
+        self._seen.add(message)
+        return True
 
 
 # --------------------------------------------------------------------------- errors and main

@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -159,3 +160,45 @@ def test_index_database_that_cannot_be_opened_is_one_line(
     assert code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(db) in err and "--db" in err, err
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def _study_uids(port: int) -> set[str]:
+    r = run_tool([sys.executable, "-m", "dimse", "find", "--json", "-aec", "A5", "-k",
+                  "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID", "127.0.0.1", str(port)],
+                 timeout=60)
+    assert r.returncode == 0, r.stderr
+    return {m["0020000D"]["Value"][0] for m in json.loads(r.stdout)}
+
+
+def _until(predicate: Callable[[], bool], what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.1)
+
+
+def test_files_added_and_removed_while_running_are_found(tmp_path: Path) -> None:
+    """The folder was indexed at start only: a file copied in while qrscp ran stayed invisible
+    and a deleted one kept matching until a restart. ``--rescan`` (default 60 s) indexes them;
+    a file that stays unreadable or duplicated is warned about once, not at every rescan."""
+    make_ct(tmp_path / "a.dcm", study_uid=ROOT + "1", series_uid=ROOT + "1.1",
+            sop_uid=ROOT + "1.1.1")
+    shutil.copy(tmp_path / "a.dcm", tmp_path / "a-copy.dcm")  # same SOP Instance UID
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    port = free_port()
+    with run_process(_qrscp_args(tmp_path, port, "--rescan", "0.2"), timeout=120) as proc:
+        _wait_listening(proc, port, 20)
+        assert _study_uids(port) == {ROOT + "1"}
+        make_ct(tmp_path / "b.dcm", patient_id="P2", study_uid=ROOT + "2",
+                series_uid=ROOT + "2.1", sop_uid=ROOT + "2.1.1")
+        (tmp_path / "a.dcm").unlink()
+        (tmp_path / "a-copy.dcm").unlink()
+        _until(lambda: _study_uids(port) == {ROOT + "2"}, "b.dcm found, a.dcm dropped")
+        _until(lambda: "rescan: 1 new, 1 removed" in proc.output(), "the rescan reported")
+        time.sleep(1)  # a few more rescans
+        out = proc.output()
+    assert out.count("notes.txt") == 1, out
+    assert out.count("SOP Instance UID already stored") == 1, out
