@@ -101,8 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def network(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-aet", "--calling-aet", default="DIMSE_PY", help="our AE title")
-        p.add_argument("-aec", "--called-aet", default="ANY-SCP", help="the peer's AE title")
+        p.add_argument("-aet", "--calling-aet", type=_ae_title, default="DIMSE_PY",
+                       help="our AE title")
+        p.add_argument("-aec", "--called-aet", type=_ae_title, default="ANY-SCP",
+                       help="the peer's AE title")
         p.add_argument("--timeout", type=_timeout, default=30.0, metavar="SECONDS",
                        help="connect/DIMSE timeout (default 30)")
         p.add_argument("host")
@@ -131,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
 
     qrscp = sub.add_parser("qrscp", parents=[common], help="serve a folder as a Q/R SCP")
     qrscp.add_argument("--storage", required=True, help="folder of DICOM files (indexed)")
-    qrscp.add_argument("--aet", required=True, help="our AE title")
+    qrscp.add_argument("--aet", type=_ae_title, required=True, help="our AE title")
     qrscp.add_argument("--port", type=_listen_port, required=True,
                        help="TCP port (0: any free port)")
     qrscp.add_argument("--bind", default="127.0.0.1", help="address to listen on")
@@ -158,6 +160,19 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"seconds must be >= 0 and finite: {text!r}")
+    return value
+
+
+def _ae_title(text: str) -> str:
+    """argparse type: an AE title, 1 to 16 printable ASCII characters without a backslash
+    (PS3.5 AE; outer spaces are not significant and are dropped). A ``qrscp --aet`` that no
+    peer can send was accepted, and every association then rejected."""
+    value = text.strip(" ")
+    if not value:
+        raise argparse.ArgumentTypeError("an AE title cannot be empty or only spaces")
+    if len(value) > 16 or "\\" in value or not all(" " <= c <= "~" for c in value):
+        raise argparse.ArgumentTypeError(
+            f"not an AE title (1 to 16 printable ASCII characters, no backslash): {text!r}")
     return value
 
 

@@ -202,3 +202,22 @@ def test_files_added_and_removed_while_running_are_found(tmp_path: Path) -> None
         out = proc.output()
     assert out.count("notes.txt") == 1, out
     assert out.count("SOP Instance UID already stored") == 1, out
+
+
+@pytest.mark.parametrize("title", ["", "   ", "X" * 17, "A\\B", "Ä5", "A\tB"])
+@pytest.mark.parametrize("option", [["qrscp", "--storage", "x", "--port", "0", "--aet"],
+                                    ["echo", "127.0.0.1", "104", "-aet"],
+                                    ["find", "127.0.0.1", "104", "-aec"]])
+def test_impossible_ae_titles_are_usage_errors(option: list[str], title: str) -> None:
+    """``qrscp --aet`` of 17 characters (or empty, or with a backslash) was accepted: the
+    server listened under a title no peer can send and rejected every association."""
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args([*option, title])
+    assert exc.value.code == 2
+
+
+def test_ae_title_outer_spaces_are_dropped() -> None:
+    args = _parser().parse_args(["qrscp", "--storage", "x", "--port", "0", "--aet", " A5 "])
+    assert args.aet == "A5"
+    args = _parser().parse_args(["echo", "-aec", "ARCHIVE ", "127.0.0.1", "104"])
+    assert args.called_aet == "ARCHIVE"
