@@ -63,12 +63,18 @@ VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
 @functools.cache
 def storage_sop_classes() -> tuple[str, ...]:
-    """Every storage SOP class pydicom knows (its UID dictionary), sorted."""
+    """Every storage SOP class pydicom knows (its UID dictionary), retired ones included, sorted.
+
+    Selected by "Storage" anywhere in the name: DX, MG, intra-oral, breast projection and IVOCT
+    classes end in "- For Presentation" / "- For Processing". Storage Commitment is no storage
+    class (it is N-ACTION/N-EVENT-REPORT).
+    """
     from pydicom._uid_dict import UID_dictionary
 
     return tuple(sorted(
         uid for uid, entry in UID_dictionary.items()
-        if entry[1] == "SOP Class" and entry[0].endswith("Storage") and "Retired" not in entry[0]
+        if entry[1] == "SOP Class" and "Storage" in entry[0]
+        and not entry[0].startswith("Storage Commitment")
     ))
 
 
