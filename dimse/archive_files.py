@@ -2,25 +2,32 @@
 a file's header without following symlinks or blocking on special files.
 
 A file without preamble or File Meta is read as found but kept only when it is clearly a
-composite instance (well-formed UIDs, a known transfer syntax).
+composite instance (well-formed UIDs, a known transfer syntax). A file cut short or malformed
+(see :mod:`dimse.structure_check`) is not kept, though pydicom reads it up to where it breaks.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import re
 import stat as st_mode
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from ._vr import LONG_VRS
+from .structure_check import structure_problem
+from .syntax_check import checked_encoding
 
 __all__ = ["HEADER_DEFER_SIZE", "read_header"]
 
@@ -36,6 +43,9 @@ _FIRST_GROUPS: Final = frozenset({0x0002, 0x0008})
 #: (implicit VR, little endian) of a data set read without File Meta -> its transfer syntax.
 _ENCODINGS: Final = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
                      (False, False): ExplicitVRBigEndian}
+_META_LONG_VRS: Final = frozenset(vr.encode("ascii") for vr in LONG_VRS)
+_U16: Final = struct.Struct("<H")
+_U32: Final = struct.Struct("<I")
 
 
 def _elem(ds: Dataset, keyword: str) -> DataElement | None:
@@ -130,11 +140,55 @@ def _read(path: Path) -> tuple[Dataset, os.stat_result]:
                 ds = pydicom.dcmread(fh, stop_before_pixels=True, defer_size=HEADER_DEFER_SIZE,
                                      force=True)
             _check(ds, path, strict)
+            _check_structure(fh, stat.st_size, ds)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
         except Exception as exc:
             raise ValueError(f"{path}: not a readable DICOM file: {exc}") from exc
     return ds, stat
+
+
+def _check_structure(fh: Any, size: int, ds: Dataset) -> None:
+    """ValueError when the file's data set is cut short or malformed (a value running past the
+    end of the file, pixel data missing its last bytes, a sequence without its delimiter):
+    pydicom reads such a file up to where it breaks, and the archive would serve it. The same
+    header walk as a received C-STORE gets (:mod:`dimse.structure_check`), in the encoding
+    pydicom actually read the body with."""
+    encoding = _read_encoding(ds)
+    if encoding is None or size == 0:
+        return
+    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
+        start = _data_set_start(view)
+        with view[start:] as body:
+            reason = structure_problem(body, *encoding)
+    if reason is not None:
+        raise ValueError(f"cut short or malformed: {reason} (data set from byte {start})")
+
+
+def _read_encoding(ds: Dataset) -> tuple[bool, bool] | None:
+    """(implicit VR, little endian) the body was read with: its first raw element's (pydicom
+    falls back to the other VR form when the declared one does not parse), else the transfer
+    syntax's; None when the body is not walked (deflated, unknown syntax)."""
+    expected = checked_encoding(_transfer_syntax(ds))
+    if expected is None:
+        return None
+    for tag in ds.keys():
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement):
+            return bool(elem.is_implicit_VR), bool(elem.is_little_endian)
+    return expected
+
+
+def _data_set_start(view: memoryview) -> int:
+    """Offset of the data set in a file: after the preamble, ``DICM`` and the File Meta
+    elements (group 0002, Explicit VR Little Endian), walked by their lengths."""
+    pos = 132 if view[128:132] == b"DICM" else 0
+    while pos + 8 <= len(view) and _U16.unpack_from(view, pos)[0] == 0x0002:
+        if bytes(view[pos + 4:pos + 6]) in _META_LONG_VRS and pos + 12 <= len(view):
+            pos += 12 + _U32.unpack_from(view, pos + 8)[0]
+        else:
+            pos += 8 + _U16.unpack_from(view, pos + 6)[0]
+    return pos
 
 
 def _forced_candidate(fh: Any) -> bool:

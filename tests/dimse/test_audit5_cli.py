@@ -17,6 +17,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from dimse.archive import Archive
+from dimse.archive_files import read_header
 from dimse.cli import _parser, main
 from tests.peers import _wait_listening, free_port, make_ct, run_process, run_tool
 
@@ -221,3 +223,33 @@ def test_ae_title_outer_spaces_are_dropped() -> None:
     assert args.aet == "A5"
     args = _parser().parse_args(["echo", "-aec", "ARCHIVE ", "127.0.0.1", "104"])
     assert args.called_aet == "ARCHIVE"
+
+
+@pytest.mark.parametrize("cut", ["header", "pixel data", "last byte"])
+def test_truncated_files_are_not_indexed(tmp_path: Path, cut: str) -> None:
+    """A file cut short (a copy interrupted, a full disk) was indexed and served: pydicom reads
+    it up to where it breaks. The archive's C-STORE already refused such data sets."""
+    whole = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    pixels = whole.index(b"\xe0\x7f\x10\x00")
+    end = {"header": 4000, "pixel data": pixels + 100, "last byte": len(whole) - 1}[cut]
+    (tmp_path / "cut.dcm").write_bytes(whole[:end])
+    (tmp_path / "whole.dcm").write_bytes(whole)
+    with pytest.raises(ValueError, match="cut short or malformed"):
+        read_header(tmp_path / "cut.dcm")
+    assert read_header(tmp_path / "whole.dcm").SOPInstanceUID
+    with Archive(tmp_path, tmp_path / "index.sqlite") as archive:
+        stats = archive.index()
+    assert stats.failed == (tmp_path / "cut.dcm",)
+
+
+def test_well_formed_test_files_stay_indexed() -> None:
+    """The structure check refuses only broken files: of pydicom's test files, only the two
+    made truncated on purpose are newly refused."""
+    refused = []
+    for name in sorted((Path(pydicom.data.__file__).parent / "test_files").glob("*.dcm")):
+        try:
+            read_header(name)
+        except ValueError as exc:
+            if "cut short" in str(exc):
+                refused.append(Path(name).name)
+    assert sorted(refused) == ["MR_truncated.dcm", "rtplan_truncated.dcm"]
