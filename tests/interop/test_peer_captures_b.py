@@ -288,6 +288,28 @@ CTN_FIND_FINAL_PDATA = bytes.fromhex(
     "00000000"
 )
 
+# our SCU (connect(..., async_window=(8, 8), roles={MR: (True, True)})) -> CTN simple_storage:
+# A-ASSOCIATE-RQ with Asynchronous Operations Window 8/8 and SCP/SCU Role Selection MR SCU 1, SCP 1
+OURS_ASYNC_ROLE_RQ_TO_CTN = bytes.fromhex(
+    "0100000001210001000043544e5343502020202020202020202044494d53455f50592020202020202020000000000000"
+    "000000000000000000000000000000000000000000000000000010000015312e322e3834302e31303030382e332e312e"
+    "312e312000004d0100000030000019312e322e3834302e31303030382e352e312e342e312e312e3440000013312e322e"
+    "3834302e31303030382e312e322e3140000011312e322e3834302e31303030382e312e325000006f5100000400010000"
+    "5200002a322e32352e313034363431363733393436323431363934353939393331303838363132363435343832395300"
+    "0004000800085400001d0019312e322e3834302e31303030382e352e312e342e312e312e3401015500000c44494d5345"
+    "5f50595f303130"
+)
+
+# CTN simple_storage's A-ASSOCIATE-AC to it: Role Selection MR SCU 1, SCP 0; no Asynchronous Operations
+# Window item (so 1/1, PS3.7 D.3.3.3)
+CTN_AC_ROLE_NO_ASYNC = bytes.fromhex(
+    "0200000000dd0001000043544e5343502020202020202020202044494d53455f50592020202020202020000000000000"
+    "000000000000000000000000000000000000000000000000000010000015312e322e3834302e31303030382e332e312e"
+    "312e312100001b0100000040000013312e322e3834302e31303030382e312e322e315000005d51000004000040005200"
+    "001d312e322e3834302e3131333635342e322e332e313939352e332e302e365500000f4d495243544e31314d41523230"
+    "30335400001d0019312e322e3834302e31303030382e352e312e342e312e312e340100"
+)
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -388,6 +410,7 @@ ROUND_TRIP = {
     "ours_rq_ctn": OURS_RQ_TO_CTN, "ctn_ac_ts_rejected": CTN_AC_TS_REJECTED,
     "ours_rq_ctn_j2k": OURS_RQ_TO_CTN_J2K, "ours_find_rq_ctn": OURS_FIND_RQ_TO_CTN,
     "ctn_find_final": CTN_FIND_FINAL_PDATA, "release_rq": RELEASE_RQ,
+    "ours_async_role_rq_ctn": OURS_ASYNC_ROLE_RQ_TO_CTN, "ctn_ac_role": CTN_AC_ROLE_NO_ASYNC,
 }
 for _name, _stream in {"gdcm_find": GDCM_PATIENT_FIND_PDATA, "gdcm_series": GDCM_SERIES_FIND_PDATA,
                        "gdcm_move": GDCM_MOVE_PDATA, "ctn_store": CTN_STORE_PDATA,
@@ -448,6 +471,16 @@ def test_ctn_acs_negotiate_as_ctn_answered() -> None:
     assert isinstance(rq, pdu.AAssociateRQ) and isinstance(ac, pdu.AAssociateAC)
     assert results(ac) == {1: 3, 3: 0, 5: 0}
     assert ac.user_information.max_length == 16384
+
+
+def test_ctn_ac_without_async_window_and_with_scu_only_role() -> None:
+    rq, ac = pdu.decode(OURS_ASYNC_ROLE_RQ_TO_CTN), pdu.decode(CTN_AC_ROLE_NO_ASYNC)
+    assert isinstance(rq, pdu.AAssociateRQ) and isinstance(ac, pdu.AAssociateAC)
+    negotiated = negotiated_from_ac(rq, ac)
+    assert negotiated.async_window == (1, 1)  # CTN does not answer the window: 1/1 (PS3.7 D.3.3.3)
+    [context] = negotiated.contexts.values()
+    assert (context.scu_role, context.scp_role) == (True, False)
+    assert negotiated.peer_implementation_version_name == "MIRCTN11MAR2003"
 
 
 def test_ctn_find_responses_decode_with_data_set_type_0102() -> None:
