@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from io import BufferedIOBase
 from typing import Any
 
-from pydicom.charset import encode_string
+from pydicom.charset import custom_encoders, encode_string
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -50,7 +50,7 @@ from dimse._vr import (
 )
 from dimse.errors import DataSetEncodeError
 
-__all__ = ["encode", "encode_text", "pad_text"]
+__all__ = ["check_encodable", "encode", "encode_text", "pad_text"]
 
 _MULTI = (list, tuple, MultiValue)
 _VR_BYTES = {vr: vr.encode("ascii") for vr in ALL_VRS}
@@ -60,14 +60,44 @@ class _Fallback(Exception):
     """Internal: let pydicom's own value writer handle this element."""
 
 
+def _fits(text: str, encoding: str) -> bool:
+    try:
+        if encoding in custom_encoders:
+            custom_encoders[encoding](text, errors="strict")
+        else:
+            text.encode(encoding)
+    except (UnicodeError, LookupError):
+        return False
+    return True
+
+
+def check_encodable(value: str, encodings: Sequence[str]) -> None:
+    """Refuse a value that no declared character set can hold (PS3.5 6.1.2).
+
+    pydicom writes such a value with '?' for each character it cannot encode, and only warns:
+    data lost in a C-STORE, and in a C-FIND identifier '?' is the one-character wildcard
+    (PS3.4 C.2.2.2.4), so the query silently matches more than was asked.
+    """
+    if value.isascii() or any(_fits(value, name) for name in encodings):
+        return
+    for char in value:  # pydicom also writes a value part by part, each in a set that holds it
+        if not any(_fits(char, name) for name in encodings):
+            raise DataSetEncodeError(
+                f"{char!a} in {value!a} is in none of the declared character sets "
+                f"({', '.join(encodings)}): declare one that holds it in Specific Character Set "
+                "(0008,0005), e.g. ISO_IR 192")
+
+
 def encode_text(value: str, encodings: tuple[str, ...]) -> bytes:
-    """Encode one text value as pydicom does for charset-aware VRs."""
+    """Encode one text value as pydicom does for charset-aware VRs; DataSetEncodeError (with no
+    tag: the caller adds it) for a character none of ``encodings`` holds."""
     codec = plain_codec(encodings)
     if codec is not None:
         try:
             return value.encode(codec)
         except UnicodeEncodeError:
             pass
+    check_encodable(value, encodings)
     return encode_string(value, list(encodings))
 
 
@@ -141,8 +171,10 @@ def _pn_bytes(pn: Any, enc: tuple[str, ...]) -> bytes:
         cached = pn.original_string
         if cached is not None and (pn.encodings is None or pn.encodings == enc):
             return cached
-        return pn.encode(enc)
-    return PersonName(pn).encode(enc)
+    else:
+        pn = PersonName(pn)
+    check_encodable(str(pn), enc)
+    return pn.encode(enc)
 
 
 def _pn(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:
@@ -452,6 +484,10 @@ class _Writer:
             raise DataSetEncodeError(f"unknown VR {vr!r}", tag=elem.tag)
         try:
             return fn(value, enc, elem.tag, self.e)
+        except DataSetEncodeError as exc:
+            if exc.tag is None:  # from encode_text / check_encodable: say which element
+                raise DataSetEncodeError(str(exc), tag=elem.tag) from None
+            raise
         except _Fallback:
             data = _pydicom_value(elem, enc, self.syn)
             if vr in BYTES_VRS and len(data) & 1:

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.valuerep import DSfloat
 
-from dimse._codec_encode import _Writer, deflate, encode_text
+from dimse._codec_encode import _Writer, check_encodable, deflate, encode_text
 from dimse._vr import (
     AMBIGUOUS_VRS,
     BYTES_VRS,
@@ -407,6 +407,8 @@ def _encode_str(s: str, enc: tuple[str, ...], charset: bool, vr: str) -> bytes:
     if vr == "PN":
         from pydicom.valuerep import PersonName
 
+        for v in s.split("\\"):
+            check_encodable(v, enc)
         return b"\\".join(PersonName(v).encode(list(enc)) for v in s.split("\\"))
     if vr in ("LT", "ST", "UT"):
         return encode_text(s, enc)

@@ -5,13 +5,24 @@ Each test is self-contained (no peer needed) and failed on the code before its f
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import AsyncIterator
+
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
+from dimse import codec
 from dimse.connect import connect
+from dimse.errors import DataSetEncodeError
+from dimse.qr import QueryModel
+from dimse.qr_scp import FindRequest, qr_server_contexts, register_find
+from dimse.qr_scu import QueryFailed, connect_qr
 from dimse.server import Server, default_contexts
 from dimse.services import HandlerRegistry, storage_sop_classes
+from dimse.template import IdentifierTemplate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,3 +65,96 @@ async def test_mammography_instance_can_be_stored() -> None:
         async with connect("127.0.0.1", server.port, called_ae="ARCHIVE",
                            sop_classes=[ds.SOPClassUID], dimse_timeout=5) as assoc:
             assert await assoc.store(ds) == 0
+
+
+# ----------------------------------------------------------------- characters outside the charset
+# Our SCU sent PatientName 'Люк*' declared ISO_IR 100 to Orthanc as '???*' (pydicom's replacement
+# characters, with a warning only): '?' is the C-FIND one-character wildcard, so 11 patients
+# matched instead of none. The same replacement silently changed C-STORE data sets.
+
+
+def _cyrillic_query() -> Dataset:
+    q = Dataset()
+    q.SpecificCharacterSet = "ISO_IR 100"  # Latin-1 declared ...
+    q.QueryRetrieveLevel = "PATIENT"
+    q.PatientID = ""
+    q.PatientName = "Люк*"  # ... but a Cyrillic value
+    return q
+
+
+@pytest.mark.parametrize("keyword", ["PatientName", "InstitutionName", "StudyDescription"])
+def test_a_value_no_declared_charset_holds_is_refused(keyword: str) -> None:
+    q = _cyrillic_query()
+    setattr(q, keyword, "Люк*")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no pydicom replacement warning either
+        with pytest.raises(DataSetEncodeError) as info:
+            codec.encode(q, codec.EXPLICIT_VR_LE)
+    assert info.value.tag == int(Tag(keyword))
+    assert "ISO_IR 192" in str(info.value)
+
+
+def test_template_refuses_it_too() -> None:
+    template = IdentifierTemplate(["PatientName", "InstitutionName"], codec.EXPLICIT_VR_LE,
+                                  specific_character_set="ISO_IR 100")
+    with pytest.raises(DataSetEncodeError):
+        template.encode(["Люк*", ""])
+    with pytest.raises(DataSetEncodeError):
+        template.encode(["", "Люк"])
+    assert b"\xc4neas" in template.encode(["\u00c4neas*", ""])  # Latin-1 still fine
+
+
+@pytest.mark.parametrize(("charset", "name"), [
+    ("ISO_IR 100", "\u00c4neas^Fran\u00e7ois"),
+    ("ISO_IR 192", "Люк^山田"),
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎"),
+    (["", "ISO 2022 IR 87"], "Yamada=Люк"),  # JIS X 0208 has Cyrillic letters
+    (["ISO 2022 IR 100", "ISO 2022 IR 144"], "\u00c4neas^Люк"),  # written part by part
+])
+def test_values_some_declared_charset_holds_still_encode(charset: str | list[str],
+                                                          name: str) -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = charset
+    ds.PatientName = name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = codec.encode(ds, codec.EXPLICIT_VR_LE)
+    assert str(codec.decode(data, codec.EXPLICIT_VR_LE).PatientName) == name
+
+
+async def test_scu_does_not_send_a_widened_query() -> None:
+    seen: list[str] = []
+
+    async def handler(request: FindRequest) -> AsyncIterator[Dataset]:
+        seen.append(str(request.identifier.PatientName))
+        return
+        yield
+
+    registry = HandlerRegistry()
+    register_find(registry, handler)
+    async with Server("QR", handlers=registry, contexts=qr_server_contexts(registry)) as server:
+        async with connect_qr("127.0.0.1", server.port, called_ae="QR", dimse_timeout=5) as assoc:
+            with pytest.raises(DataSetEncodeError):
+                [m async for m in assoc.find(_cyrillic_query(), model=QueryModel.PATIENT_ROOT)]
+            assert await assoc.echo() == 0  # refused locally: the association goes on
+    assert seen == []
+
+
+async def test_scp_handler_match_outside_its_charset_fails_the_find() -> None:
+    """A handler's match that its own charset cannot hold used to reach the SCU as '???'."""
+    async def handler(request: FindRequest) -> AsyncIterator[Dataset]:
+        match = Dataset()
+        match.SpecificCharacterSet = "ISO_IR 100"
+        match.QueryRetrieveLevel, match.PatientID, match.PatientName = "PATIENT", "1", "Люк"
+        yield match
+
+    registry = HandlerRegistry()
+    register_find(registry, handler)
+    query = Dataset()
+    query.QueryRetrieveLevel, query.PatientID, query.PatientName = "PATIENT", "", ""
+    async with Server("QR", handlers=registry, contexts=qr_server_contexts(registry)) as server:
+        async with connect_qr("127.0.0.1", server.port, called_ae="QR", dimse_timeout=5) as assoc:
+            with pytest.raises(QueryFailed) as info:
+                [m async for m in assoc.find(query, model=QueryModel.PATIENT_ROOT)]
+            assert info.value.status >> 12 == 0xC
+            assert "\\u041b" in str(info.value)  # the character, named in the ErrorComment
