@@ -190,8 +190,12 @@ def build_associate_rq(
     asynchronous operations window is not proposed unless ``async_window`` is given. Raises
     :class:`~pdu.errors.PduEncodeError` (a ValueError) for no or more than 128 contexts, a context
     without transfer syntax, a role or extended negotiation for a SOP class not proposed, or an
-    out-of-range number.
+    out-of-range number, and for an empty (all-space) AE title: PS3.8 9.3.2 forbids sending one.
     """
+    for title, name in ((called_ae, "called_ae"), (calling_ae, "calling_ae")):
+        if isinstance(title, str) and not title.strip(" "):
+            raise PduEncodeError(f"{name} is empty: an A-ASSOCIATE-RQ must name both AEs "
+                                 "(PS3.8 9.3.2: 16 spaces shall not be used)")
     items = _rq_context_items(contexts)
     _check_uint(max_pdu, _MAX_UINT32, "max_pdu")
     abstract = {_uid(pc.abstract_syntax) for pc in items}

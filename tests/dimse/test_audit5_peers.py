@@ -23,6 +23,7 @@ from dimse.qr_scu import QueryFailed, connect_qr
 from dimse.server import Server, default_contexts
 from dimse.services import HandlerRegistry, storage_sop_classes
 from dimse.template import IdentifierTemplate
+from pdu.errors import PduEncodeError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -158,3 +159,15 @@ async def test_scp_handler_match_outside_its_charset_fails_the_find() -> None:
                 [m async for m in assoc.find(query, model=QueryModel.PATIENT_ROOT)]
             assert info.value.status >> 12 == 0xC
             assert "\\u041b" in str(info.value)  # the character, named in the ErrorComment
+
+
+# ----------------------------------------------------------------- blank AE titles (audit 5, CLI)
+@pytest.mark.parametrize("titles", [{"called_ae": ""}, {"called_ae": "   "},
+                                    {"called_ae": "QR", "calling_ae": ""}])
+async def test_connect_refuses_a_blank_ae_title_before_sending(titles: dict[str, str]) -> None:
+    """16 spaces mean "no name" and shall not be sent (PS3.8 9.3.2); the RQ went out anyway."""
+    async with Server("QR") as server:
+        with pytest.raises(PduEncodeError, match="empty"):
+            async with connect("127.0.0.1", server.port, **titles):  # type: ignore[arg-type]
+                pass
+        assert not server.associations
