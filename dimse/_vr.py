@@ -19,6 +19,7 @@ from pydicom.charset import (
     need_tail_escape_sequence_encodings,
 )
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
+from pydicom.uid import UID
 
 from dimse.errors import DataSetDecodeError, DataSetEncodeError
 
@@ -95,12 +96,27 @@ def syntax_for_encode(uid: str) -> Syntax:
         raise DataSetEncodeError(f"unsupported transfer syntax {uid!r}") from None
 
 
+_JPIP_REFERENCED_DEFLATE: Final = "1.2.840.10008.1.2.4.95"
+
+
 def syntax_for_decode(uid: str) -> Syntax:
-    """The :class:`Syntax` for ``uid`` or a :class:`DataSetDecodeError`."""
+    """The :class:`Syntax` for ``uid`` or a :class:`DataSetDecodeError`.
+
+    Beyond the four native syntaxes, every transfer syntax pydicom knows as explicit VR little
+    endian (the encapsulated ones: JPEG, JPEG-LS, JPEG 2000, RLE, MPEG, HTJ2K...) is read as
+    such: PS3.5 A.4 encodes their data set that way, only Pixel Data being encapsulated (read as
+    undefined-length bytes, as pydicom keeps it).
+    """
+    key = str(uid).rstrip("\0 ")
     try:
-        return SYNTAXES[str(uid).rstrip("\0 ")]
+        return SYNTAXES[key]
     except KeyError:
-        raise DataSetDecodeError(f"unsupported transfer syntax {uid!r}") from None
+        pass
+    known = UID(key)
+    if known.is_transfer_syntax and known.is_little_endian and not known.is_implicit_VR:
+        # JPIP Referenced Deflate deflates its data set (PS3.5 A.6); pydicom 3.0 does not say so
+        return Syntax(key, False, True, known.is_deflated or key == _JPIP_REFERENCED_DEFLATE)
+    raise DataSetDecodeError(f"unsupported transfer syntax {uid!r}")
 
 
 # Precompiled headers, per byte order.

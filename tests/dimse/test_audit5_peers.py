@@ -7,21 +7,25 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from dimse import codec
+from dimse.archive import Archive
+from dimse.archive_store import archive_store_handler
 from dimse.connect import connect
-from dimse.errors import DataSetEncodeError
+from dimse.errors import DataSetDecodeError, DataSetEncodeError
 from dimse.qr import QueryModel
 from dimse.qr_scp import FindRequest, qr_server_contexts, register_find
 from dimse.qr_scu import QueryFailed, connect_qr
 from dimse.server import Server, default_contexts
-from dimse.services import HandlerRegistry, storage_sop_classes
+from dimse.services import HandlerRegistry, ReceivedDataSet, storage_sop_classes
 from dimse.template import IdentifierTemplate
 from pdu.errors import PduEncodeError
 
@@ -171,3 +175,82 @@ async def test_connect_refuses_a_blank_ae_title_before_sending(titles: dict[str,
             async with connect("127.0.0.1", server.port, **titles):  # type: ignore[arg-type]
                 pass
         assert not server.associations
+
+
+# ----------------------------------------------------------------- encapsulated transfer syntaxes
+# CTN's send_image stored RLE: a handler reading the data set (ReceivedDataSet.decode) got
+# "unsupported transfer syntax", and archive_store_handler without a sink answered 0xC000 to a
+# store its association had accepted. PS3.5 A.4: their data set is explicit VR little endian.
+SC = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _rle_sc() -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = SC, generate_uid()
+    ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "P1", generate_uid(), generate_uid()
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = bytes(range(16))
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    return ds
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm",
+                                  "JPEGLSNearLossless_16.dcm", "SC_rgb_jpeg_gdcm.dcm",
+                                  "JPEG2000-embedded-sequence-delimiter.dcm"])
+def test_encapsulated_data_sets_decode_as_pydicom_reads_them(name: str) -> None:
+    path = get_testdata_file(name)
+    original = pydicom.dcmread(path)
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    offset = 132 + 12 + original.file_meta.FileMetaInformationGroupLength  # after group 0002
+    back = codec.decode(raw[offset:], original.file_meta.TransferSyntaxUID)
+    assert back == original
+    assert back["PixelData"].is_undefined_length
+
+
+def test_unknown_transfer_syntax_still_refused() -> None:
+    with pytest.raises(DataSetDecodeError, match="unsupported transfer syntax"):
+        codec.decode(b"", "1.2.3.4.5")
+
+
+async def test_received_rle_data_set_decodes() -> None:
+    got: list[Exception | Dataset] = []
+
+    def on_store(rq: object, received: ReceivedDataSet, ctx: object) -> int:
+        try:
+            got.append(received.decode())
+        except Exception as exc:  # recorded for the assertion
+            got.append(exc)
+        return 0
+
+    registry = HandlerRegistry()
+    registry.on_store(on_store)
+    ds = _rle_sc()
+    async with Server("ARCHIVE", handlers=registry) as server:
+        async with connect("127.0.0.1", server.port, called_ae="ARCHIVE",
+                           contexts=[(SC, [RLELossless])]) as assoc:
+            assert await assoc.store(ds) == 0
+    assert isinstance(got[0], Dataset), got[0]
+    assert got[0].PixelData == ds.PixelData
+
+
+async def test_archive_store_handler_without_sink_stores_rle(tmp_path: Path) -> None:
+    archive = Archive(tmp_path)
+    registry = HandlerRegistry()
+    registry.on_store(archive_store_handler(archive))  # no sink: decoded in memory
+    ds = _rle_sc()
+    try:
+        async with Server("ARCHIVE", handlers=registry) as server:
+            async with connect("127.0.0.1", server.port, called_ae="ARCHIVE",
+                               contexts=[(SC, [RLELossless])]) as assoc:
+                assert await assoc.store(ds) == 0
+        stored = archive.stored_path(ds.SOPInstanceUID)
+        assert stored is not None
+        assert pydicom.dcmread(stored).PixelData == ds.PixelData
+    finally:
+        archive.close()
