@@ -252,7 +252,9 @@ def test_decode_accepts_memoryview_and_rejects_unknown_syntax() -> None:
         data, codec.EXPLICIT_VR_LE
     )
     with pytest.raises(DataSetDecodeError):
-        codec.decode(data, "1.2.840.10008.1.2.4.50")
+        codec.decode(data, "1.2.3.4.5")
+    # an encapsulated syntax's data set is explicit VR little endian (PS3.5 A.4)
+    assert codec.decode(data, "1.2.840.10008.1.2.4.50") == codec.decode(data, codec.EXPLICIT_VR_LE)
     with pytest.raises(DataSetEncodeError):
         codec.encode(Dataset(), "1.2.3")
 
