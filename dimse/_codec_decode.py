@@ -25,6 +25,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import IS, DSfloat, PersonName
 from pydicom.values import convert_ATvalue, convert_value
 
+from dimse._ir58 import IR58, IR58_ESCAPE, undesignate
 from dimse._vr import (
     ALL_VRS,
     AMBIGUOUS_VRS,
@@ -561,6 +562,8 @@ class _Parser:
         try:
             if vr == "AT":
                 return convert_ATvalue(raw, self.little)
+            if IR58 in enc and vr in CHARSET_VRS:
+                return _ir58_value(vr, rde, raw, enc)
             return convert_value(vr, rde, list(enc))
         except Exception as exc:
             if vr in ("DS", "IS"):  # a number even pydicom cannot hold (IS 'inf'): keep text
@@ -579,6 +582,14 @@ class _Parser:
             except Exception:  # pydicom would fail on access too: keep the raw bytes
                 continue
             ds._dict[elem.tag] = fixed
+
+
+def _ir58_value(vr: str, rde: RawDataElement, raw: bytes, enc: tuple[str, ...]) -> Any:
+    """A text value under ISO 2022 IR 58, read as PS3.5 Annex K writes it (see ``_ir58``)."""
+    if b"\x1b" not in raw and enc[0] == DEFAULT_ENCODING and not raw.isascii():
+        return convert_value(vr, rde, [IR58])  # GR bytes with no designation, as pydicom writes
+    value = convert_value(vr, rde, list(enc))
+    return undesignate(value) if IR58_ESCAPE in raw else value
 
 
 def decode(data: bytes | bytearray | memoryview, transfer_syntax_uid: str, *,

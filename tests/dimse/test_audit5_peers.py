@@ -5,6 +5,8 @@ Each test is self-contained (no peer needed) and failed on the code before its f
 
 from __future__ import annotations
 
+import struct
+import subprocess
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from dimse.archive import Archive
 from dimse.archive_store import archive_store_handler
 from dimse.connect import connect
 from dimse.errors import DataSetDecodeError, DataSetEncodeError
+from dimse.file_sink import file_meta_bytes
 from dimse.qr import QueryModel
 from dimse.qr_scp import FindRequest, qr_server_contexts, register_find
 from dimse.qr_scu import QueryFailed, connect_qr
@@ -28,6 +31,7 @@ from dimse.server import Server, default_contexts
 from dimse.services import HandlerRegistry, ReceivedDataSet, storage_sop_classes
 from dimse.template import IdentifierTemplate
 from pdu.errors import PduEncodeError
+from tests import peers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -254,3 +258,63 @@ async def test_archive_store_handler_without_sink_stores_rle(tmp_path: Path) -> 
         assert pydicom.dcmread(stored).PixelData == ds.PixelData
     finally:
         archive.close()
+
+
+# ----------------------------------------------------------------- ISO 2022 IR 58 (GB 2312)
+# PS3.5 Annex K's example, "Zhang^XiaoDong=张^小东=": each PN component group with Chinese text
+# designates GB 2312 to G1 again (ESC $ ) A) and writes it in GR. pydicom 3.0 wrote the GR bytes
+# with no designation (our own output read back as Latin-1 mojibake) and read a designated value
+# keeping ESC $ ) A in the text.
+IR58_CHARSET = ["", "ISO 2022 IR 58"]
+ANNEX_K_PN = b"Zhang^XiaoDong=\x1b$)A\xd5\xc5^\x1b$)A\xd0\xa1\xb6\xab"
+
+
+def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    value += b" " if len(value) % 2 else b""
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def test_ir58_pn_encodes_as_ps35_annex_k() -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = IR58_CHARSET
+    ds.PatientName = "Zhang^XiaoDong=张^小东="
+    data = codec.encode(ds, codec.EXPLICIT_VR_LE)
+    assert _element(0x0010, 0x0010, b"PN", ANNEX_K_PN) in data
+    template = IdentifierTemplate(["PatientName"], codec.EXPLICIT_VR_LE,
+                                  specific_character_set=IR58_CHARSET)
+    assert _element(0x0010, 0x0010, b"PN", ANNEX_K_PN) in template.encode(
+        ["Zhang^XiaoDong=张^小东="])
+
+
+def test_ir58_text_designates_before_its_first_chinese_character() -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = IR58_CHARSET
+    ds.InstitutionName = ["北京 Hospital", "Plain", "上海"]
+    data = codec.encode(ds, codec.EXPLICIT_VR_LE)
+    assert b"\x1b$)A\xb1\xb1\xbe\xa9 Hospital\\Plain\\\x1b$)A\xc9\xcf\xba\xa3" in data
+    assert list(codec.decode(data, codec.EXPLICIT_VR_LE).InstitutionName) == [
+        "北京 Hospital", "Plain", "上海"]
+
+
+@pytest.mark.parametrize("raw", [ANNEX_K_PN, ANNEX_K_PN.replace(b"\x1b$)A", b"")])
+def test_ir58_decodes_with_or_without_designations(raw: bytes) -> None:
+    """Designated as the standard writes it, or bare GR bytes as pydicom (and so pynetdicom)
+    wrote them: both read as the name, with no escape characters left in it."""
+    data = _element(0x0008, 0x0005, b"CS", b"\\ISO 2022 IR 58") + _element(
+        0x0010, 0x0010, b"PN", raw)
+    name = codec.decode(data, codec.EXPLICIT_VR_LE).PatientName
+    assert str(name) == "Zhang^XiaoDong=张^小东"
+    assert name.ideographic == "张^小东"
+
+
+def test_ir58_round_trip_is_what_dcmtk_reads(tmp_path: Path) -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = IR58_CHARSET
+    ds.SOPClassUID, ds.SOPInstanceUID = SC, "1.2.826.0.1.3680043.10.4343.58"
+    ds.PatientName = "Zhang^XiaoDong=张^小东"
+    path = tmp_path / "ir58.dcm"
+    path.write_bytes(file_meta_bytes(SC, ds.SOPInstanceUID, codec.EXPLICIT_VR_LE)
+                     + codec.encode(ds, codec.EXPLICIT_VR_LE))
+    dump = subprocess.run([peers.dcmtk("dcmdump"), "+U8", str(path)], capture_output=True,
+                          text=True, timeout=30, check=True).stdout
+    assert "[Zhang^XiaoDong=张^小东]" in dump
