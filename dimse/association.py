@@ -402,6 +402,8 @@ class Association(ScuOperations):
         """The accepted context a request arrived on; aborts when there is none."""
         cx = self.negotiated.contexts.get(context_id)
         if cx is None:
+            log.warning("aborting: request on presentation context %d, which was not accepted "
+                        "(PS3.8 Annex E)", context_id)
             self._fail(AssociationAborted(f"request on unaccepted context {context_id}"))
             self.protocol.abort()
         return cx

@@ -111,8 +111,13 @@ def _bad(elem: int, value: object, why: str) -> CommandEncodeError:
     return CommandEncodeError(f"{_ATTR[elem]}={value!r} {why}", tag=elem)
 
 
-def encode(msg: Message) -> bytes:
-    """Encode ``msg``'s command set (implicit VR LE, group length first, ascending tags)."""
+def encode(msg: Message, *, echo: bool = False) -> bytes:
+    """Encode ``msg``'s command set (implicit VR LE, group length first, ascending tags).
+
+    ``echo=True`` writes a UI, AE or LO value that is too long or holds a backslash as it is
+    (ASCII is still required): for a response repeating what the peer's request carried, which
+    the decoder accepts (a 65-character UID), rather than leaving the request unanswered.
+    """
     try:
         getter, plan, cf_element = _PLANS[type(msg)]
     except KeyError:
@@ -135,7 +140,7 @@ def encode(msg: Message) -> bytes:
             except (UnicodeEncodeError, AttributeError):
                 raise _bad(elem, value, "is not an ASCII string") from None
             size = len(raw)
-            if size > max_len or (kind == _K_UI and 92 in raw):  # 92: backslash
+            if (size > max_len or (kind == _K_UI and 92 in raw)) and not echo:  # 92: backslash
                 raise _bad(elem, value, f"is not a valid {_VR_NAME[elem]}")
             if size & 1:
                 raw += b"\x00" if kind == _K_UI else b" "

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,6 +50,8 @@ from .status import is_pending
 __all__ = ["Invoker", "Response", "is_final"]
 
 _E = TypeVar("_E", bound=BaseException)
+
+log = logging.getLogger(__name__)
 
 #: The responses that may be Pending (C-GET-RSP, C-FIND-RSP, C-MOVE-RSP).
 _MULTI_RESPONSE = frozenset({0x8010, 0x8020, 0x8021})
@@ -94,7 +97,30 @@ class Invoker:
         its first fragment, the association stays usable. Each wait for the peer to read is
         bounded by the DIMSE timeout (DimseTimeout, association aborted).
         """
-        await self.send_encoded(context_id, commands.encode(message), dataset)
+        await self.send_encoded(context_id, self._encode_command(message), dataset)
+
+    def _encode_command(self, message: Message) -> bytes:
+        """The command set of ``message``. A response echoing a value of the peer's request
+        that our encoder refuses (a UID over 64 characters...) is sent with the value as
+        received; one that cannot be encoded at all aborts the association: a request is never
+        left unanswered (PS3.7 9.3). Our own requests raise CommandEncodeError, nothing sent."""
+        try:
+            return commands.encode(message)
+        except commands.CommandEncodeError as exc:
+            if not message.command_field & 0x8000:
+                raise
+            try:
+                command = commands.encode(message, echo=True)
+            except commands.CommandEncodeError:
+                log.error("cannot encode %s (%s): aborting the association",
+                          type(message).__name__, exc)
+                self._fail(AssociationAborted(f"aborted: cannot encode a response ({exc})",
+                                              source=AbortSource.SERVICE_USER, reason=0))
+                self.protocol.abort()
+                raise AssociationAborted(f"aborted: cannot encode a response ({exc})") from exc
+            log.warning("%s sent with the request's value as received: %s",
+                        type(message).__name__, exc)
+            return command
 
     async def send_encoded(self, context_id: int, command: bytes,
                            dataset: bytes | memoryview | None = None) -> None:
@@ -156,7 +182,7 @@ class Invoker:
         protocol = self.protocol
         if self._send_lock.locked() or protocol.writing_paused:
             return False
-        for pdu_bytes in fragment(context_id, commands.encode(message), None,
+        for pdu_bytes in fragment(context_id, self._encode_command(message), None,
                                   self.negotiated.peer_max_pdu):
             protocol.send_pdata_bytes(pdu_bytes)
         self._idle.last_activity = self._loop.time()

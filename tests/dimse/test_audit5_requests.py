@@ -1,0 +1,212 @@
+"""Requests as GDCM and CTN sent them (audit 5), replayed over a raw socket.
+
+A request carrying a UID our command encoder refuses (over 64 characters, a backslash) used to
+get no response at all: the response echoing it could not be encoded, the error was logged and
+the peer waited forever. A request on a presentation context we rejected was aborted without a
+word in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+
+from dimse import commands
+from dimse.messages import CEchoRSP, CommandField, CStoreRSP
+from dimse.server import Server
+from dimse.services import HandlerRegistry, RequestContext
+from pdu import AAbort, PDataTF
+from pdu import decode as decode_pdu
+
+pytestmark = pytest.mark.timeout(30)
+
+SC = b"1.2.840.10008.5.1.4.1.1.7"
+VERIFICATION = b"1.2.840.10008.1.1"
+FIND = b"1.2.840.10008.5.1.4.1.2.1.1"  # not offered by a bare Server
+IMPLICIT = b"1.2.840.10008.1.2"
+LONG_UID = b"1.2.826.0.1.3680043.8.498.49043964482360854182530167603505525116.9"  # 66 chars
+
+
+def _item(kind: int, body: bytes) -> bytes:
+    return struct.pack(">BxH", kind, len(body)) + body
+
+
+def _el(group: int, elem: int, value: bytes) -> bytes:  # implicit VR LE, padded even
+    if len(value) % 2:
+        value += b"\x00"
+    return struct.pack("<HHL", group, elem, len(value)) + value
+
+
+def _us(value: int) -> bytes:
+    return struct.pack("<H", value)
+
+
+def _command(*elements: bytes) -> bytes:
+    rest = b"".join(elements)
+    return _el(0, 0, struct.pack("<L", len(rest))) + rest
+
+
+def _pdata(context_id: int, control: int, data: bytes) -> bytes:
+    pdv = struct.pack(">LBB", len(data) + 2, context_id, control) + data
+    return struct.pack(">BxL", 4, len(pdv)) + pdv
+
+
+def _associate_rq(*abstract: bytes) -> bytes:
+    contexts = b"".join(
+        _item(0x20, bytes([2 * i + 1, 0, 0, 0]) + _item(0x30, uid) + _item(0x40, IMPLICIT))
+        for i, uid in enumerate(abstract))
+    body = (struct.pack(">HH", 1, 0) + b"ARCHIVE".ljust(16) + b"PEER".ljust(16) + bytes(32)
+            + _item(0x10, b"1.2.840.10008.3.1.1.1") + contexts
+            + _item(0x50, _item(0x51, struct.pack(">L", 16384))))
+    return struct.pack(">BxL", 1, len(body)) + body
+
+
+class _Peer:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def pdu(self) -> bytes:
+        header = await asyncio.wait_for(self.reader.readexactly(6), 5)
+        return header + await asyncio.wait_for(
+            self.reader.readexactly(struct.unpack(">L", header[2:])[0]), 5)
+
+
+@pytest.fixture
+async def archive_peer() -> AsyncIterator[tuple[_Peer, list[str]]]:
+    stored: list[str] = []
+
+    def keep(rq: object, ds: object, ctx: object) -> int:
+        stored.append(getattr(rq, "affected_sop_instance_uid", ""))
+        return 0
+
+    registry = HandlerRegistry()
+    registry.on_store(keep)
+    async with Server("ARCHIVE", handlers=registry) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        peer = _Peer(reader, writer)
+        try:
+            writer.write(_associate_rq(SC, VERIFICATION, FIND))
+            assert (await peer.pdu())[0] == 0x02  # A-ASSOCIATE-AC
+            yield peer, stored
+        finally:
+            writer.close()
+
+
+def _response(pdu_bytes: bytes) -> object:
+    pdata = decode_pdu(pdu_bytes)
+    assert isinstance(pdata, PDataTF)
+    return commands.decode(bytes(pdata.pdvs[0].data))
+
+
+@pytest.mark.parametrize("uid", [LONG_UID, b"1.2.3\\4"])
+async def test_store_echoes_an_instance_uid_our_encoder_refuses(
+        archive_peer: tuple[_Peer, list[str]], uid: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    peer, stored = archive_peer
+    command = _command(_el(0, 0x0002, SC), _el(0, 0x0100, _us(1)), _el(0, 0x0110, _us(7)),
+                       _el(0, 0x0700, _us(0)), _el(0, 0x0800, _us(0)), _el(0, 0x1000, uid))
+    data = _el(0x0008, 0x0016, SC) + _el(0x0008, 0x0018, uid) + _el(0x0010, 0x0020, b"P1")
+    peer.writer.write(_pdata(1, 3, command) + _pdata(1, 2, data))
+    rsp = _response(await peer.pdu())  # used to time out: nothing was ever sent
+    assert isinstance(rsp, CStoreRSP)
+    assert (rsp.status, rsp.message_id_being_responded_to) == (0, 7)
+    assert rsp.affected_sop_instance_uid == uid.decode()  # as the request carried it
+    assert stored == [uid.decode()]
+    assert any("as received" in r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING)
+
+
+async def test_echo_with_a_backslash_in_its_sop_class_uid_is_answered(
+        archive_peer: tuple[_Peer, list[str]]) -> None:
+    peer, _ = archive_peer
+    command = _command(_el(0, 0x0002, VERIFICATION + b"\\1"), _el(0, 0x0100, _us(0x30)),
+                       _el(0, 0x0110, _us(1)), _el(0, 0x0800, _us(0x0101)))
+    peer.writer.write(_pdata(3, 3, command))
+    rsp = _response(await peer.pdu())
+    assert isinstance(rsp, CEchoRSP)
+    assert rsp.message_id_being_responded_to == 1
+
+
+async def test_request_on_a_rejected_context_is_aborted_and_logged(
+        archive_peer: tuple[_Peer, list[str]], caplog: pytest.LogCaptureFixture) -> None:
+    """GDCM sends its C-MOVE on the context we rejected: A-ABORT, and the log says why."""
+    peer, _ = archive_peer
+    caplog.set_level(logging.INFO)
+    command = _command(_el(0, 0x0002, FIND), _el(0, 0x0100, _us(0x20)), _el(0, 0x0110, _us(1)),
+                       _el(0, 0x0700, _us(0)), _el(0, 0x0800, _us(0x0101)))
+    peer.writer.write(_pdata(5, 3, command))
+    assert isinstance(decode_pdu(await peer.pdu()), AAbort)
+    assert any("context 5" in r.getMessage() for r in caplog.records
+               if r.levelno >= logging.WARNING), [r.getMessage() for r in caplog.records]
+
+
+def test_our_own_requests_are_still_checked() -> None:
+    """Only a response echoes what it was given; a request we build is refused before sending."""
+    from dimse.messages import CEchoRQ
+
+    with pytest.raises(commands.CommandEncodeError):
+        commands.encode(CEchoRQ(message_id=1, affected_sop_class_uid="1." * 40))
+    with pytest.raises(commands.CommandEncodeError):
+        commands.encode(CStoreRSP(message_id_being_responded_to=1, status=0,
+                                  affected_sop_instance_uid="1." * 40))
+    assert b"1.1.1" in commands.encode(
+        CStoreRSP(message_id_being_responded_to=1, status=0,
+                  affected_sop_instance_uid="1." * 40 + "1"), echo=True)
+
+
+def _refuse(rq: object, ds: object, ctx: object) -> int:
+    raise ValueError("donn\u00e9es illisibles \u2014 refus\u00e9es")
+
+
+async def test_a_handler_error_with_non_ascii_text_is_answered() -> None:
+    """Its text becomes the ErrorComment (LO in the command set: ASCII): the response could
+    not be encoded and the request went unanswered."""
+    registry = HandlerRegistry()
+    registry.on_store(_refuse)
+    async with Server("ARCHIVE", handlers=registry) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        peer = _Peer(reader, writer)
+        try:
+            writer.write(_associate_rq(SC))
+            assert (await peer.pdu())[0] == 0x02
+            command = _command(_el(0, 0x0002, SC), _el(0, 0x0100, _us(1)),
+                               _el(0, 0x0110, _us(7)), _el(0, 0x0700, _us(0)),
+                               _el(0, 0x0800, _us(0)), _el(0, 0x1000, b"1.2.3.4"))
+            data = _el(0x0008, 0x0016, SC) + _el(0x0008, 0x0018, b"1.2.3.4")
+            writer.write(_pdata(1, 3, command) + _pdata(1, 2, data))
+            rsp = _response(await peer.pdu())
+            assert isinstance(rsp, CStoreRSP)
+            assert rsp.status == 0x0110
+            assert rsp.error_comment is not None and "ValueError" in rsp.error_comment
+            assert rsp.error_comment.isascii()
+        finally:
+            writer.close()
+
+
+async def test_a_response_that_cannot_be_encoded_at_all_aborts(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A raw performer's response that no encoding can write (non-ASCII in the command set):
+    A-ABORT at once, logged, instead of a request left unanswered."""
+    async def performer(request: RequestContext) -> None:
+        await request.respond(CEchoRSP(message_id_being_responded_to=1, status=0x0110,
+                                       error_comment="refus\u00e9"))
+
+    registry = HandlerRegistry()
+    registry.register(CommandField.C_ECHO_RQ, performer)
+    async with Server("ARCHIVE", handlers=registry) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        peer = _Peer(reader, writer)
+        try:
+            writer.write(_associate_rq(VERIFICATION))
+            assert (await peer.pdu())[0] == 0x02
+            writer.write(_pdata(1, 3, _command(
+                _el(0, 0x0002, VERIFICATION), _el(0, 0x0100, _us(0x30)),
+                _el(0, 0x0110, _us(1)), _el(0, 0x0800, _us(0x0101)))))
+            assert isinstance(decode_pdu(await peer.pdu()), AAbort)
+        finally:
+            writer.close()
+    assert any("cannot encode CEchoRSP" in r.getMessage() for r in caplog.records
+               if r.levelno == logging.ERROR)
