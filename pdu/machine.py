@@ -270,9 +270,10 @@ class UpperLayerMachine:
         self._event(Event.EVT9, pdu)
 
     def send_pdata_bytes(self, data: Buffer) -> None:
-        """P-DATA request (Evt9) of an already encoded P-DATA-TF PDU, passed on without a copy."""
+        """P-DATA request (Evt9) of an already encoded P-DATA-TF PDU, passed on without a copy
+        (several back to back may go in one call: they are sent as one write)."""
         if len(data) < 6 or data[0] != PduType.P_DATA_TF:
-            raise LocalProtocolError("send_pdata_bytes() needs one encoded P-DATA-TF PDU")
+            raise LocalProtocolError("send_pdata_bytes() needs encoded P-DATA-TF PDUs")
         self._event(Event.EVT9, data)
 
     def release_request(self) -> None:

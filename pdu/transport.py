@@ -231,7 +231,8 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
 
     # -- the owner's primitives --------------------------------------------------------------
     def send_pdata_bytes(self, data: bytes | memoryview) -> None:
-        """Send one encoded P-DATA-TF PDU (Evt9), without a dataclass per PDU when possible."""
+        """Send encoded P-DATA-TF PDUs (Evt9; one, or several back to back in one write),
+        without a dataclass per PDU when possible."""
         transport = self.transport
         if transport is not None and self.machine.state in _PDATA_SEND_STATES:
             if not transport.is_closing():

@@ -14,9 +14,11 @@ import struct
 from collections.abc import AsyncIterator
 
 import pytest
+from pydicom.dataset import Dataset
 
 from dimse import commands
 from dimse.messages import CEchoRSP, CommandField, CStoreRSP
+from dimse.qr_scp import FindRequest, qr_server_contexts, register_find
 from dimse.server import Server
 from dimse.services import HandlerRegistry, RequestContext
 from pdu import AAbort, PDataTF
@@ -210,3 +212,38 @@ async def test_a_response_that_cannot_be_encoded_at_all_aborts(
             writer.close()
     assert any("cannot encode CEchoRSP" in r.getMessage() for r in caplog.records
                if r.levelno == logging.ERROR)
+
+
+async def test_command_and_data_set_travel_in_pdus_of_their_own() -> None:
+    """gdcmscu 3.0 lost every second C-FIND response when one P-DATA-TF held both the command
+    and the data set PDV (legal, PS3.8 9.3.5); DCMTK and pynetdicom give each its own PDU."""
+    async def handler(request: FindRequest) -> AsyncIterator[Dataset]:
+        for n in range(3):
+            match = Dataset()
+            match.QueryRetrieveLevel, match.PatientID = "PATIENT", f"P{n}"
+            yield match
+
+    registry = HandlerRegistry()
+    register_find(registry, handler)
+    identifier = _el(0x0008, 0x0052, b"PATIENT") + _el(0x0010, 0x0020, b"")
+    async with Server("ARCHIVE", handlers=registry,
+                      contexts=qr_server_contexts(registry)) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        peer = _Peer(reader, writer)
+        try:
+            writer.write(_associate_rq(FIND))
+            assert (await peer.pdu())[0] == 0x02
+            writer.write(_pdata(1, 3, _command(
+                _el(0, 0x0002, FIND), _el(0, 0x0100, _us(0x20)), _el(0, 0x0110, _us(1)),
+                _el(0, 0x0700, _us(0)), _el(0, 0x0800, _us(0)))) + _pdata(1, 2, identifier))
+            controls = []
+            while True:
+                pdata = decode_pdu(await peer.pdu())
+                assert isinstance(pdata, PDataTF)
+                controls.append([pdv.control for pdv in pdata.pdvs])
+                if controls[-1] == [3] and commands.decode(
+                        bytes(pdata.pdvs[0].data)).status == 0:
+                    break
+        finally:
+            writer.close()
+    assert controls == [[3], [2]] * 3 + [[3]]  # command PDU, data set PDU; final: command only
