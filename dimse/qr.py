@@ -380,9 +380,14 @@ def validate_scp(
     """Check a received identifier; the Failure to answer with, or None to process it.
 
     Lenient mode logs and lets the rules in :data:`LENIENT_SCP_PASSES` by; a level the model
-    does not have is always a failure (never an empty success).
+    does not have is always a failure (never an empty success). Strict mode too lets an *empty*
+    non-unique key of a higher level by (a return key; the SCU side still refuses to send one).
     """
     violations = check_identifier(ds, model, operation, relational=relational_negotiated)
+    # An empty key of a higher level only asks for that entity's value back (Orthanc adds an
+    # empty PatientID and AccessionNumber to every series query, dcmjs-dimse an empty Modality
+    # to image queries): answered as DCMTK's dcmqrscp does by default, never matched on.
+    violations = [v for v in violations if not (v.rule is Rule.KEY_ABOVE and _all_empty(ds, v))]
     if lenient:
         passed = [v for v in violations if v.rule in LENIENT_SCP_PASSES]
         for v in passed:
@@ -396,6 +401,10 @@ def validate_scp(
     if len(comment) > 64:
         comment = first.comment[:64]
     return Failure(first.status, tags, comment, tuple(violations))
+
+
+def _all_empty(ds: Dataset, violation: Violation) -> bool:
+    return all(tag in ds and ds[tag].is_empty for tag in violation.tags)
 
 
 #: VRs whose values use the Specific Character Set (PS3.5 6.1.2.3).

@@ -24,9 +24,9 @@ from dimse.archive_store import archive_store_handler
 from dimse.connect import connect
 from dimse.errors import DataSetDecodeError, DataSetEncodeError
 from dimse.file_sink import file_meta_bytes
-from dimse.qr import QueryModel
-from dimse.qr_scp import FindRequest, qr_server_contexts, register_find
-from dimse.qr_scu import QueryFailed, connect_qr
+from dimse.qr import Mode, Operation, QueryModel, validate_scp
+from dimse.qr_scp import FindRequest, archive_server, qr_server_contexts, register_find
+from dimse.qr_scu import QueryFailed, connect_qr, find
 from dimse.server import Server, default_contexts
 from dimse.services import HandlerRegistry, ReceivedDataSet, storage_sop_classes
 from dimse.template import IdentifierTemplate
@@ -318,3 +318,53 @@ def test_ir58_round_trip_is_what_dcmtk_reads(tmp_path: Path) -> None:
     dump = subprocess.run([peers.dcmtk("dcmdump"), "+U8", str(path)], capture_output=True,
                           text=True, timeout=30, check=True).stdout
     assert "[Zhang^XiaoDong=张^小东]" in dump
+
+
+# ----------------------------------------------------------------- empty keys of higher levels
+# Orthanc adds an empty PatientID and AccessionNumber to every series and instance query, and
+# dcmjs-dimse an empty Modality to image queries: each got A900 from our strict SCP, so neither
+# peer could browse below the study. An empty key only asks for the higher entity's value back
+# (DCMTK's dcmqrscp answers these by default); a non-empty one would be relational matching and
+# is still refused.
+def _series_query(**extra: str) -> Dataset:
+    q = Dataset()
+    q.QueryRetrieveLevel = "SERIES"
+    q.StudyInstanceUID, q.SeriesInstanceUID = "1.2.3", ""
+    for keyword, value in extra.items():
+        setattr(q, keyword, value)
+    return q
+
+
+def test_empty_higher_level_keys_pass_strict_scp_validation() -> None:
+    assert validate_scp(_series_query(PatientID="", AccessionNumber=""), QueryModel.STUDY_ROOT,
+                        Operation.FIND) is None
+    image = _series_query(Modality="")
+    image.QueryRetrieveLevel, image.SeriesInstanceUID, image.SOPInstanceUID = "IMAGE", "1.2.3.4", ""
+    assert validate_scp(image, QueryModel.STUDY_ROOT, Operation.FIND) is None
+
+
+def test_a_non_empty_higher_level_key_is_still_refused() -> None:
+    failure = validate_scp(_series_query(PatientID="", AccessionNumber="A1"),
+                           QueryModel.STUDY_ROOT, Operation.FIND)
+    assert failure is not None and failure.status == 0xA900
+    assert failure.offending == (0x00080050,)
+
+
+async def test_archive_answers_an_orthanc_series_query_with_the_study_values(
+        tmp_path: Path) -> None:
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    archive = Archive(tmp_path)
+    try:
+        archive.store(ct)
+        query = _series_query(PatientID="", AccessionNumber="", Modality="")
+        query.StudyInstanceUID = ct.StudyInstanceUID
+        async with archive_server(archive, "QR") as server, connect_qr(
+                "127.0.0.1", server.port, called_ae="QR") as assoc:
+            matches = [m async for m in find(assoc, query, model=QueryModel.STUDY_ROOT,
+                                             mode=Mode.LENIENT)]  # our SCU would refuse it
+        assert len(matches) == 1
+        assert matches[0].PatientID == ct.PatientID
+        assert matches[0].SeriesInstanceUID == ct.SeriesInstanceUID
+        assert matches[0].Modality == "CT"
+    finally:
+        archive.close()
