@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pdu.constants import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pdu.machine import Role
 
 from .messages import CStoreRQ
 
 if TYPE_CHECKING:
     from .services import RequestContext, SinkFactory
 
-__all__ = ["SINK_MEMORY_LIMIT", "FileSink", "SpareFiles", "file_meta_bytes", "file_sink_factory"]
+__all__ = ["SINK_MEMORY_LIMIT", "FileSink", "SpareFiles", "file_meta_bytes", "file_sink_factory",
+           "peer_and_own_titles"]
 
 
 _ELEMENT_SHORT = struct.Struct("<HH2sH")  # explicit VR LE header with a 2-byte length
@@ -325,6 +327,16 @@ def _safe_name(uid: str) -> str:
     return name or "instance"
 
 
+def peer_and_own_titles(ctx: RequestContext) -> tuple[str, str]:
+    """(sending AE, receiving AE) of a C-STORE received in ``ctx``: the peer sent it and we
+    received it. As acceptor the peer is the calling AE; as requestor (a C-GET sub-operation,
+    or role selection) the peer is the AE we called and we are the calling one."""
+    assoc = ctx.association
+    if assoc.role is Role.REQUESTOR:
+        return assoc.called_ae, assoc.calling_ae
+    return assoc.calling_ae, assoc.called_ae
+
+
 def file_sink_factory(folder: str | Path) -> SinkFactory:
     """A :class:`SinkFactory` writing every received instance to ``folder/<SOPInstanceUID>.dcm``.
 
@@ -338,7 +350,8 @@ def file_sink_factory(folder: str | Path) -> SinkFactory:
     spare = SpareFiles(target)
 
     def open_sink(request: CStoreRQ, ctx: RequestContext) -> FileSink:
-        return FileSink(target, request, ctx.context.transfer_syntax, ctx.calling_ae, spare,
-                        receiving_ae=ctx.called_ae)
+        sender, receiver = peer_and_own_titles(ctx)
+        return FileSink(target, request, ctx.context.transfer_syntax, sender, spare,
+                        receiving_ae=receiver)
 
     return open_sink
