@@ -27,7 +27,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 from pydicom.valuerep import IS, DSfloat, PersonName
 
-from dimse._ir58 import IR58, designate
+from dimse._ir58 import designate
 from dimse._vr import (
     ALL_VRS,
     AMBIGUOUS_VRS,
@@ -99,9 +99,7 @@ def encode_text(value: str, encodings: tuple[str, ...]) -> bytes:
         except UnicodeEncodeError:
             pass
     check_encodable(value, encodings)
-    if IR58 in encodings:
-        return designate(encode_string(value, list(encodings)))
-    return encode_string(value, list(encodings))
+    return designate(encode_string(value, list(encodings)), encodings)
 
 
 def pad_text(data: bytes, pad: bytes = b" ") -> bytes:
@@ -177,7 +175,7 @@ def _pn_bytes(pn: Any, enc: tuple[str, ...]) -> bytes:
     else:
         pn = PersonName(pn)
     check_encodable(str(pn), enc)
-    return designate(pn.encode(enc)) if IR58 in enc else pn.encode(enc)
+    return designate(pn.encode(enc), enc)
 
 
 def _pn(value: Any, enc: tuple[str, ...], tag: int, e: str) -> bytes:

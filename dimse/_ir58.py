@@ -13,8 +13,10 @@ repertoire.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
+from pydicom.charset import default_encoding
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
@@ -28,13 +30,17 @@ _ESCAPE_TEXT = IR58_ESCAPE.decode("ascii")
 _SEGMENT = re.compile(rb"([^\x80-\xff^=\\\r\n\f\t]*)([\x80-\xff][^^=\\\r\n\f\t]*)")
 
 
-def designate(data: bytes) -> bytes:
+def designate(data: bytes, encodings: Sequence[str]) -> bytes:
     """Insert ``ESC $ ) A`` before the first GR byte of each segment of pydicom's output.
 
-    Left as is when ``data`` already holds escape sequences (another set was invoked: pydicom
-    wrote those itself) or no GR byte.
+    Only when value 1 of Specific Character Set is the default repertoire (empty or ISO 2022
+    IR 6, PS3.5 Annex K): then every GR byte pydicom wrote is GB 2312. With a single-byte set
+    as value 1 (ISO 2022 IR 100...) its own characters are GR bytes too, which bytes alone do
+    not tell apart: left as pydicom wrote them, as is a value in which pydicom wrote escape
+    sequences itself, or one with no GR byte.
     """
-    if b"\x1b" in data or data.isascii():
+    if (IR58 not in encodings or encodings[0] != default_encoding or b"\x1b" in data
+            or data.isascii()):
         return data
     return _SEGMENT.sub(lambda m: m.group(1) + IR58_ESCAPE + m.group(2), data)
 

@@ -21,7 +21,7 @@ from pydicom.tag import Tag
 from pydicom.valuerep import DSfloat
 
 from dimse._codec_encode import _Writer, check_encodable, deflate, encode_text
-from dimse._ir58 import IR58, designate
+from dimse._ir58 import designate
 from dimse._vr import (
     AMBIGUOUS_VRS,
     BYTES_VRS,
@@ -411,7 +411,7 @@ def _encode_str(s: str, enc: tuple[str, ...], charset: bool, vr: str) -> bytes:
         for v in s.split("\\"):
             check_encodable(v, enc)
         data = b"\\".join(PersonName(v).encode(list(enc)) for v in s.split("\\"))
-        return designate(data) if IR58 in enc else data
+        return designate(data, enc)
     if vr in ("LT", "ST", "UT"):
         return encode_text(s, enc)
     return b"\\".join(encode_text(v, enc) for v in s.split("\\"))
