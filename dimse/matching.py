@@ -496,14 +496,17 @@ def _dated_column(attr: Attr, alias: str, value: object, offset: str | None) -> 
     serve) for single-valued rows, ``OR id IN`` the multi-valued rows (``\\`` in the
     normalised column) of which one value is within the key's bounds (``dicom_in_range``).
     A multi-valued row that meets the plain condition does so through its first value, so
-    the OR is exact."""
+    the OR is exact, once rows whose first value is empty (the column starts with ``\\``,
+    which sorts above every digit: ``20200101-`` would take it) are kept out of the plain
+    condition by ``< '\\'`` (normalised values are digits, '.', '+' and '-', all below it)."""
     column = attr.column + ("_n" if attr.kind in (Kind.TIME, Kind.DATETIME) else "")
     cond = match(attr.kind, attr.vr, f"{alias}.{column}", value, offset=offset)
     values = _key_values(attr.vr, value)
     if cond is None or values is None:
         return None
     bounds = json.dumps([_bounds(attr.kind, v, offset) for v in values])
-    return (f"({cond[0]} OR {alias}.id IN (SELECT id FROM {attr.table} WHERE "
+    return (f"(({cond[0]} AND {alias}.{column} < '\\') OR {alias}.id IN (SELECT id FROM "
+            f"{attr.table} WHERE "
             f"instr({column}, '\\') > 0 AND {_RANGE_FUNCTION}({column}, ?)))",
             [*cond[1], bounds])
 
