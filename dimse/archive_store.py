@@ -49,6 +49,7 @@ from pydicom.dataset import Dataset
 
 from .archive import FILE_MODE, HEADER_DEFER_SIZE, Adopted, Archive, Duplicate
 from .errors import ServiceError
+from .file_sink import peer_and_own_titles
 from .messages import CStoreRQ
 from .services import (
     DataSetSink,
@@ -263,8 +264,8 @@ def archive_sink_factory(archive: Archive) -> SinkFactory:
     """A :class:`SinkFactory` streaming each received instance into ``archive``'s folder."""
 
     def open_sink(request: CStoreRQ, ctx: RequestContext) -> DataSetSink:
-        return ArchiveSink(archive, request, ctx.context.transfer_syntax, ctx.calling_ae,
-                           ctx.called_ae)
+        return ArchiveSink(archive, request, ctx.context.transfer_syntax,
+                           *peer_and_own_titles(ctx))
 
     return open_sink
 
