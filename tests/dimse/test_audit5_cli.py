@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -182,6 +183,12 @@ def _until(predicate: Callable[[], bool], what: str, seconds: float = 20) -> Non
         time.sleep(0.1)
 
 
+def _rescan_totals(output: str) -> tuple[int, int]:
+    """(new, removed) summed over the 'rescan: N new, M removed' lines of qrscp's log."""
+    found = re.findall(r"rescan: (\d+) new, (\d+) removed", output)
+    return sum(int(n) for n, _ in found), sum(int(m) for _, m in found)
+
+
 def test_files_added_and_removed_while_running_are_found(tmp_path: Path) -> None:
     """The folder was indexed at start only: a file copied in while qrscp ran stayed invisible
     and a deleted one kept matching until a restart. ``--rescan`` (default 60 s) indexes them;
@@ -194,12 +201,16 @@ def test_files_added_and_removed_while_running_are_found(tmp_path: Path) -> None
     with run_process(_qrscp_args(tmp_path, port, "--rescan", "0.2"), timeout=120) as proc:
         _wait_listening(proc, port, 20)
         assert _study_uids(port) == {ROOT + "1"}
-        make_ct(tmp_path / "b.dcm", patient_id="P2", study_uid=ROOT + "2",
+        staging = tmp_path.parent / f"{tmp_path.name}-staging"
+        staging.mkdir()
+        make_ct(staging / "b.dcm", patient_id="P2", study_uid=ROOT + "2",
                 series_uid=ROOT + "2.1", sop_uid=ROOT + "2.1.1")
+        (staging / "b.dcm").rename(tmp_path / "b.dcm")  # never seen half-written
         (tmp_path / "a.dcm").unlink()
         (tmp_path / "a-copy.dcm").unlink()
         _until(lambda: _study_uids(port) == {ROOT + "2"}, "b.dcm found, a.dcm dropped")
-        _until(lambda: "rescan: 1 new, 1 removed" in proc.output(), "the rescan reported")
+        # a rescan may fall between the steps above: count over every rescan line
+        _until(lambda: _rescan_totals(proc.output()) == (1, 1), "the rescans reported")
         time.sleep(1)  # a few more rescans
         out = proc.output()
     assert out.count("notes.txt") == 1, out
