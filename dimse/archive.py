@@ -319,6 +319,13 @@ class Archive:
                                    (sop_instance_uid,)).fetchone()
         return None if row is None else self.storage_dir / row[0]
 
+    def counts(self) -> tuple[int, int]:
+        """(studies, instances) indexed now."""
+        with self._lock:
+            row = self._db.execute("SELECT (SELECT count(*) FROM study), "
+                                   "(SELECT count(*) FROM instance)").fetchone()
+        return int(row[0]), int(row[1])
+
     def adopt(self, path: str | os.PathLike[str], dataset: Dataset | None = None, *,
               duplicate: Duplicate = Duplicate.KEEP) -> Adopted:
         """Move a complete Part 10 file (written and fsynced elsewhere in the archive folder,

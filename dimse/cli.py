@@ -318,9 +318,12 @@ async def _qrscp(args: argparse.Namespace) -> int:
                                 lenient=args.lenient, idle_timeout=args.idle_timeout or None,
                                 max_associations=args.max_associations or None)
         async with server:
-            print(f"dimse qrscp: {args.aet} listening on {args.bind}:{server.port} "
-                  f"({stats.added + stats.updated} new, {stats.removed} removed, "
-                  f"{len(stats.failed) + len(stats.duplicates)} not indexed)", flush=True)
+            studies, instances = archive.counts()
+            print(f"dimse qrscp: {args.aet} listening on {args.bind}:{server.port}, serving "
+                  f"{_plural(instances, 'instance')} in {_plural(studies, 'study', 'studies')} "
+                  f"({stats.added + stats.updated} "
+                  f"new, {stats.removed} removed, {len(stats.failed) + len(stats.duplicates)} "
+                  "not indexed)", flush=True)
             rescans = asyncio.create_task(_rescan(archive, args.rescan, failed))
             try:
                 await _stopped()
@@ -332,6 +335,10 @@ async def _qrscp(args: argparse.Namespace) -> int:
         logging.getLogger("dimse.archive").removeFilter(once)
         archive.close()
     return EXIT_OK
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 async def _stopped() -> None:

@@ -264,3 +264,14 @@ def test_well_formed_test_files_stay_indexed() -> None:
             if "cut short" in str(exc):
                 refused.append(Path(name).name)
     assert sorted(refused) == ["MR_truncated.dcm", "rtplan_truncated.dcm"]
+
+
+def test_archive_counts_what_qrscp_says_it_serves(tmp_path: Path) -> None:
+    """The start-up line said only what changed ("0 new" after a restart of a full archive)."""
+    for n, (study, sop) in enumerate([("1", "1.1.1"), ("1", "1.1.2"), ("2", "2.1.1")]):
+        make_ct(tmp_path / f"{n}.dcm", study_uid=ROOT + study, series_uid=ROOT + study + ".1",
+                sop_uid=ROOT + sop)
+    with Archive(tmp_path) as archive:
+        assert archive.counts() == (0, 0)
+        archive.index()
+        assert archive.counts() == (2, 3)

@@ -142,7 +142,7 @@ def test_qrscp_serves_a_folder_with_links_and_a_fifo(tmp_path: Path) -> None:
         while "listening" not in proc.output() and time.monotonic() < deadline:
             time.sleep(0.05)
         out = proc.output()
-        assert "(1 new, 0 removed, 3 not indexed)" in out, out
+        assert "serving 1 instance in 1 study (1 new, 0 removed, 3 not indexed)" in out, out
         warned = [line for line in out.splitlines() if "not indexed (not a regular" in line]
         for name in ("dangling.dcm", "loop.dcm", "pipe.dcm"):
             assert any(line.endswith(name) for line in warned), out
