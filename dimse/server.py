@@ -135,12 +135,17 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._associations: set[Association] = set()
         self._accepted = 0
+        self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> Server:
         loop = asyncio.get_running_loop()
+        self._closing = False
+        # A TLS handshake is bounded like the wait for the A-ASSOCIATE-RQ (ARTIM), not by
+        # asyncio's 60 s default: a peer that connects and sends nothing is dropped as soon.
         self._server = await loop.create_server(
             self._new_connection, self.host, self._port, ssl=self.ssl,
+            ssl_handshake_timeout=self.artim_timeout if self.ssl is not None else None,
             reuse_address=True,
         )
         return self
@@ -165,6 +170,7 @@ class Server:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop listening, abort every association and wait until no task is left."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for assoc in list(self._associations):
@@ -190,16 +196,25 @@ class Server:
 
     # -- one association -------------------------------------------------------------------------
     def _new_connection(self) -> UpperLayerProtocol:
+        """Protocol factory. Over TLS asyncio calls it before the handshake, and a failed
+        handshake never reaches the protocol: the association is served (and counted) only
+        once the connection is made (``on_connected``), so failed handshakes leave nothing."""
         assoc = Association(
             Role.ACCEPTOR, handlers=self.handlers, max_pdu=self.max_pdu,
             artim_timeout=self.artim_timeout, dimse_timeout=self.dimse_timeout,
             idle_timeout=self.idle_timeout, keepalive=self.keepalive,
         )
+        assoc.protocol.on_connected = lambda: self._connected(assoc)
+        return assoc.protocol
+
+    def _connected(self, assoc: Association) -> None:
+        if self._closing:
+            assoc.protocol.close_transport()  # a TLS handshake that ended after close()
+            return
         self._associations.add(assoc)
         task = asyncio.get_running_loop().create_task(self._serve(assoc))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return assoc.protocol
 
     async def _serve(self, assoc: Association) -> None:
         accepted = False

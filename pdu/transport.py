@@ -123,6 +123,11 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         self._writes = 0  # transport.write calls so far
         #: Resolved when the socket is closed (never raises).
         self.closed: asyncio.Future[None] = self._loop.create_future()
+        #: Called once the connection is usable, before the core hears of it. Over TLS that is
+        #: after the handshake: asyncio builds the protocol at accept time and, when the
+        #: handshake fails, never calls ``connection_made`` nor ``connection_lost``, so an
+        #: owner (the server) must not count the connection as open before this.
+        self.on_connected: Callable[[], None] | None = None
 
     # -- asyncio.Protocol callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,6 +137,8 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if _TCP_QUICKACK is not None and sock is not None and sock.family in _TCP_FAMILIES:
             self._quickack = sock
+        if self.on_connected is not None:
+            self.on_connected()
         self.machine.transport_connected()
         self.flush()
 
