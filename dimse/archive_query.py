@@ -216,7 +216,8 @@ class Plan:
             value = None if attr is None else response_value(attr, raw, request.value
                                                              if request is not None else None)
             ds.add_new(tag, vr, value)
-        ds.SpecificCharacterSet = _UTF8 if row[1] else None
+        if row[1]:
+            ds.SpecificCharacterSet = _UTF8
         return ds
 
     def encoder(self, transfer_syntax_uid: str) -> tuple[tuple[str, list[object]], RowEncoder,
@@ -246,9 +247,10 @@ class Plan:
 @functools.lru_cache(maxsize=256)
 def _templates(keys: tuple[tuple[int, str], ...],
                transfer_syntax_uid: str) -> tuple[IdentifierTemplate, IdentifierTemplate]:
-    """The (empty, ISO_IR 192) character set templates of a response layout, compiled once
-    (templates are immutable, so queries and threads share them)."""
-    return (IdentifierTemplate(keys, transfer_syntax_uid, specific_character_set="", skip=2),
+    """The (no, ISO_IR 192) character set templates of a response layout, compiled once
+    (templates are immutable, so queries and threads share them). An ASCII-only response has
+    no (0008,0005): an empty one is not allowed (Type 1C), PS3.4 C.4.1.1.3.2 leaves it out."""
+    return (IdentifierTemplate(keys, transfer_syntax_uid, skip=2),
             IdentifierTemplate(keys, transfer_syntax_uid, specific_character_set=_UTF8, skip=2))
 
 

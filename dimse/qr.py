@@ -69,6 +69,7 @@ __all__ = [
     "check_identifier",
     "contexts_for",
     "drop_non_data_elements",
+    "has_non_ascii_text",
     "key_level",
     "keys_for",
     "model_for_sop_class",
@@ -409,6 +410,12 @@ def _all_empty(ds: Dataset, violation: Violation) -> bool:
 
 #: VRs whose values use the Specific Character Set (PS3.5 6.1.2.3).
 _TEXT_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+
+
+def has_non_ascii_text(ds: Dataset) -> bool:
+    """Whether a text value of ``ds`` (or of its sequence items) is outside the default
+    repertoire, so that Specific Character Set (0008,0005) must say how it is encoded."""
+    return _non_ascii(ds)
 
 
 def _non_ascii(ds: Dataset) -> bool:

@@ -8,7 +8,8 @@ whose bytes are sent as they are when their transfer syntax is the context's). T
 * the identifier is decoded (C000 if it cannot be) and checked with :func:`dimse.qr.validate_scp`
   (A900/Cxxx with OffendingElement and ErrorComment) before the handler runs;
 * each match becomes a Pending response (FF00, or FF01 when optional keys are not supported),
-  always carrying QueryRetrieveLevel and SpecificCharacterSet; sending waits for the socket to
+  always carrying QueryRetrieveLevel, and SpecificCharacterSet when a value needs one (PS3.4
+  C.4.1.1.3.2: not otherwise, and never empty); sending waits for the socket to
   drain (back-pressure reaches the handler, which is not advanced meanwhile);
 * C-CANCEL (matched by MessageIDBeingRespondedTo) ends the query with FE00: the request's cancel
   event (:attr:`RequestContext.cancelled`) is checked between matches and interrupts a handler
@@ -52,6 +53,7 @@ from .qr import (
     Operation,
     QueryModel,
     drop_non_data_elements,
+    has_non_ascii_text,
     model_for_sop_class,
     parse_level,
     relational_accepted,
@@ -111,7 +113,8 @@ class EncodedMatch:
     When ``transfer_syntax`` is the presentation context's, ``data`` is sent as the Pending
     response's data set unchanged; otherwise it is decoded and re-encoded like a Dataset. The
     producer is responsible for the keys the SCP otherwise adds: ``data`` must contain
-    QueryRetrieveLevel and SpecificCharacterSet (may be empty); checked by an assertion.
+    QueryRetrieveLevel (checked by an assertion), and SpecificCharacterSet when its values
+    need one.
     """
 
     data: bytes
@@ -267,7 +270,7 @@ def _encode(match: Dataset | Match | EncodedMatch, request: FindRequest, ts: str
     """The Pending response's data set bytes and status; encoded matches in ``ts`` pass as is."""
     if isinstance(match, EncodedMatch):
         if match.transfer_syntax == ts:
-            assert has_required_keys(match.data, ts), "EncodedMatch lacks level or charset"
+            assert has_required_keys(match.data, ts), "EncodedMatch lacks QueryRetrieveLevel"
             flagged = match.optional_keys_unsupported
             return match.data, Status.PENDING_WARNING if flagged else Status.PENDING
         decoded = codec.decode(match.data, match.transfer_syntax)
@@ -282,8 +285,8 @@ _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM U
 
 
 def has_required_keys(data: bytes | memoryview, transfer_syntax: str) -> bool:
-    """Whether top-level SpecificCharacterSet and QueryRetrieveLevel are in ``data`` (a cheap
-    header walk up to (0008,0052); True when the layout cannot be walked, e.g. deflated)."""
+    """Whether top-level QueryRetrieveLevel is in ``data`` (a cheap header walk up to
+    (0008,0052); True when the layout cannot be walked, e.g. deflated)."""
     syn = syntax_for_decode(transfer_syntax)
     if syn.deflated:
         return True
@@ -305,20 +308,28 @@ def has_required_keys(data: bytes | memoryview, transfer_syntax: str) -> bool:
         if size == 0xFFFFFFFF:
             return True  # an undefined-length sequence: not walked here
         pos += size
-    return {0x00080005, 0x00080052} <= seen
+    return 0x00080052 in seen
 
 
 def _complete(match: Dataset | Match, request: FindRequest) -> tuple[Dataset, int]:
-    """The response identifier (level and character set always present) and its status."""
+    """The response identifier and its status: the level always present; the character set
+    the handler's, else the request's, else ISO_IR 192 when a value is not ASCII, else none."""
     status = Status.PENDING
     if isinstance(match, Match):
         status = Status.PENDING_WARNING if match.optional_keys_unsupported else Status.PENDING
         match = match.identifier
     if QR_LEVEL not in match:
         match.QueryRetrieveLevel = request.level.value
-    if SPECIFIC_CHARACTER_SET not in match:
+    declared = match.get(SPECIFIC_CHARACTER_SET)
+    if declared is None or declared.is_empty:
         charset = request.identifier.get(SPECIFIC_CHARACTER_SET)
-        match.SpecificCharacterSet = charset.value if charset is not None else None
+        if charset is not None and not charset.is_empty:
+            match.SpecificCharacterSet = charset.value
+        else:
+            if declared is not None:  # an empty value is no value (Type 1C): left out
+                del match[SPECIFIC_CHARACTER_SET]
+            if has_non_ascii_text(match):
+                match.SpecificCharacterSet = "ISO_IR 192"
     return match, status
 
 

@@ -21,7 +21,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from dimse.archive import Archive
 from dimse.errors import IdentifierError, NotNegotiatedError, ServiceError
-from dimse.qr import MODELS, Mode, QueryModel
+from dimse.qr import MODELS, Level, Mode, QueryModel
 from dimse.qr_scp import (
     STATUS_HANDLER_FAILED,
     FindRequest,
@@ -121,7 +121,10 @@ async def test_every_model_and_level(archive: Archive, model: QueryModel, level:
     assert len(matches) == expected
     for m in matches:
         assert m.QueryRetrieveLevel == level
-        assert "SpecificCharacterSet" in m
+        # values in the default repertoire: no (0008,0005), never an empty one (PS3.4
+        # C.4.1.1.3.2, Type 1C); a non-ASCII name brings ISO_IR 192
+        assert m.get("SpecificCharacterSet", "ISO_IR 192") == "ISO_IR 192"
+        assert ("SpecificCharacterSet" in m) == (not str(m.get("PatientName", "")).isascii())
         for keyword in ident.dir():
             assert keyword in m, keyword
 
@@ -272,7 +275,7 @@ async def test_handler_matches_get_level_and_charset() -> None:
     assert len(got) == 2
     for m in got:
         assert m.QueryRetrieveLevel == "STUDY"
-        assert "SpecificCharacterSet" in m
+        assert "SpecificCharacterSet" not in m  # ASCII only: left out, not sent empty
 
 
 async def test_handler_exception_is_a_failure_status(caplog: pytest.LogCaptureFixture) -> None:
@@ -574,3 +577,41 @@ async def test_unencodable_handler_error_still_answers(error: ServiceError, stat
                 pass
     assert failed.value.status == status
     assert failed.value.comment.isascii() and len(failed.value.comment) <= 64
+
+
+@pytest.mark.parametrize(("declared", "request_charset", "expected"), [
+    (None, None, "ISO_IR 192"),  # a non-ASCII name and no charset anywhere: UTF-8 declared
+    ("", None, "ISO_IR 192"),  # an empty value is no declaration
+    ("", "ISO_IR 100", "ISO_IR 100"),  # the request's, as before
+    ("ISO_IR 100", None, "ISO_IR 100"),  # the handler's own
+])
+async def test_handler_match_charset_declared_for_its_values(
+        declared: str | None, request_charset: str | None, expected: str) -> None:
+    """A non-ASCII match with no or an empty (0008,0005) was written in the default encoding
+    with an empty Specific Character Set: Latin-1 bytes the SCU read as ASCII."""
+    async def handler(request: FindRequest) -> AsyncIterator[Dataset]:
+        ds = Dataset()
+        if declared is not None:
+            ds.SpecificCharacterSet = declared
+        ds.StudyInstanceUID, ds.PatientName = "1.2.3", "M\u00fcller^Hans"
+        yield ds
+
+    ident = q("STUDY", StudyInstanceUID="", PatientName="")
+    if request_charset is not None:
+        ident.SpecificCharacterSet = request_charset
+    got = await _run_with(handler, ident)
+    assert [(m.SpecificCharacterSet, str(m.PatientName)) for m in got] == [
+        (expected, "M\u00fcller^Hans")]
+
+
+def test_archive_response_bytes_carry_no_empty_charset(archive: Archive) -> None:
+    """The encoded fast path wrote (0008,0005) with length 0 into every ASCII-only response."""
+    ident = q("STUDY", StudyInstanceUID="", PatientID="")
+    result = archive.find_encoded(ident, QueryModel.STUDY_ROOT, Level.STUDY,
+                                  ExplicitVRLittleEndian)
+    assert result.templated
+    encoded = list(result.matches)
+    assert encoded
+    for data in encoded:
+        assert not bytes(data).startswith(b"\x08\x00\x05\x00")
+        assert b"\x08\x00\x05\x00CS\x00\x00" not in bytes(data)
