@@ -117,13 +117,37 @@ class Connector:
             assoc.protocol.connection_lost(exc)  # Evt17 in Sta4: back to Sta1
             raise AssociationAborted(f"cannot connect to {self._host}:{self._port}: {exc}"
                                      ) from exc
-        except AssociationError:
+        except AssociationError as exc:
             await _shut(assoc)
-            raise
+            explained = _explain(exc, assoc, f"{self._host}:{self._port}", o["ssl"] is not None)
+            if explained is exc:
+                raise
+            raise explained from (assoc.protocol.lost_reason or exc)
         except BaseException:
             _abort_and_close(assoc)
             raise
         return assoc
+
+
+def _explain(exc: AssociationError, assoc: Association, where: str, tls: bool
+             ) -> AssociationError:
+    """Say why the connection ended before the A-ASSOCIATE-AC, which a bare A-P-ABORT does not:
+    the transport's error (a TLS alert, such as a client certificate the peer requires or
+    refuses: TLS 1.3 reports it only after our side of the handshake is done), or a peer that
+    closed without answering at all (what a TLS-only peer does to plain TCP)."""
+    protocol = assoc.protocol
+    if not isinstance(exc, AssociationAborted) or not protocol.connection_is_lost:
+        return exc
+    lost = protocol.lost_reason
+    detail = f"{lost}; {exc}" if lost is not None else str(exc)
+    if protocol.bytes_received == 0:
+        hint = "" if tls else "; a peer that expects TLS does this (pass ssl=...)"
+        text = f"{where} closed the connection without answering the A-ASSOCIATE-RQ ({detail}){hint}"
+    elif lost is not None:
+        text = f"connection to {where} lost before the A-ASSOCIATE-AC ({detail})"
+    else:
+        return exc
+    return AssociationAborted(text, source=exc.source, reason=exc.reason)
 
 
 def _abort_and_close(assoc: Association) -> None:

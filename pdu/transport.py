@@ -128,6 +128,10 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         #: handshake fails, never calls ``connection_made`` nor ``connection_lost``, so an
         #: owner (the server) must not count the connection as open before this.
         self.on_connected: Callable[[], None] | None = None
+        #: Bytes received so far (tells "closed without answering" from an answer).
+        self.bytes_received = 0
+        #: The error the connection was lost with (e.g. a TLS alert), None after a clean close.
+        self.lost_reason: Exception | None = None
 
     # -- asyncio.Protocol callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -150,6 +154,7 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes) -> None:
         writes = self._writes
+        self.bytes_received += len(data)
         self.machine.receive_data(data)
         self.flush()
         sock = self._quickack
@@ -167,6 +172,7 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connection_lost = True
+        self.lost_reason = exc
         self._cancel_artim()
         if self.machine.state != State.STA1:
             self.machine.transport_closed()

@@ -474,6 +474,47 @@ async def test_silent_tcp_client_is_dropped_after_artim(pki: Pki) -> None:
         assert await settled(lambda: not server.associations)
 
 
+async def test_our_client_without_certificate_says_why(pki: Pki, tmp_path: Path) -> None:
+    """TLS 1.3 ends the client's handshake before the server checks the client certificate:
+    the refusal arrives as an alert while we wait for the A-ASSOCIATE-AC, and the error must
+    name it rather than a bare A-P-ABORT."""
+    dcmtk_tls("storescp")
+    port = free_port()
+    tls = dcmtk_tls_args(pki.server_key, pki.server_cert, pki)
+    with run_storescp(tmp_path, port, extra_args=tls):
+        async with no_leaks():
+            with pytest.raises(AssociationAborted, match="(?i)certificate") as info:
+                await connect(LOCALHOST, port, called_ae="STORESCP", connect_timeout=10,
+                              ssl=client_context(pki, cert=False))
+            assert isinstance(info.value.__cause__, ssl.SSLError)
+    # asyncio (CPython 3.11) drops the fatal alert of a failed server-side handshake
+    # (python/cpython#98078): against our server the client sees only the connection close.
+    async with Server("OURSCP", ssl=server_context(pki)) as server, no_leaks():
+        with pytest.raises(AssociationAborted,
+                           match="(?i)certificate|without answering the A-ASSOCIATE-RQ"):
+            await connect(LOCALHOST, server.port, called_ae="OURSCP", connect_timeout=10,
+                          ssl=client_context(pki, cert=False))
+        assert await settled(lambda: not server.associations)
+
+
+async def test_plain_client_against_tls_peers_says_why(pki: Pki, tmp_path: Path) -> None:
+    """A TLS-only peer closes (or resets) a plain connection without a DICOM answer: the error
+    says so and suggests TLS, instead of a bare A-P-ABORT."""
+    dcmtk_tls("storescp")
+    port = free_port()
+    tls = dcmtk_tls_args(pki.server_key, pki.server_cert, pki)
+    with run_storescp(tmp_path, port, extra_args=tls):
+        async with no_leaks():
+            with pytest.raises(AssociationAborted, match="without answering the A-ASSOCIATE-RQ"
+                               ) as info:
+                await connect(LOCALHOST, port, called_ae="STORESCP", connect_timeout=10)
+            assert "expects TLS" in str(info.value)
+    async with Server("OURSCP", ssl=server_context(pki)) as server, no_leaks():
+        with pytest.raises(AssociationAborted, match="expects TLS"):
+            await connect(LOCALHOST, server.port, called_ae="OURSCP", connect_timeout=10)
+        assert await settled(lambda: not server.associations)
+
+
 async def test_tls_client_against_plain_peers_fails_cleanly(pki: Pki, tmp_path: Path) -> None:
     dcmtk("storescp")
     port = free_port()
