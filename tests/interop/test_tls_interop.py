@@ -487,6 +487,11 @@ async def test_our_client_without_certificate_says_why(pki: Pki, tmp_path: Path)
                 await connect(LOCALHOST, port, called_ae="STORESCP", connect_timeout=10,
                               ssl=client_context(pki, cert=False))
             assert isinstance(info.value.__cause__, ssl.SSLError)
+            rogue = client_context(pki, cert=False)
+            rogue.load_cert_chain(pki.rogue_cert, pki.rogue_key)
+            with pytest.raises(AssociationAborted, match="(?i)unknown ca|certificate"):
+                await connect(LOCALHOST, port, called_ae="STORESCP", connect_timeout=10,
+                              ssl=rogue)
     # asyncio (CPython 3.11) drops the fatal alert of a failed server-side handshake
     # (python/cpython#98078): against our server the client sees only the connection close.
     async with Server("OURSCP", ssl=server_context(pki)) as server, no_leaks():
