@@ -327,14 +327,7 @@ async def test_our_client_against_dcmtk_storescp_over_mutual_tls(
         assert back.PatientID == pydicom.dcmread(f).PatientID
 
 
-def test_our_find_against_dcmqrscp_over_tls() -> None:
-    path = dcmtk("dcmqrscp")
-    helptext = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=10,
-                              check=False).stdout
-    if "--enable-tls" not in helptext:
-        pytest.skip(f"{path} ({dcmtk_version('dcmqrscp')}) has no TLS options; our find "
-                    "over TLS is tested against pynetdicom instead")
-    pytest.fail("dcmqrscp now supports TLS: write this test")  # pragma: no cover
+# (dcmqrscp 3.6.7 has no TLS options: our C-FIND over TLS is tested against pynetdicom.)
 
 
 # --------------------------------------------------------------------------- pynetdicom
