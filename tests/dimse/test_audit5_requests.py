@@ -8,7 +8,7 @@ word in the log.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import struct
 from collections.abc import AsyncIterator
@@ -23,6 +23,7 @@ from dimse.server import Server
 from dimse.services import HandlerRegistry, RequestContext
 from pdu import AAbort, PDataTF
 from pdu import decode as decode_pdu
+from tests.raw_peer import RawPeer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -67,18 +68,23 @@ def _associate_rq(*abstract: bytes) -> bytes:
     return struct.pack(">BxL", 1, len(body)) + body
 
 
-class _Peer:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    async def pdu(self) -> bytes:
-        header = await asyncio.wait_for(self.reader.readexactly(6), 5)
-        return header + await asyncio.wait_for(
-            self.reader.readexactly(struct.unpack(">L", header[2:])[0]), 5)
+@contextlib.asynccontextmanager
+async def _associated(registry: HandlerRegistry, *abstract: bytes,
+                      **server_options: object) -> AsyncIterator[RawPeer]:
+    """A Server with ``registry`` and a raw peer associated with it on ``abstract``."""
+    server = Server("ARCHIVE", handlers=registry, **server_options)  # type: ignore[arg-type]
+    async with server:
+        peer = await RawPeer.open(server.port)
+        try:
+            peer.writer.write(_associate_rq(*abstract))
+            assert (await peer.pdu())[0] == 0x02  # A-ASSOCIATE-AC
+            yield peer
+        finally:
+            await peer.close()
 
 
 @pytest.fixture
-async def archive_peer() -> AsyncIterator[tuple[_Peer, list[str]]]:
+async def archive_peer() -> AsyncIterator[tuple[RawPeer, list[str]]]:
     stored: list[str] = []
 
     def keep(rq: object, ds: object, ctx: object) -> int:
@@ -87,15 +93,8 @@ async def archive_peer() -> AsyncIterator[tuple[_Peer, list[str]]]:
 
     registry = HandlerRegistry()
     registry.on_store(keep)
-    async with Server("ARCHIVE", handlers=registry) as server:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        peer = _Peer(reader, writer)
-        try:
-            writer.write(_associate_rq(SC, VERIFICATION, FIND))
-            assert (await peer.pdu())[0] == 0x02  # A-ASSOCIATE-AC
-            yield peer, stored
-        finally:
-            writer.close()
+    async with _associated(registry, SC, VERIFICATION, FIND) as peer:
+        yield peer, stored
 
 
 def _response(pdu_bytes: bytes) -> object:
@@ -106,7 +105,8 @@ def _response(pdu_bytes: bytes) -> object:
 
 @pytest.mark.parametrize("uid", [LONG_UID, b"1.2.3\\4"])
 async def test_store_echoes_an_instance_uid_our_encoder_refuses(
-        archive_peer: tuple[_Peer, list[str]], uid: bytes, caplog: pytest.LogCaptureFixture) -> None:
+        archive_peer: tuple[RawPeer, list[str]], uid: bytes,
+        caplog: pytest.LogCaptureFixture) -> None:
     peer, stored = archive_peer
     command = _command(_el(0, 0x0002, SC), _el(0, 0x0100, _us(1)), _el(0, 0x0110, _us(7)),
                        _el(0, 0x0700, _us(0)), _el(0, 0x0800, _us(0)), _el(0, 0x1000, uid))
@@ -122,7 +122,7 @@ async def test_store_echoes_an_instance_uid_our_encoder_refuses(
 
 
 async def test_echo_with_a_backslash_in_its_sop_class_uid_is_answered(
-        archive_peer: tuple[_Peer, list[str]]) -> None:
+        archive_peer: tuple[RawPeer, list[str]]) -> None:
     peer, _ = archive_peer
     command = _command(_el(0, 0x0002, VERIFICATION + b"\\1"), _el(0, 0x0100, _us(0x30)),
                        _el(0, 0x0110, _us(1)), _el(0, 0x0800, _us(0x0101)))
@@ -133,7 +133,7 @@ async def test_echo_with_a_backslash_in_its_sop_class_uid_is_answered(
 
 
 async def test_request_on_a_rejected_context_is_aborted_and_logged(
-        archive_peer: tuple[_Peer, list[str]], caplog: pytest.LogCaptureFixture) -> None:
+        archive_peer: tuple[RawPeer, list[str]], caplog: pytest.LogCaptureFixture) -> None:
     """GDCM sends its C-MOVE on the context we rejected: A-ABORT, and the log says why."""
     peer, _ = archive_peer
     caplog.set_level(logging.INFO)
@@ -168,24 +168,17 @@ async def test_a_handler_error_with_non_ascii_text_is_answered() -> None:
     not be encoded and the request went unanswered."""
     registry = HandlerRegistry()
     registry.on_store(_refuse)
-    async with Server("ARCHIVE", handlers=registry) as server:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        peer = _Peer(reader, writer)
-        try:
-            writer.write(_associate_rq(SC))
-            assert (await peer.pdu())[0] == 0x02
-            command = _command(_el(0, 0x0002, SC), _el(0, 0x0100, _us(1)),
-                               _el(0, 0x0110, _us(7)), _el(0, 0x0700, _us(0)),
-                               _el(0, 0x0800, _us(0)), _el(0, 0x1000, b"1.2.3.4"))
-            data = _el(0x0008, 0x0016, SC) + _el(0x0008, 0x0018, b"1.2.3.4")
-            writer.write(_pdata(1, 3, command) + _pdata(1, 2, data))
-            rsp = _response(await peer.pdu())
-            assert isinstance(rsp, CStoreRSP)
-            assert rsp.status == 0x0110
-            assert rsp.error_comment is not None and "ValueError" in rsp.error_comment
-            assert rsp.error_comment.isascii()
-        finally:
-            writer.close()
+    async with _associated(registry, SC) as peer:
+        command = _command(_el(0, 0x0002, SC), _el(0, 0x0100, _us(1)),
+                           _el(0, 0x0110, _us(7)), _el(0, 0x0700, _us(0)),
+                           _el(0, 0x0800, _us(0)), _el(0, 0x1000, b"1.2.3.4"))
+        data = _el(0x0008, 0x0016, SC) + _el(0x0008, 0x0018, b"1.2.3.4")
+        peer.writer.write(_pdata(1, 3, command) + _pdata(1, 2, data))
+        rsp = _response(await peer.pdu())
+        assert isinstance(rsp, CStoreRSP)
+        assert rsp.status == 0x0110
+        assert rsp.error_comment is not None and "ValueError" in rsp.error_comment
+        assert rsp.error_comment.isascii()
 
 
 async def test_a_response_that_cannot_be_encoded_at_all_aborts(
@@ -198,18 +191,11 @@ async def test_a_response_that_cannot_be_encoded_at_all_aborts(
 
     registry = HandlerRegistry()
     registry.register(CommandField.C_ECHO_RQ, performer)
-    async with Server("ARCHIVE", handlers=registry) as server:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        peer = _Peer(reader, writer)
-        try:
-            writer.write(_associate_rq(VERIFICATION))
-            assert (await peer.pdu())[0] == 0x02
-            writer.write(_pdata(1, 3, _command(
-                _el(0, 0x0002, VERIFICATION), _el(0, 0x0100, _us(0x30)),
-                _el(0, 0x0110, _us(1)), _el(0, 0x0800, _us(0x0101)))))
-            assert isinstance(decode_pdu(await peer.pdu()), AAbort)
-        finally:
-            writer.close()
+    async with _associated(registry, VERIFICATION) as peer:
+        peer.writer.write(_pdata(1, 3, _command(
+            _el(0, 0x0002, VERIFICATION), _el(0, 0x0100, _us(0x30)),
+            _el(0, 0x0110, _us(1)), _el(0, 0x0800, _us(0x0101)))))
+        assert isinstance(decode_pdu(await peer.pdu()), AAbort)
     assert any("cannot encode CEchoRSP" in r.getMessage() for r in caplog.records
                if r.levelno == logging.ERROR)
 
@@ -226,24 +212,16 @@ async def test_command_and_data_set_travel_in_pdus_of_their_own() -> None:
     registry = HandlerRegistry()
     register_find(registry, handler)
     identifier = _el(0x0008, 0x0052, b"PATIENT") + _el(0x0010, 0x0020, b"")
-    async with Server("ARCHIVE", handlers=registry,
-                      contexts=qr_server_contexts(registry)) as server:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        peer = _Peer(reader, writer)
-        try:
-            writer.write(_associate_rq(FIND))
-            assert (await peer.pdu())[0] == 0x02
-            writer.write(_pdata(1, 3, _command(
-                _el(0, 0x0002, FIND), _el(0, 0x0100, _us(0x20)), _el(0, 0x0110, _us(1)),
-                _el(0, 0x0700, _us(0)), _el(0, 0x0800, _us(0)))) + _pdata(1, 2, identifier))
-            controls = []
-            while True:
-                pdata = decode_pdu(await peer.pdu())
-                assert isinstance(pdata, PDataTF)
-                controls.append([pdv.control for pdv in pdata.pdvs])
-                if controls[-1] == [3] and commands.decode(
-                        bytes(pdata.pdvs[0].data)).status == 0:
-                    break
-        finally:
-            writer.close()
+    async with _associated(registry, FIND, contexts=qr_server_contexts(registry)) as peer:
+        peer.writer.write(_pdata(1, 3, _command(
+            _el(0, 0x0002, FIND), _el(0, 0x0100, _us(0x20)), _el(0, 0x0110, _us(1)),
+            _el(0, 0x0700, _us(0)), _el(0, 0x0800, _us(0)))) + _pdata(1, 2, identifier))
+        controls = []
+        while True:
+            pdata = decode_pdu(await peer.pdu())
+            assert isinstance(pdata, PDataTF)
+            controls.append([pdv.control for pdv in pdata.pdvs])
+            if controls[-1] == [3] and commands.decode(
+                    bytes(pdata.pdvs[0].data)).status == 0:
+                break
     assert controls == [[3], [2]] * 3 + [[3]]  # command PDU, data set PDU; final: command only

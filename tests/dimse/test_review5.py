@@ -31,19 +31,22 @@ def _ct() -> Dataset:
     return ds
 
 
+async def _store_back_on_echo(rq: CEchoRQ, ctx: RequestContext) -> int:
+    """The peer's C-ECHO handler: it sends us a C-STORE on our own association first (as a
+    C-GET SCP does), on the CT context where role selection made us SCP."""
+    assoc = ctx.association
+    ct = next(c for c in assoc.negotiated.contexts.values() if c.abstract_syntax == CT)
+    data = codec.encode(_ct(), ct.transfer_syntax)
+    await assoc.request(ct, storage_scu.store_builder(CT, SOP, 0, None), data)
+    return 0
+
+
 async def test_file_sink_titles_on_the_requestor_side(tmp_path: Path) -> None:
     """A C-STORE the peer sends on OUR association (C-GET sub-operation, role selection):
     the sender is the peer (the called AE) and we (the calling AE) received and wrote the
     file. file_sink_factory used to take calling/called as sender/receiver on both sides."""
-    async def on_echo(rq: CEchoRQ, ctx: RequestContext) -> int:
-        assoc = ctx.association
-        ct = next(c for c in assoc.negotiated.contexts.values() if c.abstract_syntax == CT)
-        data = codec.encode(_ct(), ct.transfer_syntax)
-        await assoc.request(ct, storage_scu.store_builder(CT, SOP, 0, None), data)
-        return 0
-
     theirs = HandlerRegistry()
-    theirs.on_echo(on_echo)
+    theirs.on_echo(_store_back_on_echo)
     theirs.on_store(lambda rq, ds, ctx: 0)  # so that the CT context is accepted
     ours = HandlerRegistry()
     ours.on_store(lambda rq, ds, ctx: 0, sink=file_sink_factory(tmp_path))
@@ -101,15 +104,8 @@ def test_open_date_range_skips_a_multi_valued_date_whose_first_value_is_empty(
 async def test_archive_sink_titles_on_the_requestor_side(tmp_path: Path) -> None:
     """As file_sink_factory: a C-STORE the peer sends on our association names the peer as
     sender and us as receiver and writer."""
-    async def on_echo(rq: CEchoRQ, ctx: RequestContext) -> int:
-        assoc = ctx.association
-        ct = next(c for c in assoc.negotiated.contexts.values() if c.abstract_syntax == CT)
-        data = codec.encode(_ct(), ct.transfer_syntax)
-        await assoc.request(ct, storage_scu.store_builder(CT, SOP, 0, None), data)
-        return 0
-
     theirs = HandlerRegistry()
-    theirs.on_echo(on_echo)
+    theirs.on_echo(_store_back_on_echo)
     theirs.on_store(lambda rq, ds, ctx: 0)
     with Archive(tmp_path / "archive") as archive:
         ours = HandlerRegistry()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
 
 import pytest
 from pydicom import Dataset
@@ -24,10 +23,11 @@ from pydicom.filereader import read_dataset
 import pdu
 from dimse import commands
 from dimse.messages import CCancelRQ, CEchoRSP, CFindRQ, CFindRSP
-from dimse.qr_scp import FindRequest, qr_server_contexts, register_find
+from dimse.qr_scp import FindRequest
 from dimse.server import Server
 from dimse.services import HandlerRegistry
 from pdu.negotiation import negotiated_from_ac
+from tests.raw_peer import RELEASE_RQ, RawPeer, find_server, split_pdus
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -548,88 +548,13 @@ DCMJS_FIND_RSP_PDATA = bytes.fromhex(
     "000000ff"
 )
 
-# A-RELEASE-RQ as Orthanc sends it
-RELEASE_RQ = bytes.fromhex(
-    "05000000000400000000"
-)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def split_pdus(data: bytes) -> list[bytes]:
-    """Cut a captured byte stream into whole PDUs by their 6-byte headers."""
-    out, i = [], 0
-    while i < len(data):
-        _type, length = _HEADER.unpack_from(data, i)
-        out.append(data[i:i + 6 + length])
-        i += 6 + length
-    assert i == len(data)
-    return out
-
-
-class RawPeer:
-    """A raw-socket stand-in for the peer: sends captured bytes, reads whole PDUs (bounded)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> RawPeer:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
-        return cls(reader, writer)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def pdu(self) -> bytes:
-        header = await asyncio.wait_for(self.reader.readexactly(6), 5)
-        _type, length = _HEADER.unpack(header)
-        return header + await asyncio.wait_for(self.reader.readexactly(length), 5)
-
-    async def message(self) -> tuple[object, bytes | None]:
-        """The next DIMSE message: (decoded command, data set bytes or None)."""
-        parts: dict[bool, bytearray] = {True: bytearray(), False: bytearray()}
-        command = None
-        while True:
-            p = pdu.decode(await self.pdu())
-            assert isinstance(p, pdu.PDataTF), p
-            for pdv in p.pdvs:
-                parts[pdv.is_command].extend(bytes(pdv.data))
-                if pdv.is_command and pdv.is_last:
-                    command = commands.decode(bytes(parts[True]))
-                    if command.command_data_set_type == 0x0101:
-                        return command, None
-                elif not pdv.is_command and pdv.is_last:
-                    assert command is not None
-                    return command, bytes(parts[False])
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
-
-
 def identifier(data: bytes, implicit: bool = False) -> Dataset:
     return read_dataset(DicomBytesIO(data), implicit, True)
-
-
-def find_server(ae: str, seen: list[FindRequest], count: int = 2,
-                slow: asyncio.Event | None = None) -> Server:
-    """A C-FIND SCP yielding ``count`` PATIENT matches; with ``slow``, it waits after the first."""
-    async def matches(request: FindRequest) -> AsyncIterator[Dataset]:
-        seen.append(request)
-        for i in range(count):
-            match = Dataset()
-            match.PatientName = f"DOE^J{i}"
-            match.PatientID = f"P{i}"
-            yield match
-            if slow is not None:
-                await asyncio.wait_for(slow.wait(), 10)
-
-    registry = HandlerRegistry()
-    register_find(registry, matches)
-    return Server(ae, handlers=registry, contexts=qr_server_contexts(registry))
 
 
 # --------------------------------------------------------------------------- codec

@@ -13,10 +13,8 @@ today (see /work/notes/audit5/peers_b.md for what is not).
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import struct
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +27,15 @@ import pdu
 from dimse import commands
 from dimse.archive import Archive
 from dimse.messages import CEchoRSP, CFindRSP, CStoreRQ, CStoreRSP
-from dimse.qr_scp import FindRequest, archive_server, qr_server_contexts, register_find
+from dimse.qr_scp import FindRequest, archive_server
 from dimse.server import Server
 from dimse.services import HandlerRegistry, ReceivedDataSet
 from pdu.negotiation import negotiated_from_ac
+from tests.raw_peer import RELEASE_RQ, RawPeer, find_server, split_pdus
 
 pytestmark = pytest.mark.timeout(60)
 
 _HEADER = struct.Struct(">BxL")
-RELEASE_RQ = bytes.fromhex("05000000000400000000")
 VERIFICATION = "1.2.840.10008.1.1"
 GDCM_CLASS_UID = "1.2.826.0.1.3680043.2.1143.107.104.103.115.3.0.21"
 CTN_CLASS_UID = "1.2.840.113654.2.3.1995.3.0.6"
@@ -313,90 +311,12 @@ CTN_AC_ROLE_NO_ASYNC = bytes.fromhex(
 # --------------------------------------------------------------------------- helpers
 
 
-def split_pdus(data: bytes) -> list[bytes]:
-    """Cut a captured byte stream into whole PDUs by their 6-byte headers."""
-    out, i = [], 0
-    while i < len(data):
-        _type, length = _HEADER.unpack_from(data, i)
-        out.append(data[i:i + 6 + length])
-        i += 6 + length
-    assert i == len(data)
-    return out
-
-
-class RawPeer:
-    """A raw-socket stand-in for the peer: sends captured bytes, reads whole PDUs (bounded)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> RawPeer:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
-        return cls(reader, writer)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def pdu(self) -> bytes:
-        header = await asyncio.wait_for(self.reader.readexactly(6), 5)
-        _type, length = _HEADER.unpack(header)
-        return header + await asyncio.wait_for(self.reader.readexactly(length), 5)
-
-    async def associate(self, rq: bytes) -> pdu.AAssociateAC:
-        await self.send(rq)
-        ac = pdu.decode(await self.pdu())
-        assert isinstance(ac, pdu.AAssociateAC), ac
-        return ac
-
-    async def message(self) -> tuple[object, bytes | None]:
-        """The next DIMSE message: (decoded command, data set bytes or None)."""
-        parts: dict[bool, bytearray] = {True: bytearray(), False: bytearray()}
-        command = None
-        while True:
-            p = pdu.decode(await self.pdu())
-            assert isinstance(p, pdu.PDataTF), p
-            for pdv in p.pdvs:
-                parts[pdv.is_command].extend(bytes(pdv.data))
-                if pdv.is_command and pdv.is_last:
-                    command = commands.decode(bytes(parts[True]))
-                    if command.command_data_set_type == 0x0101:
-                        return command, None
-                elif not pdv.is_command and pdv.is_last:
-                    assert command is not None
-                    return command, bytes(parts[False])
-
-    async def release(self) -> None:
-        await self.send(RELEASE_RQ)
-        assert isinstance(pdu.decode(await self.pdu()), pdu.AReleaseRP)
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
-
-
 def identifier(data: bytes, implicit: bool = True) -> Dataset:
     return read_dataset(DicomBytesIO(data), implicit, True)
 
 
 def results(ac: pdu.AAssociateAC) -> dict[int, int]:
     return {pc.context_id: pc.result for pc in ac.presentation_contexts}
-
-
-def find_server(seen: list[FindRequest]) -> Server:
-    """A C-FIND SCP answering two PATIENT matches."""
-    async def matches(request: FindRequest) -> AsyncIterator[Dataset]:
-        seen.append(request)
-        for i in range(2):
-            match = Dataset()
-            match.PatientName = f"DOE^J{i}"
-            match.PatientID = f"P{i}"
-            yield match
-
-    registry = HandlerRegistry()
-    register_find(registry, matches)
-    return Server("ARCHIVE", handlers=registry, contexts=qr_server_contexts(registry))
 
 
 # --------------------------------------------------------------------------- codec
@@ -538,7 +458,7 @@ async def test_echo_replayed_against_our_server(rq: bytes, echo: bytes) -> None:
 
 async def test_gdcm_patient_find_replayed_against_our_server() -> None:
     seen: list[FindRequest] = []
-    async with find_server(seen) as server:
+    async with find_server("ARCHIVE", seen) as server:
         peer = await RawPeer.open(server.port)
         try:
             assert results(await peer.associate(GDCM_PATIENT_FIND_RQ)) == {1: 0}
