@@ -132,6 +132,9 @@ class Association(ScuOperations):
         self._send_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancels: dict[int, asyncio.Event] = {}  # per request being performed
+        #: Performer tasks not started yet (see _drop_unstarted).
+        self._unstarted: dict[asyncio.Task[None], tuple[RequestContext, Awaitable[None] | None]
+                              ] = {}
         self._gate = ReadGate(self.protocol.pause_reading, self.protocol.resume_reading,
                               self._on_gate)
         self._inbound = InboundStores(self)
@@ -434,6 +437,7 @@ class Association(ScuOperations):
                 return
         task = self._loop.create_task(self._perform(request, cancel, rest))
         self._tasks.add(task)
+        self._unstarted[task] = (request, rest)
         task.add_done_callback(self._performed)
         if len(self._tasks) >= self._read_limit and not self._gate.backlog:
             self._gate.backlog = True
@@ -462,6 +466,7 @@ class Association(ScuOperations):
                        started: Awaitable[None] | None = None) -> None:
         """Perform a request in its task (or finish one an inline performer started)."""
         message = request.message
+        self._unstarted.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
         try:
             if started is not None:
                 await started
@@ -485,6 +490,9 @@ class Association(ScuOperations):
 
     def _performed(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        unstarted = self._unstarted.pop(task, None)
+        if unstarted is not None:
+            _drop_unstarted(*unstarted)
         if self._gate.backlog and len(self._tasks) < self._read_limit:
             self._gate.backlog = False
             self._gate.update()
@@ -561,6 +569,21 @@ class Association(ScuOperations):
         self.abort()
         self.protocol.close_transport()
         await self._closed.wait()
+
+
+def _drop_unstarted(request: RequestContext, started: Awaitable[None] | None) -> None:
+    """A performer task cancelled (by an abort) before its first step never runs a line, so
+    the cleanup in its ``except``/``finally`` never happens: the C-STORE sink holding the
+    complete data set is discarded here (no temporary file stays behind), and the awaitable an
+    inline performer returned is closed (no "never awaited" warning)."""
+    if isinstance(started, Coroutine):
+        started.close()
+    dataset = request.dataset
+    if dataset is not None and dataset.sink is not None:
+        try:
+            dataset.sink.discard()
+        except Exception:
+            log.exception("discarding the data set of %r failed", request.message)
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:
