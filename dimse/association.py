@@ -35,6 +35,7 @@ from typing import Any
 
 from pdu.constants import AbortSource
 from pdu.errors import ProtocolError
+from pdu.fsm import State
 from pdu.machine import (
     AbortIndication,
     AssociateAccepted,
@@ -141,6 +142,12 @@ class Association(ScuOperations):
         self._idle = IdleWatch(self._loop, idle_timeout, self._busy, self._on_idle)
         self._deadlines = DeadlineWatch(self._loop)
         self._release_due = False
+        #: Why the peer (or its silence) ended the association, when nothing was logged for
+        #: it here: the server logs it once (see :meth:`Server._serve`).
+        self.ended_by_peer: str | None = None
+        #: The C-STORE whose data set was being received when the association ended.
+        self.dropped: Message | None = None
+        self._rejected = False
         for fut in (self._established, self._associate_rq, self._released):
             fut.add_done_callback(_consume)
 
@@ -213,6 +220,7 @@ class Association(ScuOperations):
 
     def reject(self, rj: AAssociateRJ) -> None:
         """Acceptor: send the A-ASSOCIATE-RJ (the requestor closes the connection)."""
+        self._rejected = True  # the peer closes the connection: a normal end
         self.protocol.call(self.machine.reject, rj)
 
     def _setup(self, negotiated: Negotiated) -> None:
@@ -250,6 +258,8 @@ class Association(ScuOperations):
             self._finish_release("association released")
         elif isinstance(out, AbortIndication):
             kind = "A-P-ABORT" if out.provider else "A-ABORT"
+            if self._error is None and not self._released.done():
+                self._note_peer_end(out)
             self._fail(AssociationAborted(f"{kind} (source {out.source}, reason {out.reason})",
                                           source=out.source, reason=out.reason))
         elif isinstance(out, Closed):
@@ -289,8 +299,22 @@ class Association(ScuOperations):
         for op in list(self._pending.values()):
             op.fail(AssociationAborted("association released with the operation outstanding"))
 
+    def _note_peer_end(self, out: AbortIndication) -> None:
+        """Record why the peer ended the association (an invalid PDU is logged by the core)."""
+        if not out.provider:
+            self.ended_by_peer = f"A-ABORT from the peer (source {out.source}, reason {out.reason})"
+        elif self.protocol.artim_fired:
+            self.ended_by_peer = "ARTIM timer expired"
+        elif self.protocol.connection_is_lost:
+            self.ended_by_peer = "connection closed by the peer without A-RELEASE"
+
     def _on_closed(self) -> None:
         if not self._released.done() and self._error is None:
+            if not self._rejected and self.protocol.state_at_close is not State.STA13:
+                self.ended_by_peer = ("no A-ASSOCIATE-RQ within the ARTIM timeout"
+                                      if self.protocol.artim_fired else "connection closed"
+                                      if self.rq is not None else
+                                      "connection closed before an A-ASSOCIATE-RQ")
             self._fail(AssociationAborted("connection closed"))
         self._inbound.discard()
         self._idle.stop()
@@ -309,7 +333,7 @@ class Association(ScuOperations):
         self._wake_drained()
         for task in self._tasks:
             task.cancel()
-        self._inbound.discard()
+        self.dropped = self._inbound.discard() or self.dropped
 
     # -- incoming messages -----------------------------------------------------------------------
     def _on_pdata(self, pdu: PDataTF) -> None:

@@ -93,9 +93,13 @@ class InboundStores:
         self._assoc._on_request(RequestContext(self._assoc, request.context, request.message,
                                                dataset))
 
-    def discard(self) -> None:
-        """Drop a partly received message; a half-written sink leaves no trace."""
+    def discard(self) -> Message | None:
+        """Drop a partly received message; a half-written sink leaves no trace. Returns the
+        C-STORE request whose data set was being streamed, if any (for the log)."""
         self.assembler.discard()
         streaming, self._streaming = self._streaming, None
-        if streaming is not None and streaming.sink is not None:
+        if streaming is None:
+            return None
+        if streaming.sink is not None:
             streaming.sink.discard()
+        return streaming.request.message

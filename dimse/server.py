@@ -231,6 +231,7 @@ class Server:
             if accepted:
                 self._accepted -= 1
             self._associations.discard(assoc)
+            _log_peer_end(assoc)
             if not assoc.protocol.closed.done():
                 assoc.protocol.close_transport()
                 await asyncio.wait([assoc.protocol.closed], timeout=1.0)
@@ -323,6 +324,23 @@ class Server:
         # accepted and a response asked for: a User Identity AC goes back in any case, empty
         # when the authenticator has nothing to send (PS3.7 D.3.3.7.2)
         return None, b"" if response is None else response
+
+
+def _log_peer_end(assoc: Association) -> None:
+    """One line for an association the peer ended without a release (or never started):
+    its A-ABORT, a closed connection, its silence (ARTIM), and the C-STORE lost with it.
+    Ends decided here (idle timeout, protocol errors, close()) are logged where decided."""
+    why = assoc.ended_by_peer
+    if why is None:
+        return
+    dropped = assoc.dropped
+    lost = "" if dropped is None else (
+        f"; C-STORE {getattr(dropped, 'message_id', '?')} (SOP Instance "
+        f"{getattr(dropped, 'affected_sop_instance_uid', '?')}) incomplete, discarded")
+    who = f" ({assoc.rq.calling_ae})" if assoc.rq is not None else ""
+    if assoc.rq is None and assoc.protocol.bytes_received == 0 and "ARTIM" not in why:
+        return  # a bare TCP connect and close (a port probe): nothing to say
+    log.info("association from %s%s ended: %s%s", assoc.peer, who, why, lost)
 
 
 async def serve(ae_title: str, host: str = "127.0.0.1", port: int = 0, **options: object

@@ -132,6 +132,10 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         self.bytes_received = 0
         #: The error the connection was lost with (e.g. a TLS alert), None after a clean close.
         self.lost_reason: Exception | None = None
+        #: Whether the ARTIM timer expired (the peer's silence ended the connection).
+        self.artim_fired = False
+        #: The core's state when the connection was lost (Sta13: we had already ended it).
+        self.state_at_close: State | None = None
 
     # -- asyncio.Protocol callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -174,6 +178,7 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         self._connection_lost = True
         self.lost_reason = exc
         self._cancel_artim()
+        self.state_at_close = self.machine.state
         if self.machine.state != State.STA1:
             self.machine.transport_closed()
             self.flush()
@@ -234,6 +239,7 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
 
     def _artim_expired(self) -> None:
         self._artim = None
+        self.artim_fired = True
         self.machine.artim_expired()
         self.flush()
 

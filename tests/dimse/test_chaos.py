@@ -8,6 +8,7 @@ the soak scripts themselves are not part of the suite.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import dimse
 from dimse import commands
 from dimse.archive import Archive
 from dimse.assembly import fragment
+from dimse.errors import AssociationRejected
 from dimse.messages import CStoreRQ
 from dimse.qr_scp import archive_server
 from dimse.server import Server
@@ -80,3 +82,84 @@ async def test_abort_right_after_a_complete_store_leaves_no_temp_file(archive: A
         await _settled(server)
         assert _temp_files(archive) == []
         assert archive.stored_path(sop_instance) is None  # never answered: not indexed
+
+
+def _ended(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "dimse.server" and " ended: " in r.getMessage()]
+
+
+async def test_peer_vanishing_mid_data_set_is_logged_once(archive: Archive,
+                                                         caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    """A peer that closes the connection in the middle of a C-STORE data set: the partial
+    instance is discarded (no temp file, not indexed) and one INFO line says so, naming the
+    SOP Instance. Before, such an end left no trace in the log at all."""
+    caplog.set_level(logging.INFO, logger="dimse")
+    server = archive_server(archive, "ARCHIVE")
+    async with server:
+        ds = _instance()
+        ds.BitsAllocated = 8
+        ds.PixelData = bytes(200_000)
+        assoc = await dimse.connect("127.0.0.1", server.port, called_ae="ARCHIVE",
+                                    sop_classes=[CT])
+        sop_class, sop_instance, data, cx = prepare_store(assoc, ds)
+        command = commands.encode(CStoreRQ(message_id=7, affected_sop_class_uid=sop_class,
+                                           affected_sop_instance_uid=sop_instance))
+        wire = b"".join(fragment(cx.context_id, command, data, assoc.negotiated.peer_max_pdu,
+                                 coalesce=False))
+        transport = assoc.protocol.transport
+        assert transport is not None
+        transport.write(wire[:len(wire) // 2])
+        transport.close()  # FIN after the half: the server reads it all, then the end
+        await asyncio.wait_for(assoc.wait_closed(), 5)
+        await _settled(server)
+        assert _temp_files(archive) == []
+        assert archive.stored_path(sop_instance) is None
+    ended = _ended(caplog)
+    assert len(ended) == 1, ended
+    assert "DIMSE_PY" in ended[0] and "without A-RELEASE" in ended[0]
+    assert f"C-STORE 7 (SOP Instance {sop_instance}) incomplete, discarded" in ended[0]
+
+
+async def test_silent_peer_dropped_by_artim_is_logged_once(archive: Archive,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """A connection that never sends an A-ASSOCIATE-RQ is closed when ARTIM expires, with one
+    INFO line; a bare connect-and-close (a port probe) says nothing."""
+    caplog.set_level(logging.INFO, logger="dimse")
+    server = archive_server(archive, "ARCHIVE", artim_timeout=0.2)
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        writer.close()
+        _r, probe = await asyncio.open_connection("127.0.0.1", server.port)
+        probe.close()
+        await _settled(server)
+    ended = _ended(caplog)
+    assert len(ended) == 1, ended
+    assert "no A-ASSOCIATE-RQ within the ARTIM timeout" in ended[0]
+
+
+async def test_rejected_and_invalid_peers_are_logged_once(archive: Archive,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """Ends already logged where they were decided (the A-ASSOCIATE-RJ of max_associations, an
+    invalid PDU) get no second line when the peer then closes the connection."""
+    caplog.set_level(logging.INFO, logger="dimse")
+    server = archive_server(archive, "ARCHIVE", max_associations=1)
+    async with server:
+        async with dimse.connect("127.0.0.1", server.port, called_ae="ARCHIVE",
+                                 sop_classes=[CT]):
+            with pytest.raises(AssociationRejected):
+                await dimse.connect("127.0.0.1", server.port, called_ae="ARCHIVE",
+                                    sop_classes=[CT])
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readexactly(10), 5))[0] == 0x07  # A-ABORT
+        writer.close()
+        await _settled(server)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith(("dimse", "pdu"))]
+    assert sum("rejecting association" in m for m in messages) == 1, messages
+    assert sum("invalid PDU" in m for m in messages) == 1, messages
+    assert _ended(caplog) == []
