@@ -3,15 +3,17 @@
 Tables patient -> study -> series -> instance hold the attributes of
 :data:`dimse.matching.ATTRIBUTES`; counts, ModalitiesInStudy and SOPClassesInStudy are computed
 by SQL. One connection per archive, guarded by a lock (``check_same_thread=False``) so that
-the server may call it from ``asyncio.to_thread`` workers. Query results stream in pages
+the server may call it from worker threads (:meth:`Archive.run`). Query results stream in pages
 (keyset pagination on the row id): the lock is never held while the caller consumes a match,
 so an iterator may be advanced from any thread and interleaved with writes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
+import functools
 import json
 import logging
 import os
@@ -21,11 +23,12 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -239,6 +242,9 @@ class _Scan:
         return paths
 
 
+_R = TypeVar("_R")
+
+
 class Archive:
     """A folder of DICOM files indexed in SQLite (``<storage_dir>/.archive.sqlite`` default)."""
 
@@ -255,9 +261,27 @@ class Archive:
         if str(self.db_path) != ":memory:":
             self._db.execute("PRAGMA journal_mode = WAL")
         self._create_schema()
+        self._workers: ThreadPoolExecutor | None = None
+
+    async def run(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+        """``fn(*args, **kwargs)`` (blocking archive work) in the archive's own worker threads.
+
+        Not asyncio's default pool: an application embedding the server may fill that pool
+        with blocking clients of this very server, whose requests would then wait for workers
+        that wait for them (every C-FIND timed out so in a soak run).
+        """
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4),
+                                               thread_name_prefix="dimse-archive")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._workers, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection; work handed to :meth:`run` and not started is
+        dropped (work under way fails on the closed connection, as it would in any thread)."""
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._db.close()
 

@@ -32,7 +32,6 @@ completes: the instance is kept (a resend is then a duplicate), never lost or ha
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import mmap
@@ -281,7 +280,7 @@ def archive_store_handler(archive: Archive, *,
     async def store(request: CStoreRQ, dataset: ReceivedDataSet, ctx: RequestContext) -> int:
         sink = dataset.sink
         if isinstance(sink, ArchiveSink):
-            await asyncio.to_thread(sink.place, duplicate)
+            await archive.run(sink.place, duplicate)
             return 0
         if dataset.data is not None:
             check_encoding(dataset.data[:HEAD_SIZE], dataset.transfer_syntax,
@@ -292,7 +291,7 @@ def archive_store_handler(archive: Archive, *,
         if duplicate is Duplicate.KEEP and known is not None and known.exists():
             return 0
         try:
-            await asyncio.to_thread(archive.store, ds, transfer_syntax=dataset.transfer_syntax)
+            await archive.run(archive.store, ds, transfer_syntax=dataset.transfer_syntax)
         except OSError as exc:
             raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}"[:64]) from exc
         return 0

@@ -312,7 +312,7 @@ async def _qrscp(args: argparse.Namespace) -> int:
     once = _OncePerMessage()
     logging.getLogger("dimse.archive").addFilter(once)
     try:
-        stats = await asyncio.to_thread(archive.index)
+        stats = await archive.run(archive.index)
         failed = _report_failed(stats.failed, frozenset())
         server = archive_server(archive, args.aet, host=args.bind, port=args.port,
                                 lenient=args.lenient, idle_timeout=args.idle_timeout or None,
@@ -358,7 +358,7 @@ async def _rescan(archive: Archive, every: float, failed: frozenset[Path]) -> No
     while every:
         await asyncio.sleep(every)
         try:
-            stats = await asyncio.to_thread(archive.index)
+            stats = await archive.run(archive.index)
         except (sqlite3.Error, OSError) as exc:
             log.warning("rescan of %s failed: %s", archive.storage_dir, exc)
             continue

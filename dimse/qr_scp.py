@@ -403,28 +403,29 @@ def _chunk(iterator: Iterator[_T], size: int) -> list[_T]:
 
 
 def archive_find_handler(archive: Archive, *, chunk: int = ARCHIVE_CHUNK) -> FindHandler:
-    """A FindHandler over ``archive``: matches read in a worker thread, ``chunk`` at a time."""
+    """A FindHandler over ``archive``: matches read in its worker threads, ``chunk`` at a
+    time."""
 
     async def handle(request: FindRequest) -> AsyncIterator[Dataset | Match | EncodedMatch]:
         ts = request.ctx.context.transfer_syntax
         if ts in codec.SUPPORTED_TRANSFER_SYNTAXES:
             # Fast path: response identifiers encoded straight from the index rows.
-            encoded = await asyncio.to_thread(
+            encoded = await archive.run(
                 archive.find_encoded, request.identifier, request.model, request.level, ts,
                 datetime_matching=request.datetime_matching)
             flagged = bool(encoded.unsupported)
             while True:
-                blobs = await asyncio.to_thread(_chunk, encoded.matches, chunk)
+                blobs = await archive.run(_chunk, encoded.matches, chunk)
                 for data in blobs:
                     yield EncodedMatch(data, ts, flagged)
                 if len(blobs) < chunk:
                     return
-        result = await asyncio.to_thread(
+        result = await archive.run(
             archive.find_with_status, request.identifier, request.model, request.level,
             datetime_matching=request.datetime_matching)
         flagged = bool(result.unsupported)
         while True:
-            batch = await asyncio.to_thread(_chunk, result.matches, chunk)
+            batch = await archive.run(_chunk, result.matches, chunk)
             for ds in batch:
                 yield Match(ds, flagged) if flagged else ds
             if len(batch) < chunk:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,9 @@ from dimse.archive import Archive
 from dimse.assembly import fragment
 from dimse.errors import AssociationRejected
 from dimse.messages import CStoreRQ
+from dimse.qr import QueryModel
 from dimse.qr_scp import archive_server
+from dimse.qr_scu import connect_qr, find
 from dimse.server import Server
 from dimse.storage_scu import prepare_store
 from pdu.pdus import AAbort
@@ -163,3 +167,32 @@ async def test_rejected_and_invalid_peers_are_logged_once(archive: Archive,
     assert sum("rejecting association" in m for m in messages) == 1, messages
     assert sum("invalid PDU" in m for m in messages) == 1, messages
     assert _ended(caplog) == []
+
+
+async def test_archive_work_does_not_wait_for_asyncio_default_pool(tmp_path: Path) -> None:
+    """An application whose blocking clients of this very server fill asyncio's default pool
+    (pynetdicom run with run_in_executor) got every C-FIND timed out: the archive's work
+    waited for a worker of that pool. It now runs in the archive's own threads."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    blocked = threading.Event()
+    busy = loop.run_in_executor(None, blocked.wait, 30)  # the one default worker, taken
+    archive = Archive(tmp_path / "archive")
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", ""
+        async with archive_server(archive, "QR") as server, connect_qr(
+                "127.0.0.1", server.port, called_ae="QR", dimse_timeout=5) as assoc:
+            matches = [m async for m in find(assoc, query, model=QueryModel.STUDY_ROOT)]
+        assert matches == []  # answered (an empty archive), not a DimseTimeout
+    finally:
+        blocked.set()
+        await busy
+        archive.close()
+    for _ in range(100):  # close() lets the archive's worker threads go
+        if not any(t.name.startswith("dimse-archive") and t.is_alive()
+                   for t in threading.enumerate()):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(t.name.startswith("dimse-archive") and t.is_alive()
+                   for t in threading.enumerate())
