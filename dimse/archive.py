@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import functools
 import json
 import logging
 import os
@@ -262,6 +261,7 @@ class Archive:
             self._db.execute("PRAGMA journal_mode = WAL")
         self._create_schema()
         self._workers: ThreadPoolExecutor | None = None
+        self._closed = False
 
     async def run(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
         """``fn(*args, **kwargs)`` (blocking archive work) in the archive's own worker threads.
@@ -270,15 +270,30 @@ class Archive:
         with blocking clients of this very server, whose requests would then wait for workers
         that wait for them (every C-FIND timed out so in a soak run).
         """
-        if self._workers is None:
-            self._workers = ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4),
-                                               thread_name_prefix="dimse-archive")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._workers, functools.partial(fn, *args, **kwargs))
+        workers = self._workers
+        if workers is None:
+            if self._closed:  # a new pool now would never be shut down
+                raise sqlite3.ProgrammingError(f"the archive {self.storage_dir} is closed")
+            workers = self._workers = ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4),
+                                                         thread_name_prefix="dimse-archive")
+        future = workers.submit(fn, *args, **kwargs)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # Dropped by close() before it started, while the caller was not cancelled: fail
+            # like work on the closed database (a performer must still answer its request).
+            task = asyncio.current_task()
+            if future.cancelled() and self._closed and (task is None or not task.cancelling()):
+                raise sqlite3.ProgrammingError(
+                    f"the archive {self.storage_dir} was closed before the work started"
+                ) from None
+            raise
 
     def close(self) -> None:
         """Close the database connection; work handed to :meth:`run` and not started is
-        dropped (work under way fails on the closed connection, as it would in any thread)."""
+        dropped (its caller gets :class:`sqlite3.ProgrammingError`; work under way fails on the
+        closed connection, as it would in any thread), and :meth:`run` refuses new work."""
+        self._closed = True
         workers, self._workers = self._workers, None
         if workers is not None:
             workers.shutdown(wait=False, cancel_futures=True)
