@@ -42,7 +42,7 @@ from . import codec
 from ._vr import EXPLICIT_VR_BE, syntax_for_decode
 from .archive import Archive, Duplicate
 from .archive_store import archive_sink_factory, archive_store_handler
-from .errors import IdentifierError, ServiceError
+from .errors import DataSetEncodeError, IdentifierError, ServiceError
 from .messages import DATASET_PRESENT, NO_DATASET, CFindRQ, CFindRSP, CommandField
 from .qr import (
     DEFAULT_TRANSFER_SYNTAXES,
@@ -275,10 +275,20 @@ def _encode(match: Dataset | Match | EncodedMatch, request: FindRequest, ts: str
             return match.data, Status.PENDING_WARNING if flagged else Status.PENDING
         decoded = codec.decode(match.data, match.transfer_syntax)
         match = Match(decoded, match.optional_keys_unsupported)
-    identifier, status = _complete(match, request)
-    return codec.encode(identifier, ts), status
+    identifier, status, borrowed = _complete(match, request)
+    try:
+        return codec.encode(identifier, ts), status
+    except DataSetEncodeError:
+        # The request's character set, taken for a match that declared none, may not hold
+        # its values (ISO_IR 100 and a Japanese name): UTF-8 does, rather than failing the
+        # query. A character set the handler declared itself is its own to get right.
+        if not borrowed or not has_non_ascii_text(identifier):
+            raise
+        identifier.SpecificCharacterSet = _UTF8
+        return codec.encode(identifier, ts), status
 
 
+_UTF8: Final = "ISO_IR 192"
 _TAG_LE, _TAG_BE = struct.Struct("<HH2sH"), struct.Struct(">HH2sH")
 _LEN_LE, _LEN_BE = struct.Struct("<L"), struct.Struct(">L")
 _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split())
@@ -311,9 +321,10 @@ def has_required_keys(data: bytes | memoryview, transfer_syntax: str) -> bool:
     return 0x00080052 in seen
 
 
-def _complete(match: Dataset | Match, request: FindRequest) -> tuple[Dataset, int]:
-    """The response identifier and its status: the level always present; the character set
-    the handler's, else the request's, else ISO_IR 192 when a value is not ASCII, else none."""
+def _complete(match: Dataset | Match, request: FindRequest) -> tuple[Dataset, int, bool]:
+    """The response identifier, its status, and whether its character set is the request's
+    (taken for a match that declared none): the level always present; the character set the
+    handler's, else the request's, else ISO_IR 192 when a value is not ASCII, else none."""
     status = Status.PENDING
     if isinstance(match, Match):
         status = Status.PENDING_WARNING if match.optional_keys_unsupported else Status.PENDING
@@ -321,16 +332,18 @@ def _complete(match: Dataset | Match, request: FindRequest) -> tuple[Dataset, in
     if QR_LEVEL not in match:
         match.QueryRetrieveLevel = request.level.value
     declared = match.get(SPECIFIC_CHARACTER_SET)
+    borrowed = False
     if declared is None or declared.is_empty:
         charset = request.identifier.get(SPECIFIC_CHARACTER_SET)
         if charset is not None and not charset.is_empty:
             match.SpecificCharacterSet = charset.value
+            borrowed = True
         else:
             if declared is not None:  # an empty value is no value (Type 1C): left out
                 del match[SPECIFIC_CHARACTER_SET]
             if has_non_ascii_text(match):
-                match.SpecificCharacterSet = "ISO_IR 192"
-    return match, status
+                match.SpecificCharacterSet = _UTF8
+    return match, status, borrowed
 
 
 async def _run_handler(handler: FindHandler, request: FindRequest, guard: _CancelGuard

@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 
 from dimse.archive import Archive
+from dimse.qr_scp import FindRequest
+from tests.dimse.test_qr_find import _run_with, q
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -57,3 +61,35 @@ async def test_own_cancellation_of_archive_work_still_cancels(tmp_path: Path) ->
         with pytest.raises(asyncio.CancelledError):
             await task
         release.set()
+
+
+async def test_handler_match_not_in_request_charset_is_sent_in_utf8() -> None:
+    """A handler's non-ASCII match with no (0008,0005) of its own took the request's character
+    set even when that could not hold its values (ISO_IR 100 and a Japanese name): the whole
+    C-FIND failed (C001, 'in none of the declared character sets')."""
+    name = "\u5c71\u7530^\u592a\u90ce"
+
+    async def handler(request: FindRequest) -> AsyncIterator[Dataset]:
+        ds = Dataset()
+        ds.StudyInstanceUID, ds.PatientName = "1.2.3", name
+        yield ds
+
+    ident = q("STUDY", StudyInstanceUID="", PatientName="")
+    ident.SpecificCharacterSet = "ISO_IR 100"
+    got = await _run_with(handler, ident)
+    assert [(m.SpecificCharacterSet, str(m.PatientName)) for m in got] == [
+        ("ISO_IR 192", name)]
+
+
+async def test_handler_match_in_request_charset_keeps_it() -> None:
+    """Values the request's character set holds are still sent in it."""
+    async def handler(request: FindRequest) -> AsyncIterator[Dataset]:
+        ds = Dataset()
+        ds.StudyInstanceUID, ds.PatientName = "1.2.3", "M\u00fcller^Hans"
+        yield ds
+
+    ident = q("STUDY", StudyInstanceUID="", PatientName="")
+    ident.SpecificCharacterSet = "ISO_IR 100"
+    got = await _run_with(handler, ident)
+    assert [(m.SpecificCharacterSet, str(m.PatientName)) for m in got] == [
+        ("ISO_IR 100", "M\u00fcller^Hans")]
