@@ -78,6 +78,7 @@ from .operations import (
 )
 from .scu_operations import ScuOperations
 from .services import (
+    Answered,
     HandlerRegistry,
     ReceivedDataSet,
     RequestContext,
@@ -598,8 +599,12 @@ class Association(ScuOperations):
 def _drop_unstarted(request: RequestContext, started: Awaitable[None] | None) -> None:
     """A performer task cancelled (by an abort) before its first step never runs a line, so
     the cleanup in its ``except``/``finally`` never happens: the C-STORE sink holding the
-    complete data set is discarded here (no temporary file stays behind), and the awaitable an
-    inline performer returned is closed (no "never awaited" warning)."""
+    complete data set is discarded here (no temporary file stays behind), unless its handler
+    already decided (only the response was left to send: :class:`Answered`), and the awaitable
+    an inline performer returned is closed (no "never awaited" warning)."""
+    if isinstance(started, Answered):  # its sink is committed or discarded already
+        started.close()
+        return
     if isinstance(started, Coroutine):
         started.close()
     dataset = request.dataset

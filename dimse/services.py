@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SINK_MEMORY_LIMIT",
     "VERIFICATION_SOP_CLASS",
+    "Answered",
     "DataSetSink",
     "EchoHandler",
     "FileSink",
@@ -418,6 +419,28 @@ async def _perform_store(handler: StoreHandler, req: RequestContext,
     await req.respond(response)
 
 
+class Answered:
+    """The awaitable sending a response that is decided: its data set's sink is already
+    committed or discarded, so an abort before it is sent must not discard the sink again."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Awaitable[None]) -> None:
+        self._send = send
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._send.__await__()
+
+    def close(self) -> None:
+        """Never sent (the association ended first): no "never awaited" warning."""
+        if isinstance(self._send, Coroutine):
+            self._send.close()
+
+
+def _answered(send: Awaitable[None] | None) -> Awaitable[None] | None:
+    return None if send is None else Answered(send)
+
+
 def _store_now(handler: StoreHandler, req: RequestContext) -> Awaitable[None] | None:
     rq = cast(CStoreRQ, req.message)
     dataset = _received(req)
@@ -426,7 +449,7 @@ def _store_now(handler: StoreHandler, req: RequestContext) -> Awaitable[None] | 
             raise dataset.error
         result = handler(rq, dataset, req)
     except Exception as exc:
-        return req.respond_now(_store_response(rq, dataset, None, exc))
+        return _answered(req.respond_now(_store_response(rq, dataset, None, exc)))
     if inspect.isawaitable(result):  # a plain function that returned an awaitable
         return _perform_store(handler, req, result)
-    return req.respond_now(_store_response(rq, dataset, result, None))
+    return _answered(req.respond_now(_store_response(rq, dataset, result, None)))

@@ -28,6 +28,7 @@ from dimse.qr import QueryModel
 from dimse.qr_scp import archive_server
 from dimse.qr_scu import connect_qr, find
 from dimse.server import Server
+from dimse.services import HandlerRegistry
 from dimse.storage_scu import prepare_store
 from pdu.pdus import AAbort
 
@@ -196,3 +197,55 @@ async def test_archive_work_does_not_wait_for_asyncio_default_pool(tmp_path: Pat
         await asyncio.sleep(0.05)
     assert not any(t.name.startswith("dimse-archive") and t.is_alive()
                    for t in threading.enumerate())
+
+
+class RecordingSink:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def write(self, fragment: memoryview) -> None:
+        pass
+
+    def finish(self) -> None:
+        self.calls.append("finish")
+
+    def commit(self) -> None:
+        self.calls.append("commit")
+
+    def discard(self) -> None:
+        self.calls.append("discard")
+
+
+async def test_committed_sink_is_not_discarded_when_the_response_waits() -> None:
+    """A plain store handler accepted the instance (sink committed) but the response had to
+    wait (the socket was full); an A-ABORT in the same read then cancelled the waiting task and
+    its clean-up discarded the committed sink: a user sink would delete an accepted instance."""
+    calls: list[str] = []
+    registry = HandlerRegistry()
+
+    def store(request: object, dataset: object, ctx: object) -> int:  # plain: run inline
+        return 0
+
+    registry.on_store(store, sink=lambda request, ctx: RecordingSink(calls))
+    server = Server("S", handlers=registry)
+    async with server:
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        async with dimse.connect("127.0.0.1", server.port, called_ae="S",
+                                 sop_classes=[CT]) as assoc:
+            for served in server.associations:
+                served.protocol.pause_writing()  # the server's socket buffer is full
+            sop_class, sop_instance, data, cx = prepare_store(assoc, ds)
+            command = commands.encode(CStoreRQ(message_id=1, affected_sop_class_uid=sop_class,
+                                               affected_sop_instance_uid=sop_instance))
+            wire = b"".join(fragment(cx.context_id, command, data,
+                                     assoc.negotiated.peer_max_pdu, coalesce=False))
+            assert assoc.protocol.transport is not None
+            assoc.protocol.transport.write(wire + AAbort(source=0, reason=0).encode())
+            await asyncio.wait_for(assoc.wait_closed(), 5)
+        async with asyncio.timeout(5):
+            while server.associations or server._tasks:
+                await asyncio.sleep(0.01)
+    assert "commit" in calls
+    assert calls[calls.index("commit") + 1:] == []  # nothing after the commit (was: discard)
