@@ -174,6 +174,7 @@ async def test_archive_work_does_not_wait_for_asyncio_default_pool(tmp_path: Pat
     """An application whose blocking clients of this very server fill asyncio's default pool
     (pynetdicom run with run_in_executor) got every C-FIND timed out: the archive's work
     waited for a worker of that pool. It now runs in the archive's own threads."""
+    before = {t for t in threading.enumerate() if t.name.startswith("dimse-archive")}
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
     blocked = threading.Event()
@@ -190,13 +191,15 @@ async def test_archive_work_does_not_wait_for_asyncio_default_pool(tmp_path: Pat
         blocked.set()
         await busy
         archive.close()
+    def ours_alive() -> list[threading.Thread]:  # this archive's, not an earlier test's
+        return [t for t in threading.enumerate()
+                if t.name.startswith("dimse-archive") and t not in before and t.is_alive()]
+
     for _ in range(100):  # close() lets the archive's worker threads go
-        if not any(t.name.startswith("dimse-archive") and t.is_alive()
-                   for t in threading.enumerate()):
+        if not ours_alive():
             break
         await asyncio.sleep(0.05)
-    assert not any(t.name.startswith("dimse-archive") and t.is_alive()
-                   for t in threading.enumerate())
+    assert ours_alive() == []
 
 
 class RecordingSink:
