@@ -38,7 +38,15 @@ from dimse.matching import (
     match_datetime_pair_values,
     match_sequence,
 )
-from dimse.qr import MODELS, QR_LEVEL, SPECIFIC_CHARACTER_SET, UNIQUE_KEYS, Level, QueryModel
+from dimse.qr import (
+    MODELS,
+    QR_LEVEL,
+    SPECIFIC_CHARACTER_SET,
+    UNIQUE_KEYS,
+    UTF8_CHARACTER_SET,
+    Level,
+    QueryModel,
+)
 from dimse.template import IdentifierTemplate
 
 __all__ = ["ALIAS", "LEVEL_TABLE", "PARENT", "TABLES", "FindEncodedResult", "FindResult", "Plan"]
@@ -51,7 +59,6 @@ PARENT: Final = {"study": ("patient_ref", "patient"), "series": ("study_ref", "s
                  "instance": ("series_ref", "series")}
 _TIMEZONE: Final = 0x00080201  # Timezone Offset From UTC: DT keys without an offset use it
 _NOT_KEYS: Final = frozenset({QR_LEVEL, SPECIFIC_CHARACTER_SET, _TIMEZONE, 0x00080053})
-_UTF8: Final = "ISO_IR 192"
 
 Row = tuple[Any, ...]
 RowEncoder = Callable[[Iterable[Row]], Iterator[bytes]]
@@ -217,7 +224,7 @@ class Plan:
                                                              if request is not None else None)
             ds.add_new(tag, vr, value)
         if row[1]:
-            ds.SpecificCharacterSet = _UTF8
+            ds.SpecificCharacterSet = UTF8_CHARACTER_SET
         return ds
 
     def encoder(self, transfer_syntax_uid: str) -> tuple[tuple[str, list[object]], RowEncoder,
@@ -251,7 +258,7 @@ def _templates(keys: tuple[tuple[int, str], ...],
     (templates are immutable, so queries and threads share them). An ASCII-only response has
     no (0008,0005): an empty one is not allowed (Type 1C), PS3.4 C.4.1.1.3.2 leaves it out."""
     return (IdentifierTemplate(keys, transfer_syntax_uid, skip=2),
-            IdentifierTemplate(keys, transfer_syntax_uid, specific_character_set=_UTF8, skip=2))
+            IdentifierTemplate(keys, transfer_syntax_uid, specific_character_set=UTF8_CHARACTER_SET, skip=2))
 
 
 def _value_sql(attr: Attr | None, encoded: bool) -> str:

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Final, TextIO
 
 from pydicom.dataset import Dataset
 
+from pdu.pdus import is_ae_title
+
 from .connect import run
 from .errors import (
     AssociationRejected,
@@ -170,7 +172,7 @@ def _ae_title(text: str) -> str:
     value = text.strip(" ")
     if not value:
         raise argparse.ArgumentTypeError("an AE title cannot be empty or only spaces")
-    if len(value) > 16 or "\\" in value or not all(" " <= c <= "~" for c in value):
+    if not is_ae_title(value):
         raise argparse.ArgumentTypeError(
             f"not an AE title (1 to 16 printable ASCII characters, no backslash): {text!r}")
     return value

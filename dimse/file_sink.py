@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from pdu.constants import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pdu.machine import Role
+from pdu.pdus import is_ae_title
 
 from .messages import CStoreRQ
 
@@ -39,13 +40,6 @@ def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
     if vr == b"OB":
         return _ELEMENT_LONG.pack(0x0002, element, vr, len(value)) + value
     return _ELEMENT_SHORT.pack(0x0002, element, vr, len(value)) + value
-
-
-def _is_ae_value(title: str) -> bool:
-    """Whether ``title`` can be written as an AE value (PS3.5 Table 6.2-1): 1 to 16 characters of
-    the default repertoire, no backslash or control character. A peer's title that is not (the
-    Upper Layer reads titles as Latin-1) is left out of the file rather than failing the store."""
-    return 0 < len(title) <= 16 and title.isascii() and title.isprintable() and "\\" not in title
 
 
 def _pad(text: str, pad: bytes) -> bytes:
@@ -88,7 +82,7 @@ def _meta_parts(sop_class: str, transfer_syntax: str, sending_ae: str,
         _meta_element(0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\x00")),
         _meta_element(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION_NAME, b" ")),
         *(_meta_element(element, b"AE", _pad(title, b" ")) for element, title in titles
-          if _is_ae_value(title)),
+          if is_ae_title(title)),  # a peer's that is not (read as Latin-1): left out
     ))
     return before, after
 

@@ -49,6 +49,7 @@ from dimse.qr_model import (
     tag_name,
 )
 from dimse.qr_model import SPECIFIC_CHARACTER_SET as SPECIFIC_CHARACTER_SET  # re-export
+from dimse.qr_model import UTF8_CHARACTER_SET as UTF8_CHARACTER_SET  # re-export
 from dimse.status import Status
 
 __all__ = [
@@ -443,7 +444,7 @@ def with_character_set(identifier: Dataset) -> Dataset:
         return identifier
     ds = Dataset()
     ds.update(identifier)
-    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SpecificCharacterSet = UTF8_CHARACTER_SET
     log.info("identifier has non-ASCII text and no Specific Character Set: sending ISO_IR 192")
     return ds
 

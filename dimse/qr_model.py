@@ -16,6 +16,7 @@ from typing import Final
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 __all__ = [
+    "UTF8_CHARACTER_SET",
     "DEFAULT_TRANSFER_SYNTAXES",
     "FRAME_RANGE_KEYS",
     "MODELS",
@@ -41,6 +42,8 @@ __all__ = [
 
 QR_LEVEL: Final = 0x00080052
 SPECIFIC_CHARACTER_SET: Final = 0x00080005
+#: The Specific Character Set value for UTF-8: the one every value can be sent in.
+UTF8_CHARACTER_SET: Final = "ISO_IR 192"
 
 
 class Operation(Enum):

@@ -49,6 +49,7 @@ from .qr import (
     MODELS,
     QR_LEVEL,
     SPECIFIC_CHARACTER_SET,
+    UTF8_CHARACTER_SET,
     Level,
     Operation,
     QueryModel,
@@ -284,11 +285,10 @@ def _encode(match: Dataset | Match | EncodedMatch, request: FindRequest, ts: str
         # query. A character set the handler declared itself is its own to get right.
         if not borrowed or not has_non_ascii_text(identifier):
             raise
-        identifier.SpecificCharacterSet = _UTF8
+        identifier.SpecificCharacterSet = UTF8_CHARACTER_SET
         return codec.encode(identifier, ts), status
 
 
-_UTF8: Final = "ISO_IR 192"
 _TAG_LE, _TAG_BE = struct.Struct("<HH2sH"), struct.Struct(">HH2sH")
 _LEN_LE, _LEN_BE = struct.Struct("<L"), struct.Struct(">L")
 _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split())
@@ -342,7 +342,7 @@ def _complete(match: Dataset | Match, request: FindRequest) -> tuple[Dataset, in
             if declared is not None:  # an empty value is no value (Type 1C): left out
                 del match[SPECIFIC_CHARACTER_SET]
             if has_non_ascii_text(match):
-                match.SpecificCharacterSet = _UTF8
+                match.SpecificCharacterSet = UTF8_CHARACTER_SET
     return match, status, borrowed
 
 

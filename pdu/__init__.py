@@ -33,6 +33,7 @@ from .pdus import (
     check_header,
     decode,
     encode,
+    is_ae_title,
 )
 
 __all__ = [
@@ -42,5 +43,5 @@ __all__ = [
     "PduDecodeError", "PduEncodeError", "PduFramer", "PresentationContextAC", "PresentationContextRQ", "PresentationDataValue",
     "RoleSelection", "SOPClassCommonExtendedNegotiation", "SOPClassExtendedNegotiation",
     "UnknownItem", "UserIdentityAC", "UserIdentityRQ", "UserInformation", "UserSubItem",
-    "check_header", "decode", "encode",
+    "check_header", "decode", "encode", "is_ae_title",
 ]

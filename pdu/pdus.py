@@ -264,6 +264,12 @@ def _ae_canonical(value: str) -> bytes | None:
     return data.ljust(16, b" ")
 
 
+def is_ae_title(value: str) -> bool:
+    """Whether ``value`` is an AE title that may be sent (PS3.5 AE, PS3.8 9.3.2): 1 to 16
+    printable ASCII characters, no backslash, no leading or trailing spaces."""
+    return bool(value.strip(" \x00")) and _ae_canonical(value) is not None
+
+
 def _ae_field(value: str, raw: bytes | None, name: str) -> bytes:
     """The 16-byte AE field: as received (``raw``) if it still matches ``value``, else padded."""
     if raw is not None and isinstance(raw, bytes) and len(raw) == 16 and isinstance(value, str) \

@@ -16,6 +16,7 @@ from dimse import commands
 from dimse.qr_scp import FindRequest, qr_server_contexts, register_find
 from dimse.server import Server
 from dimse.services import HandlerRegistry
+from tests import recorder
 
 _HEADER = struct.Struct(">BxL")
 #: An A-RELEASE-RQ (PS3.8 9.3.6), as every peer sends it.
@@ -23,14 +24,11 @@ RELEASE_RQ = bytes.fromhex("05000000000400000000")
 
 
 def split_pdus(data: bytes) -> list[bytes]:
-    """Cut a captured byte stream into whole PDUs by their 6-byte headers."""
-    out, i = [], 0
-    while i < len(data):
-        _type, length = _HEADER.unpack_from(data, i)
-        out.append(data[i:i + 6 + length])
-        i += 6 + length
-    assert i == len(data)
-    return out
+    """Cut a captured byte stream into whole PDUs (:func:`tests.recorder.split_pdus`), which
+    must use it all: a capture ends on a PDU boundary."""
+    pdus = recorder.split_pdus(data)
+    assert sum(map(len, pdus)) == len(data)
+    return pdus
 
 
 class RawPeer:

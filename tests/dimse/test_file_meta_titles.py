@@ -118,9 +118,10 @@ async def test_peer_with_a_latin1_calling_title_still_stores(
     non-conforming peer would; the receiver used to answer 0x0110 to every C-STORE."""
     import pdu.pdus
 
-    plain = pdu.pdus._ae_canonical
-    monkeypatch.setattr(pdu.pdus, "_ae_canonical", lambda value: (
-        value.encode("latin-1").ljust(16, b" ") if value == "CAF\u00c9" else plain(value)))
+    plain = pdu.pdus._ae_field  # only our encoder is patched: the receiver's checks stay
+    monkeypatch.setattr(pdu.pdus, "_ae_field", lambda value, raw, name: (
+        value.encode("latin-1").ljust(16, b" ") if value == "CAF\u00c9"
+        else plain(value, raw, name)))
     async with connect("127.0.0.1", archive_scp.port, called_ae="QRSCP",
                        calling_ae="CAF\u00c9", sop_classes=[CTImageStorage],
                        transfer_syntaxes=[ExplicitVRLittleEndian]) as assoc:
