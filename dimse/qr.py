@@ -307,10 +307,14 @@ class _Checker:
 
     def check_retrieve_unique(self, level: Level) -> None:
         tag = UNIQUE_KEYS[level]
-        problem = _value_problem(self.ds.get(tag), allow_multi=True)
+        # PS3.4 C.4.2.2.1 / C.4.3.2.1: a list of UIDs at the STUDY, SERIES or IMAGE level, but
+        # "a single value ... if the level of retrieve is above the STUDY level" (Patient ID).
+        several = level is not Level.PATIENT
+        problem = _value_problem(self.ds.get(tag), allow_multi=several)
         if problem is not None:
+            wanted = "one or more values" if several else "a single value"
             self.add(Rule.UNIQUE_AT_LEVEL, [tag], f"{self.prefix(level)} needs {tag_name(tag)} "
-                     f"with one or more values: {problem}", f"{tag_name(tag)} {problem}")
+                     f"with {wanted}: {problem}", f"{tag_name(tag)} {problem}")
 
     def check_frame_keys(self) -> None:
         present = [t for t in FRAME_RANGE_KEYS if t in self.ds]

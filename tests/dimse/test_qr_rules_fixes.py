@@ -1,0 +1,44 @@
+"""Regression tests for the Q/R identifier rule defects found by the independent oracle of
+tests/dimse/test_qr_rules_property.py (audit 6; /work/notes/audit6/rules.md). Each fails on the
+code before its fix."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.dataset import Dataset
+
+from dimse.errors import IdentifierError
+from dimse.qr import Operation, QueryModel, check_identifier, validate_request, validate_scp
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+PR, SR, PSO = QueryModel.PATIENT_ROOT, QueryModel.STUDY_ROOT, QueryModel.PATIENT_STUDY_ONLY
+FIND, MOVE, GET = Operation.FIND, Operation.MOVE, Operation.GET
+PATIENT_ID = 0x00100020
+
+
+def ident(level: str, **keys: object) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize("model", [PR, PSO])
+@pytest.mark.parametrize("op", [MOVE, GET])
+def test_patient_level_retrieve_takes_one_patient_id(model: QueryModel, op: Operation) -> None:
+    """PS3.4 C.4.2.2.1 / C.4.3.2.1: one value for the unique key above the STUDY level; C.4.2.1.4.1
+    note 1: "only Single Value Matching value may be specified for Patient ID"."""
+    ds = ident("PATIENT", PatientID=["P1", "P2"])
+    with pytest.raises(IdentifierError) as err:
+        validate_request(ds, model, op)
+    assert err.value.offending == (PATIENT_ID,)
+    for relational in (False, True):
+        failure = validate_scp(ds, model, op, relational_negotiated=relational)
+        assert failure is not None and failure.status == 0xA900
+        assert failure.offending == (PATIENT_ID,)
+    assert validate_scp(ds, model, op, lenient=True) is not None  # unbounded as a list
+    assert check_identifier(ident("PATIENT", PatientID="P1"), model, op) == []
+    assert check_identifier(ident("STUDY", PatientID="P1", StudyInstanceUID=["1.2", "1.3"]),
+                            model, op) == []
