@@ -121,9 +121,10 @@ MODELS: Final[Mapping[QueryModel, ModelInfo]] = {
                   (_P, _ST), retired=True),
         ModelInfo(QueryModel.COMPOSITE_INSTANCE_ROOT, None, _QR + "4.2", _QR + "4.3",
                   (_I, _F), relational=False),
-        # Annex Z levels are not verified (see spec section 8): Study Root hierarchy assumed.
+        # PS3.4 Z.3.1: "a one level hierarchy: Composite Instance"; Z.4.2.1.3.1: the level
+        # "shall be IMAGE" and the identifier holds SOP Instance UID(s).
         ModelInfo(QueryModel.COMPOSITE_INSTANCE_WITHOUT_BULK, None, None, _QR + "5.3",
-                  (_ST, _SE, _I), relational=False, patient_in_study=True),
+                  (_I,), relational=False),
     )
 }
 
@@ -247,6 +248,8 @@ def key_level(tag: int, model: QueryModel) -> Level | None:
     info = MODELS[model]
     if info.model is QueryModel.COMPOSITE_INSTANCE_ROOT:
         return _F if natural is _F else _I
+    if info.model is QueryModel.COMPOSITE_INSTANCE_WITHOUT_BULK:
+        return _I  # one level: any other attribute is a non-unique key of it
     if info.patient_in_study and natural is _P:
         return _ST
     return natural

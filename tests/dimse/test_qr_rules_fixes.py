@@ -42,3 +42,24 @@ def test_patient_level_retrieve_takes_one_patient_id(model: QueryModel, op: Oper
     assert check_identifier(ident("PATIENT", PatientID="P1"), model, op) == []
     assert check_identifier(ident("STUDY", PatientID="P1", StudyInstanceUID=["1.2", "1.3"]),
                             model, op) == []
+
+
+WOB = QueryModel.COMPOSITE_INSTANCE_WITHOUT_BULK
+SOP_UID, STUDY_UID = 0x00080018, 0x0020000D
+
+
+def test_without_bulk_data_is_one_image_level() -> None:
+    """PS3.4 Z.3.1: the Without Bulk Data model is "a one level hierarchy: Composite Instance";
+    Z.4.2.1.3.1: the level "shall be IMAGE" and the identifier holds SOP Instance UID(s). The
+    table gave it the Study Root hierarchy: a valid request was refused for lacking study and
+    series UIDs, and STUDY or SERIES level requests passed."""
+    ds = ident("IMAGE", SOPInstanceUID=["1.2.3", "1.2.4"])
+    assert check_identifier(ds, WOB, GET) == []
+    assert validate_scp(ds, WOB, GET) is None
+    for level in ("STUDY", "SERIES"):
+        found = check_identifier(ident(level, StudyInstanceUID="1.2", SeriesInstanceUID="1.3"),
+                                 WOB, GET)
+        assert [v.tags for v in found] == [(0x00080052,)]
+    ds.StudyInstanceUID = "1.2"  # only SOP Instance UIDs (Z.3.1: "contains only the SOP
+    failure = validate_scp(ds, WOB, GET)  # Instance UID")
+    assert failure is not None and failure.offending == (STUDY_UID,)
