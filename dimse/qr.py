@@ -296,6 +296,10 @@ class _Checker:
             if elem.VR == "UI" and any("*" in str(v) or "?" in str(v) for v in values):
                 self.add(Rule.UNIQUE_AT_LEVEL, [tag], f"{self.prefix(level)}: {tag_name(tag)} "
                          "is UI and cannot use wildcards", f"wildcard in {tag_name(tag)}")
+            elif elem.VR == "UI" and any(not str(v).strip(" \0") for v in values):
+                # PS3.4 C.2.2.2.2: "Each item in the list shall contain a single UID value".
+                self.add(Rule.UNIQUE_AT_LEVEL, [tag], f"{self.prefix(level)}: {tag_name(tag)} "
+                         "has an empty UID in its value", f"empty UID in {tag_name(tag)}")
             elif elem.VR != "UI" and len(values) > 1:
                 self.add(Rule.UNIQUE_AT_LEVEL, [tag], f"{self.prefix(level)}: {tag_name(tag)} "
                          "value lists are only allowed for UI keys",

@@ -63,3 +63,18 @@ def test_without_bulk_data_is_one_image_level() -> None:
     ds.StudyInstanceUID = "1.2"  # only SOP Instance UIDs (Z.3.1: "contains only the SOP
     failure = validate_scp(ds, WOB, GET)  # Instance UID")
     assert failure is not None and failure.offending == (STUDY_UID,)
+
+
+@pytest.mark.parametrize("value", [["1.2.3", ""], ["", "1.2.3"], "1.2.3\\ "])
+def test_find_uid_list_at_the_level_has_no_empty_uid(value: object) -> None:
+    """PS3.4 C.2.2.2.2: "Each item in the list shall contain a single UID value": an empty or
+    blank UID in a List of UID at the query level is no universal match (the whole element
+    empty is one)."""
+    ds = ident("SERIES", PatientID="P1", StudyInstanceUID="1.2", SeriesInstanceUID=value)
+    with pytest.raises(IdentifierError) as err:
+        validate_request(ds, PR, FIND)
+    assert err.value.offending == (0x0020000E,)
+    failure = validate_scp(ds, PR, FIND)
+    assert failure is not None and failure.status == 0xA900
+    ds.SeriesInstanceUID = ""
+    assert check_identifier(ds, PR, FIND) == []
