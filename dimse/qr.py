@@ -83,6 +83,7 @@ __all__ = [
     "validate_scp",
     "resolve_un",
     "with_character_set",
+    "with_level_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class Rule(Enum):
     UNIQUE_AT_LEVEL = "unique key of the level"
     FRAME_KEYS = "frame keys"
     NO_KEYS = "no keys"
+    LEVEL_KEY_MISSING = "C-FIND without the unique key of the level"
     NOT_DATA_ELEMENT = "command or file meta element"
 
 
@@ -129,6 +131,12 @@ def drop_non_data_elements(ds: Dataset) -> list[int]:
 LENIENT_SCP_PASSES: Final = frozenset(
     {Rule.UNIQUE_ABOVE, Rule.KEY_ABOVE, Rule.KEY_BELOW, Rule.NON_UNIQUE, Rule.NO_KEYS}
 )
+
+#: Rules even a strict SCP lets pass, because it answers them unambiguously: a C-FIND without
+#: the unique key of its level is matched as if that key were universal (DCMTK's dcmqrscp does
+#: not require it even with --check-find, and most SCUs leave it out). Our SCU adds it
+#: (:func:`with_level_key`).
+SCP_TOLERATES: Final = frozenset({Rule.LEVEL_KEY_MISSING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +299,16 @@ class _Checker:
     def check_find_level(self, level: Level) -> None:
         tag = UNIQUE_KEYS[level]
         elem = self.ds.get(tag)
-        if elem is not None and not elem.is_empty:
+        if not any(int(e.tag) not in _GENERAL_FIND for e in self.ds):
+            self.add(Rule.NO_KEYS, [QR_LEVEL], f"{self.prefix(level)} contains no keys",
+                     "identifier contains no keys")
+        elif elem is None:
+            # PS3.4 C.4.1.2.1 (and C.4.1.2.2.1, relational): "The Unique Key Attribute
+            # associated with the Query/Retrieve level shall be contained in the C-FIND request".
+            self.add(Rule.LEVEL_KEY_MISSING, [tag], f"{self.prefix(level)} needs "
+                     f"{tag_name(tag)}, the unique key of the level (zero length to match all)",
+                     f"{tag_name(tag)} missing")
+        elif not elem.is_empty:
             values = list(elem.value) if elem.VM > 1 else [elem.value]
             if elem.VR == "UI" and any("*" in str(v) or "?" in str(v) for v in values):
                 self.add(Rule.UNIQUE_AT_LEVEL, [tag], f"{self.prefix(level)}: {tag_name(tag)} "
@@ -304,10 +321,6 @@ class _Checker:
                 self.add(Rule.UNIQUE_AT_LEVEL, [tag], f"{self.prefix(level)}: {tag_name(tag)} "
                          "value lists are only allowed for UI keys",
                          f"list in {tag_name(tag)}")
-        general = _GENERAL_FIND
-        if not any(int(e.tag) not in general for e in self.ds):
-            self.add(Rule.NO_KEYS, [QR_LEVEL], f"{self.prefix(level)} contains no keys",
-                     "identifier contains no keys")
 
     def check_retrieve_unique(self, level: Level) -> None:
         tag = UNIQUE_KEYS[level]
@@ -391,13 +404,15 @@ def validate_scp(
 
     Lenient mode logs and lets the rules in :data:`LENIENT_SCP_PASSES` by; a level the model
     does not have is always a failure (never an empty success). Strict mode too lets an *empty*
-    non-unique key of a higher level by (a return key; the SCU side still refuses to send one).
+    non-unique key of a higher level by (a return key; the SCU side still refuses to send one),
+    and the rules in :data:`SCP_TOLERATES`.
     """
     violations = check_identifier(ds, model, operation, relational=relational_negotiated)
     # An empty key of a higher level only asks for that entity's value back (Orthanc adds an
     # empty PatientID and AccessionNumber to every series query, dcmjs-dimse an empty Modality
     # to image queries): answered as DCMTK's dcmqrscp does by default, never matched on.
-    violations = [v for v in violations if not (v.rule is Rule.KEY_ABOVE and _all_empty(ds, v))]
+    violations = [v for v in violations if not (v.rule is Rule.KEY_ABOVE and _all_empty(ds, v))
+                  and v.rule not in SCP_TOLERATES]
     if lenient:
         passed = [v for v in violations if v.rule in LENIENT_SCP_PASSES]
         for v in passed:
@@ -419,6 +434,26 @@ def _all_empty(ds: Dataset, violation: Violation) -> bool:
 
 #: VRs whose values use the Specific Character Set (PS3.5 6.1.2.3).
 _TEXT_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+
+
+def with_level_key(identifier: Dataset, model: QueryModel) -> Dataset:
+    """The C-FIND identifier to send: as given, or, when it lacks the unique key of its level,
+    a copy with that key at zero length (universal matching, so the same matches) as PS3.4
+    C.4.1.2.1 requires. A level that is missing, unknown or not in ``model``, and an identifier
+    with no key at all, are left for the identifier check to report."""
+    elem = identifier.get(QR_LEVEL)
+    level = parse_level(elem.value) if elem is not None and elem.VM == 1 else None
+    if level is None or level not in MODELS[model].levels or level not in UNIQUE_KEYS:
+        return identifier
+    tag = UNIQUE_KEYS[level]
+    if tag in identifier or all(int(e.tag) in _GENERAL_FIND for e in identifier):
+        return identifier
+    ds = Dataset()
+    ds.update(identifier)
+    ds.add_new(tag, "LO" if level is Level.PATIENT else "UI", "")
+    log.info("C-FIND identifier lacks %s, the unique key of the %s level: sent empty",
+             tag_name(tag), level.value)
+    return ds
 
 
 def has_non_ascii_text(ds: Dataset) -> bool:

@@ -40,6 +40,7 @@ from .qr import (
     sop_class,
     validate_request,
     with_character_set,
+    with_level_key,
 )
 from .services import VERIFICATION_SOP_CLASS
 from .status import Category, Service, category, describe, is_pending
@@ -140,6 +141,7 @@ def find(
     uid = sop_class(model, Operation.FIND)
     cx = assoc.context_for(uid)
     relational = relational_accepted(assoc.negotiated.extended.get(uid))
+    identifier = with_level_key(identifier, model)
     validate_request(identifier, model, Operation.FIND, mode, relational)
     data = codec.encode(with_character_set(identifier), cx.transfer_syntax)
 

@@ -78,3 +78,36 @@ def test_find_uid_list_at_the_level_has_no_empty_uid(value: object) -> None:
     assert failure is not None and failure.status == 0xA900
     ds.SeriesInstanceUID = ""
     assert check_identifier(ds, PR, FIND) == []
+
+
+@pytest.mark.parametrize(("model", "level", "keys"), [
+    (PR, "PATIENT", {"PatientName": "DOE*"}),
+    (PR, "SERIES", {"PatientID": "P1", "StudyInstanceUID": "1.2", "Modality": "CT"}),
+    (SR, "IMAGE", {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.3", "InstanceNumber": "1"}),
+    (PSO, "STUDY", {"PatientID": "P1", "StudyDate": "2020"}),
+])
+def test_find_needs_the_unique_key_of_its_level(model: QueryModel, level: str,
+                                                keys: dict[str, str]) -> None:
+    """PS3.4 C.4.1.2.1: "The Unique Key Attribute associated with the Query/Retrieve level shall
+    be contained in the C-FIND request" (C.4.1.2.2.1 for relational queries too). The SCU check
+    did not require it; the SCU now adds it empty (universal: same matches) and the SCP, as
+    DCMTK's, still answers a query without it."""
+    from dimse.qr import UNIQUE_KEYS, Level, Rule, with_level_key
+
+    ds = ident(level, **keys)
+    tag = UNIQUE_KEYS[Level(level)]
+    for relational in (False, True):
+        found = check_identifier(ds, model, FIND, relational=relational)
+        assert [(v.rule, v.tags) for v in found] == [(Rule.LEVEL_KEY_MISSING, (tag,))]
+    with pytest.raises(IdentifierError):
+        validate_request(ds, model, FIND)
+    assert validate_scp(ds, model, FIND) is None
+    sent = with_level_key(ds, model)
+    assert sent is not ds and tag not in ds and sent[tag].is_empty
+    assert check_identifier(sent, model, FIND) == []
+    assert with_level_key(sent, model) is sent
+    only_level = ident("STUDY")  # still "no keys", on both sides
+    assert with_level_key(only_level, SR) is only_level
+    assert [v.rule for v in check_identifier(only_level, SR, FIND)] == [Rule.NO_KEYS]
+    failure = validate_scp(only_level, SR, FIND)
+    assert failure is not None and failure.offending == (0x00080052,)
