@@ -39,6 +39,7 @@ from dimse.qr_model import (
     QrContext,
     QueryModel,
     contexts_for,
+    enhanced_accepted,
     key_level,
     keys_for,
     model_for_sop_class,
@@ -70,6 +71,7 @@ __all__ = [
     "check_identifier",
     "contexts_for",
     "drop_non_data_elements",
+    "enhanced_accepted",
     "has_non_ascii_text",
     "key_level",
     "keys_for",
@@ -109,8 +111,15 @@ class Rule(Enum):
     FRAME_KEYS = "frame keys"
     NO_KEYS = "no keys"
     LEVEL_KEY_MISSING = "C-FIND without the unique key of the level"
+    NOT_A_REQUEST_KEY = "an attribute the request may not carry, or not empty"
+    VIEW = "Query/Retrieve View not negotiated or invalid"
     NOT_DATA_ELEMENT = "command or file meta element"
 
+
+_QR_VIEW: Final = 0x00080053
+_TIMEZONE: Final = 0x00080201
+_AVAILABILITY: Final = 0x00080056
+_VIEWS: Final = frozenset({"CLASSIC", "ENHANCED"})
 
 #: Groups never in a data set (PS3.5 7.1): the command set and the file meta information.
 _NOT_DATA_GROUPS: Final = frozenset({0x0000, 0x0002})
@@ -136,7 +145,10 @@ LENIENT_SCP_PASSES: Final = frozenset(
 #: the unique key of its level is matched as if that key were universal (DCMTK's dcmqrscp does
 #: not require it even with --check-find, and most SCUs leave it out). Our SCU adds it
 #: (:func:`with_level_key`).
-SCP_TOLERATES: Final = frozenset({Rule.LEVEL_KEY_MISSING})
+#: So is an attribute that changes no match (an empty Specific Character Set is the default
+#: repertoire; Instance Availability is a response attribute). A Query/Retrieve View is not:
+#: ignoring it would answer with the other view's instances.
+SCP_TOLERATES: Final = frozenset({Rule.LEVEL_KEY_MISSING, Rule.NOT_A_REQUEST_KEY})
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,10 +205,12 @@ def _value_problem(elem: DataElement | None, *, allow_multi: bool) -> str | None
 class _Checker:
     """Collects the violations of one identifier (one instance per check)."""
 
-    def __init__(self, ds: Dataset, model: QueryModel, op: Operation, relational: bool) -> None:
+    def __init__(self, ds: Dataset, model: QueryModel, op: Operation, relational: bool,
+                 enhanced: bool) -> None:
         self.ds, self.model, self.op = ds, model, op
         self.info = MODELS[model]
         self.relational = relational and self.info.relational
+        self.enhanced = enhanced
         self.out: list[Violation] = []
         self.verb = "query" if op is Operation.FIND else "retrieve"
 
@@ -213,6 +227,7 @@ class _Checker:
             return self.out
         idx = self.info.levels.index(level)
         above = self.info.levels[:idx]
+        self.check_general(level)
         self.check_unique_above(level, above)
         self.check_keys(level, idx, {UNIQUE_KEYS[lv] for lv in above if lv in UNIQUE_KEYS})
         if self.op is Operation.FIND:
@@ -245,6 +260,38 @@ class _Checker:
                      f"level {level.value} not in {self.model.name}")
             return None
         return level
+
+    def check_general(self, level: Level) -> None:
+        """Attributes that are no keys, where the request may carry them (PS3.4 C.4.1.1.3.1,
+        C.4.2.1.4.1, C.4.3.1.3.1, Y.4.1.1.3.1, Z.4.2.1.3.1)."""
+        where = self.prefix(level)
+        charset = self.ds.get(SPECIFIC_CHARACTER_SET)
+        if charset is not None and not self.info.character_set:
+            self.add(Rule.NOT_A_REQUEST_KEY, [SPECIFIC_CHARACTER_SET], f"{where} must not "
+                     f"contain {tag_name(SPECIFIC_CHARACTER_SET)}", "SpecificCharacterSet "
+                     "not allowed")
+        elif charset is not None and charset.is_empty:  # C.2.2.2: "shall not have a zero
+            self.add(Rule.NOT_A_REQUEST_KEY, [SPECIFIC_CHARACTER_SET],  # length value"
+                     f"{where}: {tag_name(SPECIFIC_CHARACTER_SET)} must not be empty",
+                     "SpecificCharacterSet empty")
+        timezone = self.ds.get(_TIMEZONE)
+        if self.op is Operation.FIND and timezone is not None and timezone.is_empty:
+            self.add(Rule.NOT_A_REQUEST_KEY, [_TIMEZONE], f"{where}: {tag_name(_TIMEZONE)} "
+                     "must not be sent empty (C.4.1.1.3.1)", "TimezoneOffsetFromUTC empty")
+        if self.op is Operation.FIND and _AVAILABILITY in self.ds:  # C.4.1.1.3.2
+            self.add(Rule.NOT_A_REQUEST_KEY, [_AVAILABILITY], f"{where} must not contain "
+                     f"{tag_name(_AVAILABILITY)}, a response attribute",
+                     "InstanceAvailability not allowed in a request")
+        view = self.ds.get(_QR_VIEW)
+        if view is None:
+            return
+        if not self.enhanced:  # "It shall not be included otherwise."
+            self.add(Rule.VIEW, [_QR_VIEW], f"{where}: {tag_name(_QR_VIEW)} needs Enhanced "
+                     "Multi-Frame Image Conversion accepted in extended negotiation",
+                     "QueryRetrieveView not negotiated")
+        elif view.VM != 1 or str(view.value).strip() not in _VIEWS:
+            self.add(Rule.VIEW, [_QR_VIEW], f"{where}: {tag_name(_QR_VIEW)} must be CLASSIC "
+                     f"or ENHANCED, not {view.value!r}", "QueryRetrieveView invalid")
 
     def check_unique_above(self, level: Level, above: tuple[Level, ...]) -> None:
         if self.relational and self.op is Operation.FIND:
@@ -343,16 +390,18 @@ class _Checker:
 
 
 def check_identifier(
-    ds: Dataset, model: QueryModel, operation: Operation, *, relational: bool = False
+    ds: Dataset, model: QueryModel, operation: Operation, *, relational: bool = False,
+    enhanced: bool = False,
 ) -> list[Violation]:
     """Every rule ``ds`` breaks as a ``model`` ``operation`` identifier (empty: valid).
 
     ``relational`` applies the relaxed rules of PS3.4 C.4.1.2.2/C.4.2.2.2 (only meaningful when
-    negotiated). ValueError if the model has no such operation.
+    negotiated); ``enhanced``: Enhanced Multi-Frame Image Conversion was negotiated, so a
+    Query/Retrieve View may be given. ValueError if the model has no such operation.
     """
     sop_class(model, operation)
     try:
-        return _Checker(ds, model, operation, relational).run()
+        return _Checker(ds, model, operation, relational, enhanced).run()
     except Exception as exc:  # a value pydicom cannot decode, a non-Dataset...
         return [Violation(Rule.UNREADABLE, (), f"identifier cannot be processed: {exc}",
                           f"unable to process identifier: {type(exc).__name__}"[:64],
@@ -371,6 +420,8 @@ def validate_request(
     operation: Operation,
     mode: Mode = Mode.STRICT,
     relational_negotiated: bool = False,
+    *,
+    enhanced_negotiated: bool = False,
 ) -> list[Violation]:
     """Check an identifier before an SCU sends it.
 
@@ -384,7 +435,8 @@ def validate_request(
             f"relational {operation.value} under {model.name} was not negotiated",
             offending=(QR_LEVEL,))
     relational = mode is Mode.RELATIONAL or (mode is Mode.LENIENT and relational_negotiated)
-    violations = check_identifier(ds, model, operation, relational=relational)
+    violations = check_identifier(ds, model, operation, relational=relational,
+                                  enhanced=enhanced_negotiated)
     if violations and mode is not Mode.LENIENT:
         _raise(violations)
     for v in violations:
@@ -399,6 +451,7 @@ def validate_scp(
     *,
     relational_negotiated: bool = False,
     lenient: bool = False,
+    enhanced_negotiated: bool = False,
 ) -> Failure | None:
     """Check a received identifier; the Failure to answer with, or None to process it.
 
@@ -407,7 +460,8 @@ def validate_scp(
     non-unique key of a higher level by (a return key; the SCU side still refuses to send one),
     and the rules in :data:`SCP_TOLERATES`.
     """
-    violations = check_identifier(ds, model, operation, relational=relational_negotiated)
+    violations = check_identifier(ds, model, operation, relational=relational_negotiated,
+                                  enhanced=enhanced_negotiated)
     # An empty key of a higher level only asks for that entity's value back (Orthanc adds an
     # empty PatientID and AccessionNumber to every series query, dcmjs-dimse an empty Modality
     # to image queries): answered as DCMTK's dcmqrscp does by default, never matched on.
@@ -477,16 +531,23 @@ def _non_ascii(ds: Dataset) -> bool:
 
 def with_character_set(identifier: Dataset) -> Dataset:
     """The identifier to send: as given, or, when it holds text outside the default repertoire
-    and no Specific Character Set (0008,0005) value, a copy that declares ``ISO_IR 192`` (UTF-8).
+    and no Specific Character Set (0008,0005) value, a copy that declares ``ISO_IR 192`` (UTF-8);
+    an empty (0008,0005) of an identifier in the default repertoire is left out of the copy.
 
     PS3.4 C.4.1.1.3.1 requires (0008,0005) in such a query; without it a peer decodes the bytes
     as ASCII and, as DCMTK's dcmqrscp does, matches nothing.
     """
     declared = identifier.get(SPECIFIC_CHARACTER_SET)
-    if (declared is not None and declared.value) or not _non_ascii(identifier):
+    if declared is not None and declared.value:
+        return identifier
+    non_ascii = _non_ascii(identifier)
+    if not non_ascii and declared is None:
         return identifier
     ds = Dataset()
     ds.update(identifier)
+    if not non_ascii:  # PS3.4 C.2.2.2: never zero length; absent is the default repertoire
+        del ds[SPECIFIC_CHARACTER_SET]
+        return ds
     ds.SpecificCharacterSet = UTF8_CHARACTER_SET
     log.info("identifier has non-ASCII text and no Specific Character Set: sending ISO_IR 192")
     return ds

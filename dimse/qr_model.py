@@ -30,6 +30,7 @@ __all__ = [
     "QrContext",
     "QueryModel",
     "contexts_for",
+    "enhanced_accepted",
     "key_level",
     "keys_for",
     "model_for_sop_class",
@@ -88,6 +89,8 @@ class ModelInfo:
 
     ``patient_in_study``: patient attributes are STUDY-level keys (Study Root hierarchy).
     ``relational``: the relational query/retrieve extended negotiation byte applies.
+    ``character_set``: identifiers may carry Specific Character Set (not in Annex Y and Z
+    requests, Y.4.1.1.3.1, Z.4.2.1.3.1).
     """
 
     model: QueryModel
@@ -98,6 +101,7 @@ class ModelInfo:
     retired: bool = False
     relational: bool = True
     patient_in_study: bool = False
+    character_set: bool = True
 
     def uid(self, operation: Operation) -> str | None:
         """The SOP class UID for ``operation`` (None if the model lacks it)."""
@@ -120,11 +124,11 @@ MODELS: Final[Mapping[QueryModel, ModelInfo]] = {
         ModelInfo(QueryModel.PATIENT_STUDY_ONLY, _QR + "3.1", _QR + "3.2", _QR + "3.3",
                   (_P, _ST), retired=True),
         ModelInfo(QueryModel.COMPOSITE_INSTANCE_ROOT, None, _QR + "4.2", _QR + "4.3",
-                  (_I, _F), relational=False),
+                  (_I, _F), relational=False, character_set=False),
         # PS3.4 Z.3.1: "a one level hierarchy: Composite Instance"; Z.4.2.1.3.1: the level
         # "shall be IMAGE" and the identifier holds SOP Instance UID(s).
         ModelInfo(QueryModel.COMPOSITE_INSTANCE_WITHOUT_BULK, None, None, _QR + "5.3",
-                  (_I,), relational=False),
+                  (_I,), relational=False, character_set=False),
     )
 }
 
@@ -320,6 +324,13 @@ def contexts_for(
             ext = b"\x01" if relational and info.relational else b""
             out.append(QrContext(uid, model, op, tuple(transfer_syntaxes), ext))
     return out
+
+
+def enhanced_accepted(accepted_info: bytes | None, operation: Operation) -> bool:
+    """Whether the acceptor's 0x56 info agreed to Enhanced Multi-Frame Image Conversion: byte 5
+    for C-FIND (PS3.4 C.5.1.1), byte 2 for C-MOVE/C-GET (C.5.2.1, C.5.3.1)."""
+    index = 4 if operation is Operation.FIND else 1
+    return accepted_info is not None and len(accepted_info) > index and accepted_info[index] == 1
 
 
 def relational_accepted(accepted_info: bytes | None) -> bool:

@@ -54,6 +54,7 @@ from .qr import (
     Operation,
     QueryModel,
     drop_non_data_elements,
+    enhanced_accepted,
     has_non_ascii_text,
     model_for_sop_class,
     parse_level,
@@ -229,7 +230,8 @@ def _prepare(served: frozenset[QueryModel], lenient: bool, ctx: RequestContext
     extended = ctx.association.negotiated.extended.get(uid, b"")
     relational = relational_accepted(extended)
     failure = validate_scp(identifier, model, Operation.FIND,
-                          relational_negotiated=relational, lenient=lenient)
+                          relational_negotiated=relational, lenient=lenient,
+                          enhanced_negotiated=enhanced_accepted(extended, Operation.FIND))
     if failure is not None:
         log.info("C-FIND identifier refused (0x%04X): %s", failure.status,
                  "; ".join(v.message for v in failure.violations))

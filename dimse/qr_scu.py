@@ -36,6 +36,7 @@ from .qr import (
     Mode,
     Operation,
     QueryModel,
+    enhanced_accepted,
     relational_accepted,
     sop_class,
     validate_request,
@@ -140,10 +141,11 @@ def find(
         raise ValueError("limit must be at least 1")
     uid = sop_class(model, Operation.FIND)
     cx = assoc.context_for(uid)
-    relational = relational_accepted(assoc.negotiated.extended.get(uid))
-    identifier = with_level_key(identifier, model)
-    validate_request(identifier, model, Operation.FIND, mode, relational)
-    data = codec.encode(with_character_set(identifier), cx.transfer_syntax)
+    accepted = assoc.negotiated.extended.get(uid)
+    identifier = with_character_set(with_level_key(identifier, model))
+    validate_request(identifier, model, Operation.FIND, mode, relational_accepted(accepted),
+                     enhanced_negotiated=enhanced_accepted(accepted, Operation.FIND))
+    data = codec.encode(identifier, cx.transfer_syntax)
 
     def build(message_id: int) -> CFindRQ:
         return CFindRQ(message_id=message_id, affected_sop_class_uid=uid, priority=int(priority))

@@ -111,3 +111,82 @@ def test_find_needs_the_unique_key_of_its_level(model: QueryModel, level: str,
     assert [v.rule for v in check_identifier(only_level, SR, FIND)] == [Rule.NO_KEYS]
     failure = validate_scp(only_level, SR, FIND)
     assert failure is not None and failure.offending == (0x00080052,)
+
+
+CIR = QueryModel.COMPOSITE_INSTANCE_ROOT
+VIEW = 0x00080053
+
+
+@pytest.mark.parametrize(("model", "op", "level", "keys"), [
+    (SR, FIND, "STUDY", {"StudyInstanceUID": ""}),
+    (PR, MOVE, "STUDY", {"PatientID": "P1", "StudyInstanceUID": "1.2"}),
+    (CIR, GET, "IMAGE", {"SOPInstanceUID": "1.2.3"}),
+])
+def test_query_retrieve_view_needs_enhanced_conversion(model: QueryModel, op: Operation,
+                                                       level: str, keys: dict[str, str]) -> None:
+    """PS3.4 C.4.1.1.3.1 / C.4.2.1.4.1 / C.4.3.1.3.1: Query/Retrieve View "may be included if
+    Enhanced Multi-Frame Image Conversion has been accepted ... It shall not be included
+    otherwise", with "CLASSIC" or "ENHANCED". It passed everywhere, and our SCP (which never
+    accepts the conversion) answered with the default view as if it had been honoured."""
+    from dimse.qr import Rule
+
+    ds = ident(level, QueryRetrieveView="CLASSIC", **keys)
+    with pytest.raises(IdentifierError) as err:
+        validate_request(ds, model, op)
+    assert err.value.offending == (VIEW,)
+    for lenient in (False, True):
+        failure = validate_scp(ds, model, op, lenient=lenient)
+        assert failure is not None and failure.status == 0xA900
+        assert failure.offending == (VIEW,)
+    assert validate_request(ds, model, op, enhanced_negotiated=True) == []
+    assert validate_scp(ds, model, op, enhanced_negotiated=True) is None
+    ds.QueryRetrieveView = "FOO"
+    found = check_identifier(ds, model, op, enhanced=True)
+    assert [(v.rule, v.tags) for v in found] == [(Rule.VIEW, (VIEW,))]
+
+
+def test_enhanced_accepted_byte_positions() -> None:
+    """Byte 5 of the C-FIND extended negotiation (C.5.1.1), byte 2 for C-MOVE/C-GET."""
+    from dimse.qr import enhanced_accepted
+
+    assert enhanced_accepted(b"\x01\x01\x00\x00\x01", FIND)
+    assert not enhanced_accepted(b"\x01\x01", FIND) and not enhanced_accepted(None, FIND)
+    assert enhanced_accepted(b"\x00\x01", MOVE) and enhanced_accepted(b"\x00\x01", GET)
+    assert not enhanced_accepted(b"\x01", GET)
+
+
+@pytest.mark.parametrize(("model", "op", "ds", "tag"), [
+    # C.4.1.1.3.2: Instance Availability "shall not be included in a C-FIND request"
+    (SR, FIND, ident("STUDY", StudyInstanceUID="", InstanceAvailability=""), 0x00080056),
+    # C.2.2.2: Specific Character Set "shall not have a zero length value"
+    (SR, FIND, ident("STUDY", StudyInstanceUID="", SpecificCharacterSet=""), 0x00080005),
+    (PR, GET, ident("PATIENT", PatientID="P1", SpecificCharacterSet=""), 0x00080005),
+    # C.4.1.1.3.1: Timezone Offset From UTC "shall not be sent with a zero-length value"
+    (SR, FIND, ident("STUDY", StudyInstanceUID="", TimezoneOffsetFromUTC=""), 0x00080201),
+    # Y.4.1.1.3.1 / Z.4.2.1.3.1: "Specific Character Set (0008,0005) shall not be present"
+    (CIR, MOVE, ident("IMAGE", SOPInstanceUID="1.2", SpecificCharacterSet="ISO_IR 192"),
+     0x00080005),
+    (QueryModel.COMPOSITE_INSTANCE_WITHOUT_BULK, GET,
+     ident("IMAGE", SOPInstanceUID="1.2", SpecificCharacterSet="ISO_IR 100"), 0x00080005),
+])
+def test_attributes_a_request_may_not_carry(model: QueryModel, op: Operation, ds: Dataset,
+                                            tag: int) -> None:
+    """Our SCU refused none of these; it now does. The SCP still answers them (they change no
+    match), as it answers an empty key of a higher level."""
+    with pytest.raises(IdentifierError) as err:
+        validate_request(ds, model, op)
+    assert err.value.offending == (tag,)
+    assert validate_scp(ds, model, op) is None
+
+
+def test_scu_leaves_an_empty_character_set_out() -> None:
+    """An empty (0008,0005) in an identifier of the default repertoire is left out of what our
+    SCU sends (absent is the default repertoire, C.2.2.2), not refused."""
+    from dimse.qr import with_character_set
+
+    ds = ident("STUDY", StudyInstanceUID="", SpecificCharacterSet="", PatientName="DOE*")
+    sent = with_character_set(ds)
+    assert "SpecificCharacterSet" not in sent and "SpecificCharacterSet" in ds
+    assert check_identifier(sent, SR, FIND) == []
+    ds.PatientName = "Müller*"
+    assert with_character_set(ds).SpecificCharacterSet == "ISO_IR 192"
