@@ -7,7 +7,7 @@ schema, indexing, matching and the values returned, in :mod:`dimse.archive`.
 Choices (conformance statement material):
 
 * Values are stripped of padding (leading and trailing spaces for all string VRs indexed here,
-  NUL for UI); a zero-length key, or ``*`` alone, is universal matching.
+  NUL for UI); a zero-length key, or one of only ``*`` (``*``, ``**``), is universal matching.
 * Wildcards ``*``/``?`` apply to AE, CS, LO, LT, PN, SH, ST, UC, UR, UT keys only; elsewhere they
   are literal characters (so a UI key with ``*`` matches nothing).
 * Matching is case-sensitive (SQLite GLOB) except PN: patient and physician names match
@@ -427,9 +427,10 @@ def match(attr_kind: Kind, vr: str, col: str, value: object, *,
 
 
 def _key_values(vr: str, value: object) -> list[str] | None:
-    """The non-empty key values; None for universal matching."""
+    """The non-empty key values; None for universal matching, which a value of only ``*``
+    also is where wildcards apply (``*`` matches any sequence, a zero-length one too)."""
     values = [v for v in _values(value) if v]
-    if not values or values == ["*"] and vr in WILDCARD_VRS:
+    if not values or vr in WILDCARD_VRS and any(not v.strip("*") for v in values):
         return None
     return values
 
@@ -530,7 +531,7 @@ def match_sequence(attr: Attr, alias: str, item: Iterable[tuple[str, object]]) -
         if vr == "PN":
             vals = [v for v in _values(value) if v]
             cond: Cond | None = (f"{col} LIKE ? ESCAPE '\\'", [_wild_like(vals[0])]) if vals and \
-                vals != ["*"] else None
+                vals[0].strip("*") else None
         else:
             cond = match(kind, vr, col, value)
         if cond is not None:
