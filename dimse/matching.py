@@ -14,7 +14,8 @@ Choices (conformance statement material):
   case-insensitively (Unicode upper-case of both sides, character for character so that ``?``
   stays one character: ``ß`` folds to ``ẞ``, not ``SS``; then LIKE ... ESCAPE), ``^`` and ``=``
   are literal, no accent or phonetic folding.
-* DA/TM/DT single values and ranges (``A-B``, ``A-``, ``-B``) compare as normalised strings; a
+* DA/TM/DT single values and ranges (``A-B``, ``A-``, ``-B``) compare as normalised strings
+  (``-`` alone is universal matching); a
   partial time or datetime stands for its whole span (``10`` = 10:00:00 to 10:59:59.999999).
   With combined date-time matching, a DA+TM key pair such as StudyDate+StudyTime matches as
   one datetime range (DA/TM values carry no offset and are compared as they are).
@@ -85,6 +86,7 @@ __all__ = [
 
 Cond = tuple[str, list[object]]
 
+_DATED_VRS: Final = frozenset({"DA", "TM", "DT"})
 WILDCARD_VRS: Final = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 _KEYWORD_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 _TZ_RE: Final = re.compile(r"[+-]\d{4}$")
@@ -431,6 +433,8 @@ def _key_values(vr: str, value: object) -> list[str] | None:
     also is where wildcards apply (``*`` matches any sequence, a zero-length one too)."""
     values = [v for v in _values(value) if v]
     if not values or vr in WILDCARD_VRS and any(not v.strip("*") for v in values):
+        return None
+    if vr in _DATED_VRS and "-" in values:  # a range without bounds: no constraint
         return None
     return values
 

@@ -252,9 +252,9 @@ def _time_key(draw: st.DrawFn, pool: Sequence[str | None]) -> str:
     a, b = draw(st.lists(st.sampled_from(values), min_size=2, max_size=2))
     if _tm_point(a) > _tm_point(b):
         a, b = b, a
-    form = draw(st.sampled_from(("single", "range", "from", "to", "universal")))
+    form = draw(st.sampled_from(("single", "range", "from", "to", "universal", "dash")))
     return {"single": a, "range": f"{a}-{b}", "from": f"{a}-", "to": f"-{b}",
-            "universal": ""}[form]
+            "universal": "", "dash": "-"}[form]
 
 
 def _uid_key(draw: st.DrawFn, pool: Sequence[str]) -> str:
@@ -339,6 +339,9 @@ class Dialect:
     dcmqrscp does not support that optional key (C.2.2.1.3: neither matched nor returned).
     ``stars_match_empty``: a pattern of only '*' characters ('**') matches a zero-length value
     (dcmqrscp; C.2.2.2.4: '*' matches any sequence including zero length).
+    ``dash_universal``: a DA/TM key of '-' alone (no bound; C.2.2.2.5 defines only 'A-B', 'A-'
+    and '-B') is universal matching for us, also for a zero-length value; dcmqrscp matches
+    every value it can read as a date or time, not a zero-length one.
     """
 
     name: str
@@ -348,12 +351,14 @@ class Dialect:
     is_text: bool
     modalities_in_study: bool
     stars_match_empty: bool
+    dash_universal: bool
 
 
 OURS = Dialect("ours", pn_case_sensitive=False, tm_point=False, bytewise=False, is_text=False,
-               modalities_in_study=True, stars_match_empty=True)
+               modalities_in_study=True, stars_match_empty=True, dash_universal=True)
 DCMQRSCP = Dialect("dcmqrscp", pn_case_sensitive=True, tm_point=True, bytewise=True,
-                   is_text=True, modalities_in_study=False, stars_match_empty=True)
+                   is_text=True, modalities_in_study=False, stars_match_empty=True,
+                   dash_universal=False)
 
 
 def _fold(text: str) -> str:
@@ -413,7 +418,7 @@ def key_matches(d: Dialect, key: str, want: str, have: str | None, ctx: Context,
             return d.stars_match_empty or bool(have) or want == "*"
         return bool(have) and _text_match(d, vr, want, have, ctx)
     if not have:
-        return vr == "DA" and want == "-" and not d.tm_point  # ours: '-' alone is universal
+        return vr in ("DA", "TM") and want == "-" and d.dash_universal
     if vr == "UI":
         return have in want.split("\\")
     if vr == "IS":
