@@ -87,7 +87,7 @@ FILE_MODE: Final = _file_mode()
 
 #: Bump when what the index stores changes without a change of its DDL (the version written to
 #: ``PRAGMA user_version`` is derived from this and the DDL; see Archive._create_schema).
-SCHEMA_REVISION: Final = 7  # 7: ISO 2022 escape sequences left by decoding dropped
+SCHEMA_REVISION: Final = 8  # 8: no patient/study/series value outlives its files
 # A patient is (ID, issuer, name, birth date): two people sharing an ID stay apart. A series
 # is keyed within its study (series UIDs reused across studies occur in the field).
 _STRUCTURE: Final = {
@@ -426,20 +426,37 @@ class Archive:
         study, series, sop = (_safe(str(u)) for u in uids)
         return self.storage_dir / study / series / (sop + ".dcm")
 
-    def _upsert_row(self, table: str, key: tuple[str, ...], values: dict[str, object]) -> int:
+    def _upsert_row(self, table: str, key: tuple[str, ...], values: dict[str, object],
+                    sop_uid: str) -> int:
         """Insert or update one row. An instance row takes its file's values as they are; a
         patient, study or series row is shared by many files, so a file lacking (or leaving
         empty) one of its attributes keeps the value another file gave it (the last non-empty
         one wins): a key object or presentation state added to a study does not blank its
-        description or accession number."""
+        description or accession number. A row that no other instance than ``sop_uid`` (being
+        indexed) shares takes the file's values as they are: no value outlives every file
+        that had it."""
         cols = list(values)
-        setter = "{0} = excluded.{0}" if table == "instance" else \
-            "{0} = COALESCE(excluded.{0}, {0})"
+        shared = table != "instance" and self._shared(table, key, values, sop_uid)
+        setter = "{0} = COALESCE(excluded.{0}, {0})" if shared else "{0} = excluded.{0}"
         updates = ", ".join(setter.format(c) for c in cols if c not in key)
         sql = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
                f"ON CONFLICT({', '.join(key)}) DO UPDATE SET {updates} RETURNING id")
         row = self._db.execute(sql, list(values.values())).fetchone()
         return int(row[0])
+
+    def _shared(self, table: str, key: tuple[str, ...], values: dict[str, object],
+                sop_uid: str) -> bool:
+        """Whether the ``table`` row of ``key`` has an instance other than ``sop_uid``."""
+        alias = ALIAS[table]
+        where = " AND ".join(f"{alias}.{c} = ?" for c in key)
+        joins = "instance i"
+        for child in reversed(TABLES[TABLES.index(table) + 1:]):
+            col, parent = PARENT[child]
+            joins += f" JOIN {parent} {ALIAS[parent]} ON {ALIAS[child]}.{col} = " \
+                     f"{ALIAS[parent]}.id"
+        row = self._db.execute(f"SELECT 1 FROM {joins} WHERE {where} AND i.sop_uid <> ? "
+                               "LIMIT 1", [*(values[c] for c in key), sop_uid]).fetchone()
+        return row is not None
 
     def _upsert(self, ds: Dataset, rel: str, ts: str, size: int, mtime_ns: int, *,
                 replace: bool = True) -> None:
@@ -461,7 +478,7 @@ class Archive:
             if table == "instance":
                 self._db.execute("DELETE FROM instance WHERE path = ? AND sop_uid <> ?",
                                  (rel, values["sop_uid"]))
-            ref = self._upsert_row(table, key, values)
+            ref = self._upsert_row(table, key, values, str(rows[-1][1]["sop_uid"]))
 
     def _prune(self) -> None:
         """Drop series/studies/patients left without instances."""
@@ -483,7 +500,16 @@ class Archive:
             known = {p: (m, s) for p, m, s in
                      self._db.execute("SELECT path, mtime_ns, size FROM instance")}
         scan = _Scan(known)
-        for path, stat in _files(self.storage_dir, self.db_path):
+        files = list(_files(self.storage_dir, self.db_path))
+        # Rows of files gone from disk go first: a file indexed next with their UIDs then
+        # finds no stale instance sharing its study (see _upsert_row).
+        on_disk = {p.relative_to(self.storage_dir).as_posix() for p, _ in files}
+        vanished = [(p,) for p in known if p not in on_disk]
+        if vanished:
+            with self._lock, self._db:
+                self._db.executemany("DELETE FROM instance WHERE path = ?", vanished)
+                self._prune()
+        for path, stat in files:
             if stat is None:
                 scan.failed.append(path)
                 continue

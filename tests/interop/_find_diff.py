@@ -229,7 +229,8 @@ def _wildcard(draw: st.DrawFn, text: str) -> str:
 def _text_key(draw: st.DrawFn, pool: Sequence[str | None], key: str) -> str:
     values = [v for v in pool if v] or ["NOPE"]
     base = draw(st.sampled_from(values))
-    kind = draw(st.sampled_from(("exact", "wild", "wild", "other", "universal")))
+    kind = draw(st.sampled_from(("exact", "exact", "wild", "wild", "wild", "universal",
+                                 "universal", "other")))
     if kind == "universal":
         return ""
     if kind == "other":
@@ -265,7 +266,7 @@ def _uid_key(draw: st.DrawFn, pool: Sequence[str]) -> str:
 def _number_key(draw: st.DrawFn, pool: Sequence[str | None]) -> str:
     values = [v for v in pool if v] or ["1"]
     v = draw(st.sampled_from(values))
-    return draw(st.sampled_from((v, v, "", "99")))
+    return draw(st.sampled_from((v, v, "", "", "99", "0" + v)))
 
 
 def _key_value(draw: st.DrawFn, key: str, pool: Sequence[str | None]) -> str:
@@ -304,7 +305,7 @@ def queries(draw: st.DrawFn, m: Model) -> Query:
     candidates = list(LEVEL_KEYS[level])
     if model == "SR" and level == "STUDY":
         candidates += PATIENT_KEYS
-    chosen = draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=5, unique=True))
+    chosen = draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=3, unique=True))
     for key in chosen:
         keys.append((key, _key_value(draw, key, _pool(m, key))))
     if UNIQUE[level] not in chosen:  # dcmqrscp returns only requested keys

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 
 from dimse.archive import Archive
 from dimse.qr import Level, QueryModel
@@ -53,6 +53,9 @@ class Peers:
         status_o, ours = ask(self.ours.port, self.ours.aet, q)
         status_t, theirs = ask(self.theirs.port, self.theirs.aet, q)
         out = explain(m, q, ours, theirs)
+        event(f"{q.level} matches: {min(len(ours), 3)}{'+' if len(ours) >= 3 else ''}")
+        if set(ours) != set(theirs):
+            event("peers differ (explained by the dialects)")
         if status_o != 0 or status_t != 0:
             out.append(f"final status ours 0x{status_o:04X}, dcmqrscp 0x{status_t:04X}")
         return out
@@ -150,5 +153,47 @@ def test_dash_alone_is_universal_matching(tmp_path: Path, key: str, value: str) 
     archive = _store(tmp_path, StudyDate="20200101")
     try:
         assert _found(archive, Level.STUDY, StudyInstanceUID="", **{key: value}) == ["1.2.3"]
+    finally:
+        archive.close()
+
+
+def test_stale_entity_values_replaced_file(tmp_path: Path) -> None:
+    """The only instance of a study stored again without its Accession Number (a corrected
+    copy): the study no longer has one (PS3.4 C.2.2: matching is against the entities' values).
+    The study row kept 'A1' ("last non-empty value wins" is meant for other instances)."""
+    archive = _store(tmp_path, AccessionNumber="A1", PatientSex="M")
+    try:
+        from pydicom.dataset import Dataset
+
+        ds = Dataset()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.SOPInstanceUID, ds.StudyInstanceUID = "1.2.3.4", "1.2.3"
+        ds.SeriesInstanceUID, ds.PatientID = "1.2.3.1", "P1"
+        archive.store(ds)
+        assert _found(archive, Level.STUDY, StudyInstanceUID="", AccessionNumber="A1") == []
+        assert _found(archive, Level.PATIENT, QueryModel.PATIENT_ROOT, PatientSex="M") == []
+    finally:
+        archive.close()
+
+
+def test_stale_entity_values_files_swapped(tmp_path: Path) -> None:
+    """The files of a study replaced on disk by others with the same UIDs (one index() run):
+    values only the removed files had are gone (the differential run found StudyID kept)."""
+    folder = tmp_path / "archive"
+    archive = _store(folder, StudyID="S1", SOPInstanceUID="1.2.3.4")
+    try:
+        first = archive.stored_path("1.2.3.4")
+        assert first is not None
+        archive.close()
+        first.unlink()
+        other = _store(tmp_path / "other", SOPInstanceUID="1.2.3.5")
+        path = other.stored_path("1.2.3.5")
+        other.close()
+        assert path is not None
+        path.rename(folder / "new.dcm")
+        archive = Archive(folder)
+        archive.index()
+        assert _found(archive, Level.STUDY, StudyInstanceUID="", StudyID="S1") == []
+        assert _found(archive, Level.STUDY, StudyInstanceUID="") == ["1.2.3"]
     finally:
         archive.close()
