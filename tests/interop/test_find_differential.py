@@ -84,19 +84,20 @@ def test_find_matches_like_dcmqrscp(peers: Peers, scenario: tuple[Model, list[Qu
         assert not problems, "\n".join([*problems, describe(m, q)])
 
 
-def test_dialects_differ_only_where_documented() -> None:
-    """The reference itself: with every flag equal, the two dialects are the same matcher."""
+def test_reference_dialects_apart() -> None:
+    """The reference itself: case-insensitive PN and a partial TM key standing for its whole
+    minute are ours; dcmqrscp matches neither."""
     m = Model(patients=[{"PatientID": "P0", "PatientName": "Müller^Jürgen",
                          "PatientBirthDate": None, "PatientSex": "M"}],
               studies=[{"_patient": "0", "StudyInstanceUID": "1.2", "StudyDate": "20200101",
-                        "StudyTime": "1010", "AccessionNumber": "", "StudyID": "01",
+                        "StudyTime": "101030", "AccessionNumber": "", "StudyID": "01",
                         "StudyDescription": None}],
               series=[{"_study": "0", "SeriesInstanceUID": "1.2.3", "Modality": "CT",
                        "SeriesNumber": "01"}],
               instances=[{"_series": "0", "SOPInstanceUID": "1.2.3.4", "InstanceNumber": "1"}])
-    q = Query("SR", "STUDY", (("PatientName", "müller*"), ("StudyTime", "101030")))
+    q = Query("SR", "STUDY", (("PatientName", "müller*"), ("StudyTime", "1010")))
     assert expected(m, q, OURS) == {"1.2": {"PatientName": "Müller^Jürgen",
-                                            "StudyTime": "1010"}}
+                                            "StudyTime": "101030"}}
     assert expected(m, q, DCMQRSCP) == {}
 
 
