@@ -38,6 +38,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
+from ._cursor import uid_bytes
 from .constants import (
     DEFAULT_MAX_PDU_LENGTH,
     DICOM_APPLICATION_CONTEXT,
@@ -159,8 +160,16 @@ def _bad_context_ids(contexts: Sequence[PresentationContextRQ]) -> set[int]:
 def _first_ts(pc: PresentationContextRQ) -> str:
     """The transfer syntax sub-item of a rejected context's AC item: not significant, but
     present (PS3.8 Table 9-18 has exactly one), so the first proposed one, or Implicit VR
-    Little Endian when the (malformed) RQ proposed none."""
-    return pc.transfer_syntaxes[0] if pc.transfer_syntaxes else _IMPLICIT_VR_LE
+    Little Endian when the (malformed) RQ proposed none or one we could not encode (the
+    decoder is lenient: e.g. a UID of more than 64 characters made the whole AC fail)."""
+    if pc.transfer_syntaxes:
+        first = pc.transfer_syntaxes[0]
+        try:
+            uid_bytes(first, "transfer syntax")
+        except PduEncodeError:
+            return _IMPLICIT_VR_LE
+        return first
+    return _IMPLICIT_VR_LE
 
 
 _IMPLICIT_VR_LE = "1.2.840.10008.1.2"
