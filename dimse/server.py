@@ -244,6 +244,8 @@ class Server:
         cannot overshoot ``max_associations``, and given back on every other outcome, including
         a peer that leaves (or aborts) while it is being authenticated.
         """
+        if _gone(assoc, rq):  # e.g. an invalid PDU came in the same read as the RQ
+            return False
         rj = self._access_control(assoc, rq)
         if rj is not None:
             self._reject(assoc, rq, rj)
@@ -259,9 +261,7 @@ class Server:
 
     async def _decide(self, assoc: Association, rq: AAssociateRQ) -> bool:
         rj, identity_response = await self._check_identity(rq, assoc.peer)
-        if assoc.machine.state is not State.STA3:  # gone while we authenticated
-            log.info("association from %s (%s) ended before it was answered", assoc.peer,
-                     rq.calling_ae)
+        if _gone(assoc, rq):  # gone while we authenticated
             return False
         if rj is not None:
             self._reject(assoc, rq, rj)
@@ -324,6 +324,16 @@ class Server:
         # accepted and a response asked for: a User Identity AC goes back in any case, empty
         # when the authenticator has nothing to send (PS3.7 D.3.3.7.2)
         return None, b"" if response is None else response
+
+
+def _gone(assoc: Association, rq: AAssociateRQ) -> bool:
+    """True (and logged) when the association can no longer be answered: the peer aborted,
+    closed, or sent an invalid PDU (the core then aborted) after its A-ASSOCIATE-RQ."""
+    if assoc.machine.state is State.STA3:
+        return False
+    log.info("association from %s (%s) ended before it was answered", assoc.peer,
+             rq.calling_ae)
+    return True
 
 
 def _log_peer_end(assoc: Association) -> None:
