@@ -5,6 +5,8 @@ Each test failed on the code before its fix.
 
 from __future__ import annotations
 
+import pytest
+
 import pdu
 from pdu.negotiation import negotiate
 from pdu.negotiation_types import AcceptorPolicy
@@ -29,13 +31,23 @@ LONG_TS_RQ = bytes.fromhex(
 )
 
 
-def test_rejected_context_with_an_overlong_transfer_syntax_still_gives_an_encodable_ac() -> None:
+#: The same RQ with a 17-character transfer syntax holding control bytes: 1.2.<00 00 00 01>10008.1.2
+CONTROL_TS_RQ = (b"\x01\x00" + (0xD0 - 53).to_bytes(4, "big") + LONG_TS_RQ[6:74]
+                 + bytes.fromhex("10 00 0015 312e322e3834302e31303030382e332e312e312e31"
+                                 "20 00 002e 01 000000"
+                                 "30 00 0011 312e322e3834302e31303030382e312e31"
+                                 "40 00 0011 312e322e0000000131303030382e312e32"
+                                 "50 00 0008 51 00 0004 00004000"))
+
+
+@pytest.mark.parametrize("rq_bytes", [LONG_TS_RQ, CONTROL_TS_RQ], ids=["70-chars", "control"])
+def test_rejected_context_with_an_unencodable_transfer_syntax_still_gives_an_encodable_ac(
+        rq_bytes: bytes) -> None:
     """The AC item of a rejected context echoed the first proposed transfer syntax even when
     it could not be encoded: the AC failed with PduEncodeError and the server logged an
     'association failed' traceback and aborted instead of answering."""
-    rq = pdu.decode(LONG_TS_RQ)
+    rq = pdu.decode(rq_bytes)
     assert isinstance(rq, pdu.AAssociateRQ)
-    assert len(rq.presentation_contexts[0].transfer_syntaxes[0]) == 70
     ac, negotiated = negotiate(rq, AcceptorPolicy(contexts={VERIFICATION: (IMPLICIT_VR_LE,)}))
     assert negotiated.rejected == {1: 4}  # transfer syntaxes not supported
     back = pdu.decode(pdu.encode(ac))
