@@ -237,7 +237,8 @@ def _text_key(draw: st.DrawFn, pool: Sequence[str | None], key: str) -> str:
         return draw(st.sampled_from(("NOPE", "Z*", "?", "*Q*")))
     if VR[key] == "PN":
         base = _case(draw, base)
-    return base if kind == "exact" else _wildcard(draw, base)
+    value = base if kind == "exact" else _wildcard(draw, base)
+    return draw(st.sampled_from(("", "", "", " "))) + value  # padding is not significant
 
 
 def _date_key(draw: st.DrawFn, pool: Sequence[str | None], domain: Sequence[str]) -> str:
@@ -546,6 +547,7 @@ class Dcmqrscp:
         self.aet, self.port = aet, port
         self.config = dcmqrscp_config(tmp, aet, port)
         self.folder = storage_dir(self.config, aet)
+        self.dcmqridx = dcmtk("dcmqridx")  # checked once, not per load
 
     def load(self, files: Sequence[Path]) -> None:
         for old in self.folder.iterdir():
@@ -554,7 +556,7 @@ class Dcmqrscp:
         for f in files:
             shutil.copyfile(f, self.folder / f.name)
             targets.append(str(self.folder / f.name))
-        result = run_tool([dcmtk("dcmqridx"), str(self.folder), *targets], timeout=30)
+        result = run_tool([self.dcmqridx, str(self.folder), *targets], timeout=30)
         if result.returncode != 0:
             raise RuntimeError(f"dcmqridx: {result.stdout}{result.stderr}")
 

@@ -36,8 +36,8 @@ from tests.interop._find_diff import (
 )
 from tests.peers import free_port, run_dcmqrscp
 
-pytestmark = [pytest.mark.interop, pytest.mark.timeout(300)]
 EXAMPLES = int(os.environ.get("FIND_DIFF_EXAMPLES", "50"))
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(max(300, EXAMPLES))]
 # A long campaign may skip shrinking (each shrink step talks to both peers): FIND_DIFF_NO_SHRINK=1.
 PHASES = tuple(p for p in Phase if p is not Phase.shrink or not os.environ.get("FIND_DIFF_NO_SHRINK"))
 
