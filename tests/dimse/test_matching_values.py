@@ -72,7 +72,9 @@ def test_multi_valued_str_columns_case_sensitive_and_literal_vrs() -> None:
     assert not run_text(Kind.STR, "AS", "050Y\\051Y", "05*")  # AS: '*' is literal
     assert run_text(Kind.STR, "AS", "050Y\\051Y", "051Y")
     assert run_text(Kind.STR, "LO", "A\\\\B", "*")  # '*' alone is universal...
-    assert not run_text(Kind.STR, "LO", "\\", "**")  # ...but empty values never match
+    # ...and so is '**': '*' matches any sequence, a zero-length one too (PS3.4 C.2.2.2.4)
+    assert run_text(Kind.STR, "LO", "\\", "**")
+    assert not run_text(Kind.STR, "LO", "\\", "*A*")  # a non-universal key: empty values fail
 
 
 def test_single_valued_rows_keep_the_plain_condition() -> None:
