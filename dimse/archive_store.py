@@ -47,7 +47,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from .archive import FILE_MODE, HEADER_DEFER_SIZE, Adopted, Archive, Duplicate
-from .errors import ServiceError
+from .errors import DataSetDecodeError, ServiceError
 from .file_sink import peer_and_own_titles
 from .messages import CStoreRQ
 from .services import (
@@ -227,12 +227,19 @@ class ArchiveSink:
         except Exception as exc:
             raise ServiceError(STATUS_CANNOT_UNDERSTAND,
                                f"unreadable data set: {exc}"[:64]) from exc
-        check_read_encoding(ds, self.transfer_syntax)
-        check_identity(ds, self.request)
         try:
+            check_read_encoding(ds, self.transfer_syntax)
+            check_identity(ds, self.request)
             adopted = self.archive.adopt(self.temp_path, ds, duplicate=duplicate)
         except (OSError, sqlite3.Error) as exc:  # e.g. "database or disk is full"
             raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}"[:64]) from exc
+        except ServiceError:
+            raise
+        except Exception as exc:
+            # pydicom converts a value when it is first read: one its VR cannot hold (a UID
+            # sent as FL, an odd length for FD) raises there, in our checks or in indexing.
+            log.warning("C-STORE data set refused: %s", exc)
+            raise ServiceError(STATUS_CANNOT_UNDERSTAND, f"unreadable value: {exc}"[:64]) from exc
         if adopted.duplicate:
             log.info("SOP Instance %s already stored: %s", self.request.affected_sop_instance_uid,
                      "kept the first" if duplicate is Duplicate.KEEP else "replaced")
@@ -285,7 +292,11 @@ def archive_store_handler(archive: Archive, *,
         if dataset.data is not None:
             check_encoding(dataset.data[:HEAD_SIZE], dataset.transfer_syntax,
                            len(dataset.data))
-        ds = dataset.decode()
+        try:
+            ds = dataset.decode()
+        except DataSetDecodeError as exc:  # the peer's bytes, not a handler failure
+            log.warning("C-STORE data set refused: %s", exc)
+            raise ServiceError(STATUS_CANNOT_UNDERSTAND, str(exc)[:64]) from exc
         check_identity(ds, request)
         known = archive.stored_path(request.affected_sop_instance_uid)
         if duplicate is Duplicate.KEEP and known is not None and known.exists():
@@ -294,6 +305,9 @@ def archive_store_handler(archive: Archive, *,
             await archive.run(archive.store, ds, transfer_syntax=dataset.transfer_syntax)
         except OSError as exc:
             raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}"[:64]) from exc
+        except ValueError as exc:  # a value the index cannot read (Archive.store's ValueError)
+            log.warning("C-STORE data set refused: %s", exc)
+            raise ServiceError(STATUS_CANNOT_UNDERSTAND, str(exc)[:64]) from exc
         return 0
 
     return store
