@@ -75,6 +75,7 @@ from .status import Status
 
 __all__ = [
     "FIND_SOP_CLASSES",
+    "MAX_IDENTIFIER_INFLATED",
     "STATUS_HANDLER_FAILED",
     "FindHandler",
     "EncodedMatch",
@@ -95,6 +96,10 @@ log = logging.getLogger(__name__)
 STATUS_HANDLER_FAILED: Final = 0xC001
 #: Matches fetched per worker-thread hop by the archive handler.
 ARCHIVE_CHUNK: Final = 256
+#: Largest C-FIND identifier a deflated one may inflate to. Identifiers are small (a list of
+#: 10,000 UIDs is 650 KB); without a bound a few KB of deflate stream held the event loop for
+#: seconds. A larger one is refused with "unable to process".
+MAX_IDENTIFIER_INFLATED: Final = 1024 * 1024
 
 #: FIND SOP class UIDs of the models that have one.
 FIND_SOP_CLASSES: Final = {info.find: m for m, info in MODELS.items() if info.find is not None}
@@ -218,7 +223,7 @@ def _prepare(served: frozenset[QueryModel], lenient: bool, ctx: RequestContext
                          comment="SOP class is not the presentation context's")
     try:
         received = ctx.dataset or ReceivedDataSet(ctx.context.transfer_syntax, b"")
-        identifier = resolve_un(received.decode(),
+        identifier = resolve_un(received.decode(max_inflated=MAX_IDENTIFIER_INFLATED),
                                 little_endian=received.transfer_syntax != EXPLICIT_VR_BE)
     except Exception as exc:
         log.warning("undecodable C-FIND identifier: %s", exc)

@@ -116,12 +116,16 @@ class ReceivedDataSet:
     sink: DataSetSink | None = None
     error: BaseException | None = None
 
-    def decode(self) -> Dataset:
-        """The data set as a pydicom Dataset (reads the file back for a :class:`FileSink`)."""
+    def decode(self, *, max_inflated: int | None = None) -> Dataset:
+        """The data set as a pydicom Dataset (reads the file back for a :class:`FileSink`).
+
+        ``max_inflated`` bounds a deflated data set once inflated (DataSetDecodeError beyond):
+        a few KB of deflate stream can stand for gigabytes.
+        """
         if self.data is not None:
             from . import codec
 
-            return codec.decode(self.data, self.transfer_syntax)
+            return codec.decode(self.data, self.transfer_syntax, max_inflated=max_inflated)
         if isinstance(self.sink, FileSink):
             import pydicom
 
