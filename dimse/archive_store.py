@@ -47,7 +47,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from .archive import FILE_MODE, HEADER_DEFER_SIZE, Adopted, Archive, Duplicate
-from .errors import DataSetDecodeError, ServiceError
+from .errors import ServiceError
 from .file_sink import peer_and_own_titles
 from .messages import CStoreRQ
 from .services import (
@@ -126,8 +126,14 @@ def check_structure(path: Path, offset: int, size: int, transfer_syntax: str) ->
             memoryview(mm) as view, view[offset:offset + size] as data_set:
         reason = structure_problem(data_set, *encoding)
     if reason is not None:
-        log.warning("C-STORE data set refused: %s", reason)
-        raise ServiceError(STATUS_CANNOT_UNDERSTAND, reason[:64])
+        raise _refused(reason)
+
+
+def _refused(reason: str) -> ServiceError:
+    """The 0xC000 failure ("cannot understand", PS3.4 B.2.3) for a data set the archive will
+    not keep, logged once here."""
+    log.warning("C-STORE data set refused: %s", reason)
+    return ServiceError(STATUS_CANNOT_UNDERSTAND, reason[:64])
 
 
 def check_read_encoding(ds: Dataset, transfer_syntax: str) -> None:
@@ -238,8 +244,7 @@ class ArchiveSink:
         except Exception as exc:
             # pydicom converts a value when it is first read: one its VR cannot hold (a UID
             # sent as FL, an odd length for FD) raises there, in our checks or in indexing.
-            log.warning("C-STORE data set refused: %s", exc)
-            raise ServiceError(STATUS_CANNOT_UNDERSTAND, f"unreadable value: {exc}"[:64]) from exc
+            raise _refused(f"unreadable value: {exc}") from exc
         if adopted.duplicate:
             log.info("SOP Instance %s already stored: %s", self.request.affected_sop_instance_uid,
                      "kept the first" if duplicate is Duplicate.KEEP else "replaced")
@@ -292,11 +297,7 @@ def archive_store_handler(archive: Archive, *,
         if dataset.data is not None:
             check_encoding(dataset.data[:HEAD_SIZE], dataset.transfer_syntax,
                            len(dataset.data))
-        try:
-            ds = dataset.decode()
-        except DataSetDecodeError as exc:  # the peer's bytes, not a handler failure
-            log.warning("C-STORE data set refused: %s", exc)
-            raise ServiceError(STATUS_CANNOT_UNDERSTAND, str(exc)[:64]) from exc
+        ds = dataset.decode()  # DataSetDecodeError: 0xC000, logged by the services layer
         check_identity(ds, request)
         known = archive.stored_path(request.affected_sop_instance_uid)
         if duplicate is Duplicate.KEEP and known is not None and known.exists():
@@ -306,8 +307,7 @@ def archive_store_handler(archive: Archive, *,
         except OSError as exc:
             raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}"[:64]) from exc
         except ValueError as exc:  # a value the index cannot read (Archive.store's ValueError)
-            log.warning("C-STORE data set refused: %s", exc)
-            raise ServiceError(STATUS_CANNOT_UNDERSTAND, str(exc)[:64]) from exc
+            raise _refused(str(exc)) from exc
         return 0
 
     return store

@@ -270,8 +270,8 @@ class _Checker:
             self.add(Rule.NOT_A_REQUEST_KEY, [SPECIFIC_CHARACTER_SET], f"{where} must not "
                      f"contain {tag_name(SPECIFIC_CHARACTER_SET)}", "SpecificCharacterSet "
                      "not allowed")
-        elif charset is not None and charset.is_empty:  # C.2.2.2: "shall not have a zero
-            self.add(Rule.NOT_A_REQUEST_KEY, [SPECIFIC_CHARACTER_SET],  # length value"
+        elif charset is not None and charset.is_empty:  # C.2.2.2: never zero length
+            self.add(Rule.NOT_A_REQUEST_KEY, [SPECIFIC_CHARACTER_SET],
                      f"{where}: {tag_name(SPECIFIC_CHARACTER_SET)} must not be empty",
                      "SpecificCharacterSet empty")
         timezone = self.ds.get(_TIMEZONE)
@@ -346,7 +346,7 @@ class _Checker:
     def check_find_level(self, level: Level) -> None:
         tag = UNIQUE_KEYS[level]
         elem = self.ds.get(tag)
-        if not any(int(e.tag) not in _GENERAL_FIND for e in self.ds):
+        if not _has_keys(self.ds):
             self.add(Rule.NO_KEYS, [QR_LEVEL], f"{self.prefix(level)} contains no keys",
                      "identifier contains no keys")
         elif elem is None:
@@ -490,6 +490,12 @@ def _all_empty(ds: Dataset, violation: Violation) -> bool:
 _TEXT_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
 
 
+def _has_keys(ds: Dataset) -> bool:
+    """Whether a C-FIND identifier holds a key, not only the level and its general
+    attributes (character set, timezone, view, retrieve location)."""
+    return any(int(e.tag) not in _GENERAL_FIND for e in ds)
+
+
 def with_level_key(identifier: Dataset, model: QueryModel) -> Dataset:
     """The C-FIND identifier to send: as given, or, when it lacks the unique key of its level,
     a copy with that key at zero length (universal matching, so the same matches) as PS3.4
@@ -500,7 +506,7 @@ def with_level_key(identifier: Dataset, model: QueryModel) -> Dataset:
     if level is None or level not in MODELS[model].levels or level not in UNIQUE_KEYS:
         return identifier
     tag = UNIQUE_KEYS[level]
-    if tag in identifier or all(int(e.tag) in _GENERAL_FIND for e in identifier):
+    if tag in identifier or not _has_keys(identifier):
         return identifier
     ds = Dataset()
     ds.update(identifier)

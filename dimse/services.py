@@ -231,7 +231,10 @@ def _error_fields(exc: BaseException, command_field: int) -> tuple[int, str, tup
             offending = tuple(t for t in exc.offending_elements
                               if isinstance(t, int) and 0 <= t <= 0xFFFFFFFF)
             return status, error_comment(str(exc.comment)), offending
-    log.exception("handler for command 0x%04X failed", command_field, exc_info=exc)
+    if isinstance(exc, DataSetDecodeError):  # the peer's bytes, not the handler's failure
+        log.warning("data set of command 0x%04X refused: %s", command_field, exc)
+    else:
+        log.exception("handler for command 0x%04X failed", command_field, exc_info=exc)
     return failure_status(command_field, exc), error_comment(f"{type(exc).__name__}: {exc}"), ()
 
 
