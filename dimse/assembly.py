@@ -15,11 +15,15 @@ CommandDataSetType != 0x0101) collects data set fragments until the last one. Ea
   comes as :class:`MessageReceived`;
 * a request whose command field is unknown (N-GET, N-SET, ...) but carries a Message ID and a
   CommandDataSetType: :class:`UnrecognizedRequest` once its data set, if any, has been read and
-  dropped, so the SCP can answer 0x0211 (PS3.7) instead of aborting.
+  dropped, so the SCP can answer 0x0211 (PS3.7) instead of aborting;
+* a request other than C-STORE whose data set (its identifier) grows past
+  ``max_identifier_length``: :class:`OversizedRequest` once the rest has been read and dropped,
+  so the SCP can refuse it (0xA700, out of resources) instead of holding it whole or aborting.
 
 Violations of Annex E raise :class:`~dimse.errors.AssemblyError` (a data set fragment before the
 command is complete, a PDV on another presentation context while a message is in progress, a
-command fragment after the command set ended, a size limit exceeded); a bad command set raises
+command fragment after the command set ended, a response's identifier longer than
+``max_identifier_length``, any data set longer than ``max_dataset_length``); a bad command set raises
 :class:`~dimse.errors.CommandDecodeError`. Both are ``RemoteProtocolError``: the caller aborts the
 association; the assembler must not be fed afterwards.
 
@@ -46,7 +50,7 @@ from pdu.constants import UNLIMITED_SEND_CAP
 
 from . import commands
 from .errors import AssemblyError
-from .messages import Message
+from .messages import CStoreRQ, Message
 
 __all__ = [
     "AssemblyEvent",
@@ -54,6 +58,7 @@ __all__ = [
     "DataFragment",
     "MessageAssembler",
     "MessageReceived",
+    "OversizedRequest",
     "PdvLike",
     "UnrecognizedRequest",
     "fragment",
@@ -116,7 +121,22 @@ class UnrecognizedRequest:
     sop_class_uid: str | None
 
 
-AssemblyEvent = MessageReceived | CommandReceived | DataFragment | UnrecognizedRequest
+@dataclass(frozen=True, slots=True)
+class OversizedRequest:
+    """A complete request whose data set was longer than ``limit`` (read and dropped, never held
+    whole): the SCP refuses it (0xA700, out of resources)."""
+
+    context_id: int
+    message: Message
+    limit: int
+
+
+AssemblyEvent = (MessageReceived | CommandReceived | DataFragment | UnrecognizedRequest
+                 | OversizedRequest)
+
+#: Default bound on a buffered identifier (the data set of a C-FIND/C-MOVE/C-GET request or
+#: response): far above any real query (10,000 UIDs take 650 KB), far below what hurts a server.
+DEFAULT_MAX_IDENTIFIER_LENGTH = 16 << 20
 
 _IDLE, _IN_COMMAND, _IN_DATASET, _STREAMING, _SKIPPING = 0, 1, 2, 3, 4
 
@@ -126,11 +146,13 @@ class MessageAssembler:
 
     ``stream(context_id, message) -> bool`` decides, per decoded command that announces a data
     set, whether its fragments are streamed (see the module docstring). ``max_command_length``
-    and ``max_dataset_length`` (None = unlimited) bound what is buffered.
+    bounds a command set, ``max_identifier_length`` the data set of any message but a C-STORE
+    request (what a peer could otherwise make us hold), ``max_dataset_length`` every data set,
+    buffered, streamed or skipped (None = unlimited).
     """
 
-    __slots__ = ("_context_id", "_message", "_parts", "_phase", "_size", "_unrecognized",
-                 "max_command_length", "max_dataset_length", "stream")
+    __slots__ = ("_context_id", "_limit", "_message", "_parts", "_phase", "_size", "_skipped",
+                 "max_command_length", "max_dataset_length", "max_identifier_length", "stream")
 
     def __init__(
         self,
@@ -138,16 +160,20 @@ class MessageAssembler:
         *,
         max_command_length: int = 1 << 16,
         max_dataset_length: int | None = None,
+        max_identifier_length: int | None = DEFAULT_MAX_IDENTIFIER_LENGTH,
     ) -> None:
         self.stream = stream
         self.max_command_length = max_command_length
         self.max_dataset_length = max_dataset_length
+        self.max_identifier_length = max_identifier_length
         self._phase = _IDLE
         self._context_id = 0
         self._parts: list[bytes | memoryview] = []
         self._size = 0
+        self._limit: int | None = None  # the data set limit of the message in progress
         self._message: Message | None = None
-        self._unrecognized: UnrecognizedRequest | None = None
+        #: What a skipped data set's last fragment completes.
+        self._skipped: UnrecognizedRequest | OversizedRequest | None = None
 
     @property
     def in_progress(self) -> bool:
@@ -165,7 +191,7 @@ class MessageAssembler:
         self._parts = []
         self._size = 0
         self._message = None
-        self._unrecognized = None
+        self._skipped = None
 
     def feed_all(self, pdvs: Iterable[PdvLike]) -> list[AssemblyEvent]:
         """Feed several PDVs (e.g. ``pdata.pdvs``); return the events in order."""
@@ -227,6 +253,7 @@ class MessageAssembler:
             self._phase = _STREAMING
             return CommandReceived(context_id, message)
         self._phase = _IN_DATASET
+        self._limit = None if type(message) is CStoreRQ else self.max_identifier_length
         return None
 
     def _unknown_command(self, exc: commands.UnknownCommandError) -> AssemblyEvent | None:
@@ -242,9 +269,22 @@ class MessageAssembler:
         if not exc.has_dataset:
             self._phase = _IDLE
             return event
-        self._unrecognized = event
+        self._skipped = event
         self._phase = _SKIPPING
         return None
+
+    def _oversized(self, limit: int, last: bool) -> AssemblyEvent | None:
+        """A buffered identifier passed ``limit``: drop it; a request is refused once the rest
+        is read, a response is a protocol error."""
+        message = self._message
+        assert message is not None
+        self._parts = []
+        if message.command_field & 0x8000:
+            raise AssemblyError(f"{type(message).__name__} data set on presentation context "
+                                f"{self._context_id} exceeds {limit} bytes")
+        self._skipped = OversizedRequest(self._context_id, message, limit)
+        self._phase = _SKIPPING
+        return self._data_fragment(b"", True) if last else None
 
     def _data_fragment(self, data: bytes | memoryview, last: bool) -> AssemblyEvent | None:
         self._add(data, self.max_dataset_length, "data set")
@@ -252,13 +292,16 @@ class MessageAssembler:
         if self._phase == _SKIPPING:
             if not last:
                 return None
-            event = self._unrecognized
+            event = self._skipped
             self.discard()
             return event
         if self._phase == _STREAMING:
             if last:
                 self.discard()
             return DataFragment(context_id, data, last)
+        limit = self._limit
+        if limit is not None and self._size > limit:
+            return self._oversized(limit, last)
         self._parts.append(data)
         if not last:
             return None

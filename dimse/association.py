@@ -54,7 +54,14 @@ from pdu.pdus import AAssociateAC, AAssociateRJ, AAssociateRQ, PDataTF
 from pdu.transport import UpperLayerProtocol
 
 from . import commands
-from .assembly import CommandReceived, DataFragment, MessageReceived, UnrecognizedRequest
+from .assembly import (
+    DEFAULT_MAX_IDENTIFIER_LENGTH,
+    CommandReceived,
+    DataFragment,
+    MessageReceived,
+    OversizedRequest,
+    UnrecognizedRequest,
+)
 from .errors import (
     AssociationAborted,
     AssociationError,
@@ -105,6 +112,8 @@ class Association(ScuOperations):
         dimse_timeout: float | None = 30.0,
         idle_timeout: float | None = None,
         keepalive: bool = False,
+        max_identifier_length: int | None = DEFAULT_MAX_IDENTIFIER_LENGTH,
+        max_dataset_length: int | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.role = role
@@ -139,7 +148,7 @@ class Association(ScuOperations):
                               ] = {}
         self._gate = ReadGate(self.protocol.pause_reading, self.protocol.resume_reading,
                               self._on_gate)
-        self._inbound = InboundStores(self)
+        self._inbound = InboundStores(self, max_identifier_length, max_dataset_length)
         self._idle = IdleWatch(self._loop, idle_timeout, self._busy, self._on_idle)
         self._deadlines = DeadlineWatch(self._loop)
         self._release_due = False
@@ -353,6 +362,8 @@ class Association(ScuOperations):
                     self._inbound.start(event)
                 elif type(event) is UnrecognizedRequest:
                     self._unrecognized(event)
+                elif type(event) is OversizedRequest:
+                    self._oversized(event)
         except ProtocolError as exc:
             log.warning("aborting: %s", exc)
             self._fail(AssociationAborted(f"protocol error: {exc}"))
@@ -399,6 +410,19 @@ class Association(ScuOperations):
         command = commands.encode_unrecognized(event.command_field, event.message_id,
                                                event.sop_class_uid)
         self._spawn(self._answer_unrecognized(cx.context_id, command))
+
+    def _oversized(self, event: OversizedRequest) -> None:
+        """Refuse a request whose identifier was longer than our limit (read and dropped)."""
+        cx = self._request_context(event.context_id)
+        if cx is None:
+            return
+        log.warning("%s (message ID %s) on context %d: data set longer than %d bytes, "
+                    "refused", type(event.message).__name__,
+                    getattr(event.message, "message_id", "?"), event.context_id, event.limit)
+        # C-MOVE/C-GET have no plain 'out of resources'; A701 is theirs (PS3.4 C.4.2.1.5, C.4.3.1.4)
+        status = 0xA701 if event.message.command_field in (0x0010, 0x0021) else 0xA700
+        self._spawn(self._unsupported(RequestContext(self, cx, event.message, None), status,
+                                      f"data set longer than {event.limit} bytes"))
 
     async def _answer_unrecognized(self, context_id: int, command: bytes) -> None:
         try:

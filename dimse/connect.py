@@ -25,6 +25,7 @@ from pdu.items import UserIdentityRQ
 from pdu.machine import Role
 from pdu.negotiation import build_associate_rq
 
+from .assembly import DEFAULT_MAX_IDENTIFIER_LENGTH
 from .association import Association
 from .errors import AssociationAborted, AssociationError, DimseTimeout
 from .services import VERIFICATION_SOP_CLASS, HandlerRegistry
@@ -93,6 +94,8 @@ class Connector:
             Role.REQUESTOR, handlers=o["handlers"], max_pdu=o["max_pdu"],
             artim_timeout=o["artim_timeout"], dimse_timeout=o["dimse_timeout"],
             idle_timeout=o["idle_timeout"], keepalive=o["keepalive"],
+            max_identifier_length=o["max_identifier_length"],
+            max_dataset_length=o["max_dataset_length"],
         )
         rq = build_associate_rq(
             o["called_ae"], o["calling_ae"], o["contexts"], max_pdu=o["max_pdu"],
@@ -190,13 +193,18 @@ def connect(
     idle_timeout: float | None = None,
     handlers: HandlerRegistry | None = None,
     keepalive: bool = False,
+    max_identifier_length: int | None = DEFAULT_MAX_IDENTIFIER_LENGTH,
+    max_dataset_length: int | None = None,
 ) -> Connector:
     """Associate with ``host:port`` as requestor (see the module docstring).
 
     ``contexts`` lists (abstract syntax, transfer syntaxes) pairs; or give ``sop_classes`` (each
     proposed with ``transfer_syntaxes``); with neither, only Verification is proposed.
     ``handlers`` performs the requests the peer sends on this association (e.g. the C-STORE
-    sub-operations of a C-GET). Errors: AssociationRejected, AssociationAborted, DimseTimeout.
+    sub-operations of a C-GET). ``max_identifier_length`` bounds a response's identifier, and
+    ``max_dataset_length`` every data set the peer sends (see :mod:`dimse.server`); a response
+    over either aborts the association. Errors: AssociationRejected, AssociationAborted,
+    DimseTimeout.
     """
     options: dict[str, Any] = {
         "called_ae": called_ae, "calling_ae": calling_ae,
@@ -207,6 +215,7 @@ def connect(
         "connect_timeout": connect_timeout, "artim_timeout": artim_timeout,
         "dimse_timeout": dimse_timeout, "idle_timeout": idle_timeout,
         "handlers": handlers, "keepalive": keepalive,
+        "max_identifier_length": max_identifier_length, "max_dataset_length": max_dataset_length,
     }
     return Connector(host, port, options)
 

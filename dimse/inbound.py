@@ -45,10 +45,12 @@ class InboundStores:
 
     __slots__ = ("_assoc", "_streaming", "assembler")
 
-    def __init__(self, assoc: Association) -> None:
+    def __init__(self, assoc: Association, max_identifier_length: int | None,
+                 max_dataset_length: int | None) -> None:
         self._assoc = assoc
         self._streaming: _Streaming | None = None
-        self.assembler = MessageAssembler(self.streams)
+        self.assembler = MessageAssembler(self.streams, max_dataset_length=max_dataset_length,
+                                          max_identifier_length=max_identifier_length)
 
     def streams(self, context_id: int, message: Message) -> bool:
         return isinstance(message, CStoreRQ) and self._assoc.handlers.streams(message)

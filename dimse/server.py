@@ -19,6 +19,11 @@ Access control, in the order applied to each A-ASSOCIATE-RQ (PS3.8 Table 9-21 co
 An RQ none of whose presentation contexts we accept is still answered with an A-ASSOCIATE-AC
 (every context rejected), as DCMTK and pynetdicom do (PS3.8 allows it; spec notes section 6);
 every request on it then fails with NotNegotiatedError on the requestor side.
+
+Sizes a peer could make us hold: an identifier (the data set of any message but a C-STORE
+request) longer than ``max_identifier_length`` (16 MiB) is read and dropped, and its request is
+refused with 0xA700 (0xA701 for C-MOVE/C-GET); ``max_dataset_length`` (None: no limit) bounds
+every data set, a C-STORE's held in memory included, by aborting the association.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from pdu.negotiation import AcceptorPolicy, check_association_rq, negotiate
 from pdu.pdus import AAssociateRJ, AAssociateRQ
 from pdu.transport import UpperLayerProtocol
 
+from .assembly import DEFAULT_MAX_IDENTIFIER_LENGTH
 from .association import Association
 from .errors import AssociationError
 from .messages import CommandField
@@ -106,6 +112,8 @@ class Server:
         dimse_timeout: float | None = 30.0,
         idle_timeout: float | None = None,
         keepalive: bool = False,
+        max_identifier_length: int | None = DEFAULT_MAX_IDENTIFIER_LENGTH,
+        max_dataset_length: int | None = None,
     ) -> None:
         self.ae_title = ae_title.strip()
         self.host = host
@@ -128,6 +136,8 @@ class Server:
         self.dimse_timeout = dimse_timeout
         self.idle_timeout = idle_timeout
         self.keepalive = keepalive
+        self.max_identifier_length = max_identifier_length
+        self.max_dataset_length = max_dataset_length
         #: How long an ended association waits for its cancelled handlers' cleanup (close()
         #: waits for these waits, within its own timeout).
         self.handler_grace = 5.0
@@ -203,6 +213,8 @@ class Server:
             Role.ACCEPTOR, handlers=self.handlers, max_pdu=self.max_pdu,
             artim_timeout=self.artim_timeout, dimse_timeout=self.dimse_timeout,
             idle_timeout=self.idle_timeout, keepalive=self.keepalive,
+            max_identifier_length=self.max_identifier_length,
+            max_dataset_length=self.max_dataset_length,
         )
         assoc.protocol.on_connected = lambda: self._connected(assoc)
         return assoc.protocol
