@@ -1,0 +1,529 @@
+"""Audit 7: the Upper Layer over real sockets (pdu.transport, dimse.association, dimse.server).
+
+Raw asyncio peers (a few lines of PS3.8 each) misbehave on purpose in both roles: silence
+(ARTIM, PS3.8 9.1.4 / Table 9-10 Evt18), release collisions (Sta9-Sta12), A-ABORT and closed
+connections at every phase, PDUs not allowed in the current state (AA-1/AA-7/AA-8), back-pressure
+and one-byte trickles, and the peer's Maximum Length (PS3.8 D.1) checked on the wire. Every wait
+is bounded; 127.0.0.1 and free ports only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from pydicom import Dataset
+
+import pdu
+from dimse import commands
+from dimse.connect import connect
+from dimse.errors import AssociationAborted, DimseTimeout
+from dimse.messages import CEchoRQ, CStoreRQ
+from dimse.server import Server
+from dimse.services import HandlerRegistry, ReceivedDataSet, RequestContext
+from pdu.constants import IMPLEMENTATION_CLASS_UID
+from pdu.fsm import State
+
+pytestmark = pytest.mark.timeout(60)
+
+VERIFICATION = "1.2.840.10008.1.1"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+SHORT = 0.3  # ARTIM / timeouts under test
+WAIT = 5.0  # the bound on every wait in these tests
+
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
+_HDR = struct.Struct(">BxL")
+
+RELEASE_RQ = bytes.fromhex("05000000000400000000")
+RELEASE_RP = bytes.fromhex("06000000000400000000")
+ABORT_USER = bytes.fromhex("07000000000400000000")
+
+
+def abort_bytes(source: int, reason: int) -> bytes:
+    return bytes([7, 0, 0, 0, 0, 4, 0, 0, source, reason])
+
+
+# -- PDU building --------------------------------------------------------------------------------
+def make_rq(max_length: int = 16384, called: str = "AUDIT") -> pdu.AAssociateRQ:
+    return pdu.AAssociateRQ.build(
+        called_ae=called, calling_ae="RAWSCU",
+        presentation_contexts=(
+            pdu.PresentationContextRQ(1, VERIFICATION, (IMPLICIT_LE,)),
+            pdu.PresentationContextRQ(3, CT, (EXPLICIT_LE,)),
+        ),
+        user_information=pdu.UserInformation.build(
+            max_length=max_length, implementation_class_uid=IMPLEMENTATION_CLASS_UID),
+    )
+
+
+def make_ac(rq: pdu.AAssociateRQ, max_length: int = 16384) -> bytes:
+    """An A-ASSOCIATE-AC accepting every proposed context with its first transfer syntax."""
+    return pdu.AAssociateAC.build(
+        called_ae=rq.called_ae, calling_ae=rq.calling_ae,
+        presentation_contexts=tuple(
+            pdu.PresentationContextAC(cx.context_id, 0, cx.transfer_syntaxes[0])
+            for cx in rq.presentation_contexts),
+        user_information=pdu.UserInformation.build(
+            max_length=max_length, implementation_class_uid=IMPLEMENTATION_CLASS_UID),
+    ).encode()
+
+
+def pdata(context_id: int, control: int, payload: bytes) -> bytes:
+    """One P-DATA-TF with one PDV (control: bit 0 command, bit 1 last)."""
+    pdv = struct.pack(">LBB", len(payload) + 2, context_id, control) + payload
+    return _HDR.pack(4, len(pdv)) + pdv
+
+
+def echo_rq(message_id: int = 1) -> bytes:
+    return pdata(1, 3, commands.encode(CEchoRQ(message_id=message_id)))
+
+
+def store_rq_command(message_id: int = 1) -> bytes:
+    return commands.encode(CStoreRQ(message_id=message_id, affected_sop_class_uid=CT,
+                                    affected_sop_instance_uid="1.2.3.4.5"))
+
+
+def ct_dataset(size: int = 64) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CT
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.2.1143.7.1"
+    ds.PatientID = "AUDIT7"
+    ds.BitsAllocated = 16
+    ds.PixelData = bytes(size)
+    return ds
+
+
+# -- raw peers -------------------------------------------------------------------------------------
+async def read_pdu(reader: Reader, timeout: float = WAIT) -> tuple[int, bytes]:
+    """(type, whole PDU bytes); (-1, b"") at EOF or reset."""
+    try:
+        header = await asyncio.wait_for(reader.readexactly(6), timeout)
+        kind, length = _HDR.unpack(header)
+        return kind, header + await asyncio.wait_for(reader.readexactly(length), timeout)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return -1, b""
+
+
+async def pdus_until_eof(reader: Reader, timeout: float = WAIT) -> list[bytes]:
+    """Every PDU until the peer closes (TimeoutError if it does not within ``timeout``)."""
+    seen: list[bytes] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            kind, data = await read_pdu(reader, timeout)
+            if kind < 0:
+                return seen
+            seen.append(data)
+
+
+async def open_raw(port: int) -> tuple[Reader, Writer]:
+    return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), WAIT)
+
+
+async def raw_associate(port: int, max_length: int = 16384) -> tuple[Reader, Writer]:
+    reader, writer = await open_raw(port)
+    writer.write(make_rq(max_length).encode())
+    kind, _ac = await read_pdu(reader)
+    assert kind == 2, kind
+    return reader, writer
+
+
+Script = Callable[[Reader, Writer], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_acceptor(script: Script) -> AsyncIterator[tuple[int, list[BaseException]]]:
+    """A raw association acceptor running ``script`` per connection; yields (port, errors)."""
+    errors: list[BaseException] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def run(reader: Reader, writer: Writer) -> None:
+        try:
+            await script(reader, writer)
+        except BaseException as exc:  # reported to the test
+            errors.append(exc)
+        finally:
+            writer.close()
+
+    def on_connect(reader: Reader, writer: Writer) -> None:
+        tasks.append(asyncio.get_running_loop().create_task(run(reader, writer)))
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], errors
+    finally:
+        server.close()
+        if tasks:
+            await asyncio.wait(tasks, timeout=WAIT)
+        for task in tasks:
+            task.cancel()
+
+
+async def accept_raw(reader: Reader, writer: Writer, max_length: int = 16384) -> None:
+    kind, rq = await read_pdu(reader)
+    assert kind == 1, kind
+    decoded = pdu.decode(rq)
+    assert isinstance(decoded, pdu.AAssociateRQ)
+    writer.write(make_ac(decoded, max_length))
+    await writer.drain()
+
+
+@asynccontextmanager
+async def our_server(**options: object) -> AsyncIterator[Server]:
+    registry = options.pop("handlers", None) or HandlerRegistry()
+    server = Server("AUDIT", handlers=registry, **options)  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close(timeout=WAIT)
+
+
+async def still_serves(server: Server) -> None:
+    """A fresh association with ``server`` works (echo + release)."""
+    async with connect("127.0.0.1", server.port, called_ae="AUDIT", connect_timeout=WAIT,
+                       dimse_timeout=WAIT) as assoc:
+        assert await assoc.echo() == 0
+
+
+async def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+# == 1. ARTIM ======================================================================================
+async def test_server_closes_a_silent_connection_after_artim() -> None:
+    """Sta2 + Evt18 -> AA-2: close the transport, nothing sent; the server keeps serving."""
+    async with our_server(artim_timeout=SHORT) as server:
+        reader, writer = await open_raw(server.port)
+        assert await pdus_until_eof(reader) == []
+        writer.close()
+        await until(lambda: not server.associations)
+        await still_serves(server)
+
+
+async def test_server_closes_after_artim_when_the_peer_never_closes_after_rp() -> None:
+    """AR-4 starts ARTIM in Sta13; a requestor that never closes is cut off (Evt18, AA-2)."""
+    async with our_server(artim_timeout=SHORT) as server:
+        reader, writer = await raw_associate(server.port)
+        writer.write(RELEASE_RQ)
+        assert await pdus_until_eof(reader) == [RELEASE_RP]
+        writer.close()
+        await until(lambda: not server.associations)
+        await still_serves(server)
+
+
+async def test_server_closes_after_artim_when_the_peer_never_closes_after_rj() -> None:
+    """AE-8 (reject) starts ARTIM: Sta13 then Evt18 closes (an unknown called AE here)."""
+    async with our_server(artim_timeout=SHORT) as server:
+        reader, writer = await open_raw(server.port)
+        writer.write(make_rq(called="NOTUS").encode())
+        seen = await pdus_until_eof(reader)
+        assert len(seen) == 1 and seen[0][0] == 3
+        writer.close()
+
+
+async def test_requestor_times_out_when_the_acceptor_never_answers() -> None:
+    """No A-ASSOCIATE-AC: connect() raises DimseTimeout and closes (A-ABORT first, AA-1)."""
+    got: list[list[bytes]] = []
+
+    async def silent(reader: Reader, writer: Writer) -> None:
+        kind, _ = await read_pdu(reader)
+        assert kind == 1
+        got.append(await pdus_until_eof(reader))
+
+    async with raw_acceptor(silent) as (port, errors):
+        with pytest.raises(DimseTimeout):
+            await connect("127.0.0.1", port, called_ae="X", connect_timeout=SHORT)
+    assert not errors, errors
+    assert got == [[abort_bytes(0, 0)]]
+
+
+async def test_requestor_closes_at_once_when_acceptor_sends_rp_and_stays() -> None:
+    """Sta7 + Evt13 -> AR-3: the requestor closes the transport itself, without ARTIM."""
+    async def releasing(reader: Reader, writer: Writer) -> None:
+        await accept_raw(reader, writer)
+        kind, data = await read_pdu(reader)
+        assert data == RELEASE_RQ
+        writer.write(RELEASE_RP)
+        assert await pdus_until_eof(reader, timeout=2.0) == []
+
+    async with raw_acceptor(releasing) as (port, errors):
+        assoc = await connect("127.0.0.1", port, called_ae="X", artim_timeout=30)
+        await asyncio.wait_for(assoc.release(), WAIT)
+        assert assoc.machine.state is State.STA1 and assoc.error is None
+    assert not errors, errors
+
+
+# == 2. Release collision (PS3.8 9.2.3, Table 9-10 Sta9-Sta12) =====================================
+async def test_release_collision_with_us_as_requestor() -> None:
+    """We release; the acceptor's A-RELEASE-RQ crosses ours: Sta7 -Evt12-> Sta9 (AR-8), we answer
+    RP (AR-9, Sta11), its RP closes (AR-3). The acceptor sees our RQ, our RP, then EOF."""
+    seen: list[list[bytes]] = []
+
+    async def colliding(reader: Reader, writer: Writer) -> None:
+        await accept_raw(reader, writer)
+        kind, data = await read_pdu(reader)
+        assert data == RELEASE_RQ
+        writer.write(RELEASE_RQ)  # Sta10 for the acceptor
+        kind, data = await read_pdu(reader)
+        assert data == RELEASE_RP, data
+        writer.write(RELEASE_RP)
+        seen.append(await pdus_until_eof(reader))
+
+    async with raw_acceptor(colliding) as (port, errors):
+        assoc = await connect("127.0.0.1", port, called_ae="X")
+        await asyncio.wait_for(assoc.release(), WAIT)
+        assert assoc.error is None and assoc.machine.state is State.STA1
+    assert not errors, errors
+    assert seen == [[]]
+
+
+async def test_release_collision_both_sent_at_once_with_us_as_requestor() -> None:
+    """The acceptor sends its RQ right after the AC, while we release at once."""
+    seen: list[list[bytes]] = []
+
+    async def colliding(reader: Reader, writer: Writer) -> None:
+        await accept_raw(reader, writer)
+        writer.write(RELEASE_RQ)
+        got = []
+        while True:
+            kind, data = await read_pdu(reader)
+            got.append(data)
+            if data == RELEASE_RP or kind < 0:
+                break
+        if RELEASE_RQ in got:  # a collision: Sta10 -> Sta12 for this acceptor, then AR-4
+            writer.write(RELEASE_RP)
+            got += await pdus_until_eof(reader)
+        seen.append(got)  # else a plain release by the acceptor: it closes (AR-3)
+
+    async with raw_acceptor(colliding) as (port, errors):
+        assoc = await connect("127.0.0.1", port, called_ae="X")
+        await asyncio.wait_for(assoc.release(), WAIT)
+        assert assoc.error is None
+    assert not errors, errors
+    # either a collision (our RQ, then our RP) or a plain peer release (our RP alone)
+    assert seen in ([[RELEASE_RQ, RELEASE_RP]], [[RELEASE_RP]]), seen
+
+
+async def test_release_collision_with_our_server_as_acceptor() -> None:
+    """Our server releases while the requestor does: Sta7 -Evt12-> Sta10, the requestor's RP
+    (AR-10, Sta12), then our RP (AR-4, Sta13); the requestor closes."""
+    async with our_server(artim_timeout=WAIT) as server:
+        reader, writer = await raw_associate(server.port)
+        await until(lambda: bool(server.associations))
+        ours = next(iter(server.associations))
+        await until(lambda: ours.is_established)
+        releasing = asyncio.get_running_loop().create_task(ours.release(timeout=WAIT))
+        kind, data = await read_pdu(reader)
+        assert data == RELEASE_RQ
+        writer.write(RELEASE_RQ)  # the requestor's crossing RQ: it is in Sta9 now
+        writer.write(RELEASE_RP)  # AR-9: requestor answers first
+        kind, data = await read_pdu(reader)
+        assert data == RELEASE_RP  # AR-4: the acceptor answers last
+        writer.close()
+        await asyncio.wait_for(releasing, WAIT)
+        assert ours.error is None
+        await until(lambda: not server.associations)
+        await still_serves(server)
+
+
+async def test_our_server_releases_a_pynetdicom_requestor() -> None:
+    """Acceptor-initiated release (our AR-1 -> Sta7, the requestor's RP -> AR-3): pynetdicom
+    answers and ends released. (A crossing release with pynetdicom 3.0.4 is not tested: when our
+    RQ arrives first its own release() raises InvalidEventError 'Evt11 in Sta8' in its reactor
+    thread and it never answers; ours then ends by DimseTimeout + A-ABORT, bounded.)"""
+    pynetdicom = pytest.importorskip("pynetdicom")
+    loop = asyncio.get_running_loop()
+    async with our_server(artim_timeout=WAIT) as server:
+        ae = pynetdicom.AE(ae_title="PYNET")
+        ae.add_requested_context(VERIFICATION)
+        ae.acse_timeout = ae.network_timeout = WAIT
+        peer = await loop.run_in_executor(None, lambda: ae.associate("127.0.0.1", server.port,
+                                                                     ae_title="AUDIT"))
+        try:
+            assert peer.is_established
+            await until(lambda: any(a.is_established for a in server.associations))
+            ours = next(iter(server.associations))
+            await asyncio.wait_for(ours.release(timeout=WAIT), WAIT + 1)
+            assert ours.error is None
+            await until(lambda: not server.associations)
+            await until(lambda: peer.is_released)
+            assert not peer.is_aborted
+        finally:
+            if not peer.is_released:
+                peer.abort()
+            ae.shutdown()
+        await still_serves(server)
+
+
+# == 3. A-ABORT, A-P-ABORT and closed connections at every phase ===================================
+class Stores:
+    """A C-STORE handler counting the data sets it got."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, rq: CStoreRQ, ds: ReceivedDataSet, ctx: RequestContext) -> int:
+        self.calls += 1
+        return 0
+
+
+def store_registry(stores: Stores) -> HandlerRegistry:
+    registry = HandlerRegistry()
+    registry.on_store(stores)
+    return registry
+
+
+@pytest.mark.parametrize("end", ["abort", "close"])
+async def test_server_peer_ends_before_its_rq(end: str) -> None:
+    """Sta2: A-ABORT (AA-2) or EOF (AA-5) closes at once, nothing sent back."""
+    async with our_server(artim_timeout=WAIT) as server:
+        reader, writer = await open_raw(server.port)
+        if end == "abort":
+            writer.write(ABORT_USER)
+            assert await pdus_until_eof(reader, timeout=2.0) == []
+        else:
+            writer.close()
+        await until(lambda: not server.associations)
+        await still_serves(server)
+
+
+@pytest.mark.parametrize("end", ["abort", "close"])
+async def test_server_peer_ends_while_its_rq_is_decided(end: str) -> None:
+    """The RQ and an A-ABORT (or EOF) in one read: Sta3 -> AA-3/AA-4; no AC is sent."""
+    async with our_server(artim_timeout=WAIT) as server:
+        reader, writer = await open_raw(server.port)
+        if end == "abort":
+            writer.write(make_rq().encode() + ABORT_USER)
+            assert await pdus_until_eof(reader, timeout=2.0) == []
+        else:
+            writer.write(make_rq().encode())
+            writer.write_eof()
+            seen = await pdus_until_eof(reader, timeout=2.0)
+            assert all(p[0] in (2, 7) for p in seen), seen  # the AC may beat the EOF
+        writer.close()
+        await until(lambda: not server.associations)
+        await still_serves(server)
+
+
+@pytest.mark.parametrize("end", ["abort", "provider-abort", "close"])
+async def test_server_peer_ends_in_the_middle_of_a_fragmented_store(end: str) -> None:
+    """Command sent, data set half sent, then A-ABORT / A-P-ABORT / EOF: the handler never
+    runs, the connection closes, the server keeps serving."""
+    stores = Stores()
+    async with our_server(artim_timeout=WAIT, handlers=store_registry(stores)) as server:
+        reader, writer = await raw_associate(server.port)
+        writer.write(pdata(3, 3, store_rq_command()))
+        writer.write(pdata(3, 0, bytes(4096)))  # a data set fragment, not the last
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        if end == "close":
+            writer.close()
+        else:
+            writer.write(ABORT_USER if end == "abort" else abort_bytes(2, 6))
+            assert await pdus_until_eof(reader, timeout=2.0) == []
+            writer.close()
+        await until(lambda: not server.associations)
+        assert stores.calls == 0
+        await still_serves(server)
+
+
+async def test_server_release_answered_by_abort() -> None:
+    """Our server releases; the requestor answers with A-ABORT (Sta7 + Evt16 -> AA-3)."""
+    async with our_server(artim_timeout=WAIT) as server:
+        reader, writer = await raw_associate(server.port)
+        await until(lambda: any(a.is_established for a in server.associations))
+        ours = next(iter(server.associations))
+        releasing = asyncio.get_running_loop().create_task(ours.release(timeout=WAIT))
+        kind, data = await read_pdu(reader)
+        assert data == RELEASE_RQ
+        writer.write(abort_bytes(0, 0))
+        assert await pdus_until_eof(reader, timeout=2.0) == []
+        await asyncio.wait_for(releasing, WAIT)
+        assert isinstance(ours.error, AssociationAborted) and ours.error.source == 0
+        writer.close()
+        await until(lambda: not server.associations)
+        await still_serves(server)
+
+
+@pytest.mark.parametrize(("answer", "source", "reason"), [
+    (ABORT_USER, 0, 0), (abort_bytes(2, 1), 2, 1), (b"", None, None)])
+async def test_requestor_aborted_during_negotiation(answer: bytes, source: int | None,
+                                                    reason: int | None) -> None:
+    """A-ABORT (AA-3) / A-P-ABORT / EOF (AA-4) instead of the AC: AssociationAborted at once."""
+    async def aborting(reader: Reader, writer: Writer) -> None:
+        kind, _ = await read_pdu(reader)
+        assert kind == 1
+        writer.write(answer)
+        await writer.drain()
+
+    async with raw_acceptor(aborting) as (port, errors):
+        with pytest.raises(AssociationAborted) as caught:
+            await connect("127.0.0.1", port, called_ae="X", connect_timeout=WAIT)
+    assert not errors, errors
+    if source is not None:
+        assert (caught.value.source, caught.value.reason) == (source, reason)
+
+
+@pytest.mark.parametrize("end", ["abort", "close"])
+async def test_requestor_store_aborted_mid_data_set(end: str) -> None:
+    """The acceptor aborts (or closes) after reading part of our 4 MB C-STORE: the store raises
+    AssociationAborted, nothing hangs."""
+    async def aborting(reader: Reader, writer: Writer) -> None:
+        await accept_raw(reader, writer)
+        await asyncio.wait_for(reader.readexactly(100_000), WAIT)
+        if end == "abort":
+            writer.write(ABORT_USER)
+            await writer.drain()
+
+    async with raw_acceptor(aborting) as (port, errors):
+        assoc = await connect("127.0.0.1", port, called_ae="X", sop_classes=[CT],
+                              dimse_timeout=WAIT)
+        with pytest.raises(AssociationAborted):
+            await asyncio.wait_for(assoc.store(ct_dataset(4_000_000)), WAIT)
+        await asyncio.wait_for(assoc.wait_closed(), WAIT)
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("end", ["abort", "close"])
+async def test_requestor_response_cut_after_its_command(end: str) -> None:
+    """The acceptor sends a C-ECHO-RSP command fragment that is not the last, then aborts or
+    closes: echo() raises AssociationAborted."""
+    async def cutting(reader: Reader, writer: Writer) -> None:
+        await accept_raw(reader, writer)
+        await read_pdu(reader)
+        writer.write(pdata(1, 1, bytes(8)))  # command, not last
+        if end == "abort":
+            writer.write(abort_bytes(2, 0))
+        await writer.drain()
+
+    async with raw_acceptor(cutting) as (port, errors):
+        assoc = await connect("127.0.0.1", port, called_ae="X", dimse_timeout=WAIT)
+        with pytest.raises(AssociationAborted):
+            await asyncio.wait_for(assoc.echo(), WAIT)
+    assert not errors, errors
+
+
+async def test_requestor_release_answered_by_abort() -> None:
+    """Sta7 + Evt16 (AA-3): release() returns (nothing is left to release) and the abort is
+    recorded in ``error``; the socket is closed."""
+    async def aborting(reader: Reader, writer: Writer) -> None:
+        await accept_raw(reader, writer)
+        kind, data = await read_pdu(reader)
+        assert data == RELEASE_RQ
+        writer.write(abort_bytes(2, 0))
+        assert await pdus_until_eof(reader) == []
+
+    async with raw_acceptor(aborting) as (port, errors):
+        assoc = await connect("127.0.0.1", port, called_ae="X")
+        await asyncio.wait_for(assoc.release(), WAIT)
+        assert isinstance(assoc.error, AssociationAborted)
+        assert (assoc.error.source, assoc.error.reason) == (2, 0)
+    assert not errors, errors
