@@ -527,3 +527,95 @@ async def test_requestor_release_answered_by_abort() -> None:
         assert isinstance(assoc.error, AssociationAborted)
         assert (assoc.error.source, assoc.error.reason) == (2, 0)
     assert not errors, errors
+
+
+# == 4. PDUs not allowed in the current state (Table 9-10: AA-1, AA-8; Evt19) =====================
+UNKNOWN_PDU = bytes.fromhex("08000000000400000000")
+
+
+def _ac_for_default_rq() -> bytes:
+    return make_ac(make_rq())
+
+
+SERVER_CASES = [
+    # (name, associate first?, bytes sent, A-ABORT expected on the wire)
+    ("Sta2 P-DATA (AA-1)", False, echo_rq(), abort_bytes(2, 2)),
+    ("Sta2 A-RELEASE-RQ (AA-1)", False, RELEASE_RQ, abort_bytes(2, 2)),
+    ("Sta2 A-RELEASE-RP (AA-1)", False, RELEASE_RP, abort_bytes(2, 2)),
+    ("Sta2 A-ASSOCIATE-AC (AA-1)", False, _ac_for_default_rq(), abort_bytes(2, 2)),
+    ("Sta2 unknown PDU (Evt19, AA-1)", False, UNKNOWN_PDU, abort_bytes(2, 1)),
+    ("Sta3 P-DATA with the RQ (AA-8)", False, make_rq().encode() + echo_rq(), abort_bytes(2, 2)),
+    ("Sta6 second A-ASSOCIATE-RQ (AA-8)", True, make_rq().encode(), abort_bytes(2, 2)),
+    ("Sta6 A-ASSOCIATE-AC (AA-8)", True, _ac_for_default_rq(), abort_bytes(2, 2)),
+    ("Sta6 A-ASSOCIATE-RJ (AA-8)", True, bytes.fromhex("03000000000400010101"),
+     abort_bytes(2, 2)),
+    ("Sta6 unsolicited A-RELEASE-RP (AA-8)", True, RELEASE_RP, abort_bytes(2, 2)),
+    ("Sta6 unknown PDU type (Evt19, AA-8)", True, UNKNOWN_PDU, abort_bytes(2, 1)),
+    ("Sta6 P-DATA longer than our maximum (Evt19)", True, pdata(1, 0, bytes(16385 - 6)),
+     abort_bytes(2, 6)),
+    ("Sta6 A-RELEASE-RQ of length 6 (Evt19)", True, bytes.fromhex("050000000006") + bytes(6),
+     abort_bytes(2, 6)),
+]
+
+
+@pytest.mark.parametrize(("name", "associate", "data", "abort"), SERVER_CASES,
+                         ids=[c[0] for c in SERVER_CASES])
+async def test_server_aborts_a_pdu_not_allowed_here(name: str, associate: bool, data: bytes,
+                                                    abort: bytes) -> None:
+    """Exactly one A-ABORT with the table's source/reason, then ARTIM closes (Sta13, Evt18)
+    since this peer never closes; the server keeps serving."""
+    async with our_server(artim_timeout=SHORT, max_pdu=16384) as server:
+        if associate:
+            reader, writer = await raw_associate(server.port)
+        else:
+            reader, writer = await open_raw(server.port)
+        writer.write(data)
+        assert await pdus_until_eof(reader) == [abort]
+        writer.close()
+        await until(lambda: not server.associations)
+        await still_serves(server)
+
+
+REQUESTOR_CASES = [
+    ("Sta5 P-DATA (AA-8)", False, echo_rq(), abort_bytes(2, 2)),
+    ("Sta5 A-RELEASE-RQ (AA-8)", False, RELEASE_RQ, abort_bytes(2, 2)),
+    ("Sta5 A-RELEASE-RP (AA-8)", False, RELEASE_RP, abort_bytes(2, 2)),
+    ("Sta5 A-ASSOCIATE-RQ (AA-8)", False, make_rq().encode(), abort_bytes(2, 2)),
+    ("Sta5 unknown PDU (Evt19, AA-8)", False, UNKNOWN_PDU, abort_bytes(2, 1)),
+    ("Sta6 second A-ASSOCIATE-AC (AA-8)", True, _ac_for_default_rq(), abort_bytes(2, 2)),
+    ("Sta6 A-ASSOCIATE-RQ (AA-8)", True, make_rq().encode(), abort_bytes(2, 2)),
+    ("Sta6 unsolicited A-RELEASE-RP (AA-8)", True, RELEASE_RP, abort_bytes(2, 2)),
+    ("Sta6 unknown PDU type (Evt19, AA-8)", True, UNKNOWN_PDU, abort_bytes(2, 1)),
+    ("Sta6 P-DATA longer than our maximum (Evt19)", True, pdata(1, 0, bytes(16385 - 6)),
+     abort_bytes(2, 6)),
+]
+
+
+@pytest.mark.parametrize(("name", "established", "data", "abort"), REQUESTOR_CASES,
+                         ids=[c[0] for c in REQUESTOR_CASES])
+async def test_requestor_aborts_a_pdu_not_allowed_here(name: str, established: bool,
+                                                       data: bytes, abort: bytes) -> None:
+    """Our requestor sends one A-ABORT (source 2, the table's reason) and closes; connect() or
+    the next echo() raises AssociationAborted carrying that source and reason."""
+    seen: list[list[bytes]] = []
+
+    async def misbehaving(reader: Reader, writer: Writer) -> None:
+        kind, rq = await read_pdu(reader)
+        decoded = pdu.decode(rq)
+        assert isinstance(decoded, pdu.AAssociateRQ)
+        if established:
+            writer.write(make_ac(decoded))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.write(data)
+        seen.append(await pdus_until_eof(reader))
+
+    async with raw_acceptor(misbehaving) as (port, errors):
+        with pytest.raises(AssociationAborted) as caught:
+            assoc = await connect("127.0.0.1", port, called_ae="X", connect_timeout=WAIT,
+                                  dimse_timeout=WAIT, artim_timeout=SHORT, max_pdu=16384)
+            await until(lambda: assoc.error is not None)
+            await assoc.echo()
+    assert not errors, errors
+    assert seen == [[abort]]
+    assert (caught.value.source, caught.value.reason) == (abort[8], abort[9])
