@@ -10,6 +10,7 @@ is bounded; 127.0.0.1 and free ports only.
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,10 +22,11 @@ import pdu
 from dimse import commands
 from dimse.connect import connect
 from dimse.errors import AssociationAborted, DimseTimeout
-from dimse.messages import CEchoRQ, CStoreRQ
+from dimse.messages import CEchoRQ, CEchoRSP, CFindRQ, CStoreRQ, CStoreRSP
+from dimse.qr_scp import FindRequest, qr_server_contexts, register_find
 from dimse.server import Server
 from dimse.services import HandlerRegistry, ReceivedDataSet, RequestContext
-from pdu.constants import IMPLEMENTATION_CLASS_UID
+from pdu.constants import IMPLEMENTATION_CLASS_UID, UNLIMITED_SEND_CAP
 from pdu.fsm import State
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.timeout(60)
 VERIFICATION = "1.2.840.10008.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT_LE = "1.2.840.10008.1.2"
+PATIENT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 SHORT = 0.3  # ARTIM / timeouts under test
 WAIT = 5.0  # the bound on every wait in these tests
@@ -56,6 +59,7 @@ def make_rq(max_length: int = 16384, called: str = "AUDIT") -> pdu.AAssociateRQ:
         presentation_contexts=(
             pdu.PresentationContextRQ(1, VERIFICATION, (IMPLICIT_LE,)),
             pdu.PresentationContextRQ(3, CT, (EXPLICIT_LE,)),
+            pdu.PresentationContextRQ(5, PATIENT_FIND, (IMPLICIT_LE,)),
         ),
         user_information=pdu.UserInformation.build(
             max_length=max_length, implementation_class_uid=IMPLEMENTATION_CLASS_UID),
@@ -213,7 +217,7 @@ async def test_server_closes_after_artim_when_the_peer_never_closes_after_rp() -
     async with our_server(artim_timeout=SHORT) as server:
         reader, writer = await raw_associate(server.port)
         writer.write(RELEASE_RQ)
-        assert await pdus_until_eof(reader) == [RELEASE_RP]
+        assert (await read_pdu(reader))[1] == RELEASE_RP
         writer.close()
         await until(lambda: not server.associations)
         await still_serves(server)
@@ -619,3 +623,251 @@ async def test_requestor_aborts_a_pdu_not_allowed_here(name: str, established: b
     assert not errors, errors
     assert seen == [[abort]]
     assert (caught.value.source, caught.value.reason) == (abort[8], abort[9])
+
+
+# == 5. Flow control ===============================================================================
+def _el(group: int, elem: int, value: bytes) -> bytes:
+    """An implicit VR little endian element, padded to even length."""
+    if len(value) % 2:
+        value += b" "
+    return struct.pack("<HHL", group, elem, len(value)) + value
+
+
+def find_rq(message_id: int = 1) -> bytes:
+    """A Patient Root C-FIND-RQ (command PDU, identifier PDU) on context 5."""
+    command = commands.encode(CFindRQ(message_id=message_id,
+                                      affected_sop_class_uid=PATIENT_FIND))
+    identifier = (_el(0x0008, 0x0052, b"PATIENT") + _el(0x0010, 0x0010, b"")
+                  + _el(0x0010, 0x0020, b""))
+    return pdata(5, 3, command) + pdata(5, 2, identifier)
+
+
+async def read_message(reader: Reader, lengths: list[int] | None = None
+                       ) -> tuple[object, int]:
+    """One DIMSE message from a raw peer: (decoded command, data set length or -1); the
+    PDU-length of every P-DATA-TF read is appended to ``lengths``."""
+    command = bytearray()
+    data = 0
+    decoded: object = None
+    while True:
+        kind, raw = await read_pdu(reader)
+        assert kind == 4, (kind, raw[:16].hex())
+        if lengths is not None:
+            lengths.append(len(raw) - 6)
+        p = pdu.decode(raw)
+        assert isinstance(p, pdu.PDataTF)
+        for pdv in p.pdvs:
+            if pdv.is_command:
+                command += bytes(pdv.data)
+                if pdv.is_last:
+                    decoded = commands.decode(bytes(command))
+                    if getattr(decoded, "command_data_set_type", 0x0101) == 0x0101:
+                        return decoded, -1
+            else:
+                data += len(pdv.data)
+                if pdv.is_last:
+                    return decoded, data
+
+
+def store_rsp(message_id: int = 1, status: int = 0, context_id: int = 1) -> bytes:
+    return pdata(context_id, 3, commands.encode(CStoreRSP(
+        message_id_being_responded_to=message_id, affected_sop_class_uid=CT,
+        affected_sop_instance_uid="1.2.826.0.1.3680043.2.1143.7.1", status=status)))
+
+
+async def test_requestor_pauses_a_large_store_while_the_acceptor_does_not_read() -> None:
+    """A 32 MB C-STORE to an acceptor that reads nothing for a while: our transport pauses
+    (pause_writing) with its buffer bounded, then the store completes once it reads again."""
+    size = 32 * 1024 * 1024
+    go = asyncio.Event()
+    got: list[int] = []
+
+    async def stalling(reader: Reader, writer: Writer) -> None:
+        await accept_raw(reader, writer)
+        await asyncio.wait_for(go.wait(), WAIT)
+        _command, length = await read_message(reader)
+        got.append(length)
+        writer.write(store_rsp())
+        await writer.drain()
+        await read_pdu(reader)  # release
+        writer.write(RELEASE_RP)
+
+    async with raw_acceptor(stalling) as (port, errors):
+        async with connect("127.0.0.1", port, called_ae="X", sop_classes=[CT],
+                           dimse_timeout=WAIT) as assoc:
+            storing = asyncio.get_running_loop().create_task(assoc.store(ct_dataset(size)))
+            await until(lambda: assoc.protocol.writing_paused)
+            transport = assoc.protocol.transport
+            assert transport is not None
+            await asyncio.sleep(0.2)
+            buffered = transport.get_write_buffer_size()
+            assert assoc.protocol.writing_paused and not storing.done()
+            assert buffered < 2 * 1024 * 1024, buffered  # not the 32 MB
+            go.set()
+            assert await asyncio.wait_for(storing, WAIT) == 0
+    assert not errors, errors
+    assert got and got[0] > size
+
+
+async def test_server_stops_pulling_find_matches_while_the_requestor_does_not_read() -> None:
+    """Many C-FIND responses to a requestor that does not read: the handler is not pulled
+    beyond what the socket can take (back-pressure), then all arrive once it reads again."""
+    total = 20_000
+    pulled = [0]
+
+    async def matches(request: FindRequest) -> AsyncIterator[Dataset]:
+        for i in range(total):
+            match = Dataset()
+            match.QueryRetrieveLevel = "PATIENT"
+            match.PatientName = "DOE^" + "X" * 50 + str(i)
+            match.PatientID = f"P{i:08d}"
+            pulled[0] += 1
+            yield match
+
+    registry = HandlerRegistry()
+    register_find(registry, matches)
+    async with our_server(handlers=registry, contexts=qr_server_contexts(registry),
+                          dimse_timeout=10) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(
+            sock, ("127.0.0.1", server.port)), WAIT)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=8192)
+        writer.write(make_rq().encode())
+        assert (await read_pdu(reader))[0] == 2
+        writer.write(find_rq())
+        await writer.drain()
+        await until(lambda: pulled[0] > 0)
+        await asyncio.sleep(0.3)
+        first = pulled[0]
+        await asyncio.sleep(0.3)
+        assert pulled[0] == first < total  # paused, not buffering every response
+        ours = next(iter(server.associations))
+        assert ours.protocol.writing_paused
+        transport = ours.protocol.transport
+        assert transport is not None and transport.get_write_buffer_size() < 1024 * 1024
+        pending = 0
+        while True:
+            rsp, _length = await read_message(reader)
+            if getattr(rsp, "status", None) != 0xFF00:
+                break
+            pending += 1
+        assert pending == total and getattr(rsp, "status", None) == 0
+        writer.write(RELEASE_RQ)
+        assert (await read_pdu(reader))[1] == RELEASE_RP
+        writer.close()
+
+
+async def test_server_serves_a_peer_trickling_one_byte_at_a_time() -> None:
+    """RQ, C-ECHO and release sent one byte per write (and per TCP segment, NODELAY)."""
+    async with our_server(artim_timeout=WAIT) as server:
+        reader, writer = await open_raw(server.port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        async def trickle(data: bytes) -> None:
+            for i in range(len(data)):
+                writer.write(data[i:i + 1])
+                await writer.drain()
+                await asyncio.sleep(0)
+
+        await trickle(make_rq().encode())
+        assert (await read_pdu(reader))[0] == 2
+        await trickle(echo_rq())
+        rsp, _ = await read_message(reader)
+        assert getattr(rsp, "status", None) == 0
+        await trickle(RELEASE_RQ)
+        assert (await read_pdu(reader))[1] == RELEASE_RP
+        writer.close()
+
+
+async def test_requestor_reads_an_acceptor_trickling_one_byte_at_a_time() -> None:
+    async def trickling(reader: Reader, writer: Writer) -> None:
+        kind, rq = await read_pdu(reader)
+        decoded = pdu.decode(rq)
+        assert isinstance(decoded, pdu.AAssociateRQ)
+        for answer in (make_ac(decoded), None, RELEASE_RP):
+            if answer is None:  # the C-ECHO-RSP
+                rq_msg, _ = await read_message(reader)
+                answer = pdata(1, 3, commands.encode(CEchoRSP(
+                    message_id_being_responded_to=getattr(rq_msg, "message_id", 0))))
+            elif answer == RELEASE_RP:
+                assert (await read_pdu(reader))[1] == RELEASE_RQ
+            for i in range(len(answer)):
+                writer.write(answer[i:i + 1])
+                await writer.drain()
+        assert await pdus_until_eof(reader) == []
+
+    async with raw_acceptor(trickling) as (port, errors):
+        async with connect("127.0.0.1", port, called_ae="X", dimse_timeout=WAIT) as assoc:
+            assert await assoc.echo() == 0
+    assert not errors, errors
+
+
+# == 6. The peer's Maximum Length (PS3.8 D.1; 0 = unlimited) on the wire ===========================
+@pytest.mark.parametrize("max_length", [14, 15, 1001, 16384, 0])
+async def test_requestor_never_sends_pdata_longer_than_the_acceptors_maximum(
+        max_length: int) -> None:
+    size = 20_000 if 0 < max_length < 100 else 3_000_000
+    lengths: list[int] = []
+    received: list[int] = []
+
+    async def recording(reader: Reader, writer: Writer) -> None:
+        await accept_raw(reader, writer, max_length=max_length)
+        rq_msg, _ = await read_message(reader, lengths)
+        writer.write(pdata(1, 3, commands.encode(CEchoRSP(
+            message_id_being_responded_to=getattr(rq_msg, "message_id", 0)))))
+        store, length = await read_message(reader, lengths)
+        received.append(length)
+        writer.write(store_rsp(getattr(store, "message_id", 0), context_id=3))
+        assert (await read_pdu(reader))[1] == RELEASE_RQ
+        writer.write(RELEASE_RP)
+
+    async with raw_acceptor(recording) as (port, errors):
+        async with connect("127.0.0.1", port, called_ae="X", contexts=[
+                (VERIFICATION, (IMPLICIT_LE,)), (CT, (EXPLICIT_LE,))],
+                dimse_timeout=WAIT) as assoc:
+            assert assoc.negotiated.peer_max_pdu == max_length
+            assert await assoc.echo() == 0
+            assert await assoc.store(ct_dataset(size)) == 0
+    assert not errors, errors
+    limit = max_length or UNLIMITED_SEND_CAP
+    assert lengths and max(lengths) <= limit, (max(lengths), limit)
+    assert received[0] > size
+    if max_length == 0:
+        assert max(lengths) > 16384  # unlimited really is used
+
+
+@pytest.mark.filterwarnings("ignore:The PN component length")
+@pytest.mark.parametrize("max_length", [14, 15, 1001, 0])
+async def test_server_never_sends_pdata_longer_than_the_requestors_maximum(
+        max_length: int) -> None:
+    async def matches(request: FindRequest) -> AsyncIterator[Dataset]:
+        for i in range(3):
+            match = Dataset()
+            match.QueryRetrieveLevel = "PATIENT"
+            match.PatientName = "DOE^" + "Y" * 3000
+            match.PatientID = f"P{i}"
+            yield match
+
+    registry = HandlerRegistry()
+    register_find(registry, matches)
+    async with our_server(handlers=registry, contexts=qr_server_contexts(registry)) as server:
+        reader, writer = await raw_associate(server.port, max_length=max_length)
+        lengths: list[int] = []
+        writer.write(echo_rq())
+        rsp, _ = await read_message(reader, lengths)
+        assert getattr(rsp, "status", None) == 0
+        writer.write(find_rq())
+        sizes = []
+        while True:
+            rsp, length = await read_message(reader, lengths)
+            if getattr(rsp, "status", None) != 0xFF00:
+                break
+            sizes.append(length)
+        assert len(sizes) == 3 and min(sizes) > 3000
+        writer.write(RELEASE_RQ)
+        assert (await read_pdu(reader))[1] == RELEASE_RP
+        writer.close()
+    assert max(lengths) <= (max_length or UNLIMITED_SEND_CAP)
