@@ -871,3 +871,131 @@ async def test_server_never_sends_pdata_longer_than_the_requestors_maximum(
         assert (await read_pdu(reader))[1] == RELEASE_RP
         writer.close()
     assert max(lengths) <= (max_length or UNLIMITED_SEND_CAP)
+
+
+# == More cells and bounds over sockets ===========================================================
+@pytest.mark.parametrize(("after", "data", "abort"), [
+    ("rj", echo_rq(), None),  # AA-6: ignored
+    ("rj", make_rq().encode(), abort_bytes(2, 2)),  # AA-7
+    ("rj", UNKNOWN_PDU, abort_bytes(2, 1)),  # Evt19 in Sta13: AA-7
+    ("rp", RELEASE_RQ, None),  # AA-6
+    ("rp", echo_rq(), None),  # AA-6
+])
+async def test_server_in_sta13_ignores_or_aborts_then_artim_closes(
+        after: str, data: bytes, abort: bytes | None) -> None:
+    """After our A-ASSOCIATE-RJ (AE-8) or A-RELEASE-RP (AR-4), Sta13: AA-6 ignores, AA-7 sends
+    an A-ABORT; neither restarts ARTIM, which then closes the connection."""
+    async with our_server(artim_timeout=SHORT) as server:
+        if after == "rj":
+            reader, writer = await open_raw(server.port)
+            writer.write(make_rq(called="NOTUS").encode())
+            assert (await read_pdu(reader))[0] == 3
+        else:
+            reader, writer = await raw_associate(server.port)
+            writer.write(RELEASE_RQ)
+            assert (await read_pdu(reader))[1] == RELEASE_RP
+        writer.write(data)
+        assert await pdus_until_eof(reader) == ([] if abort is None else [abort])
+        writer.close()
+        await until(lambda: not server.associations)
+
+
+async def test_server_artim_is_not_extended_by_a_trickled_rq() -> None:
+    """ARTIM runs from the connection until a whole A-ASSOCIATE-RQ (AE-6): a peer dribbling its
+    RQ a byte at a time is still cut off at ARTIM."""
+    async with our_server(artim_timeout=SHORT) as server:
+        reader, writer = await open_raw(server.port)
+        rq = make_rq().encode()
+
+        async def dribble() -> None:
+            for i in range(len(rq) - 1):
+                writer.write(rq[i:i + 1])
+                await asyncio.sleep(0.02)
+
+        dribbling = asyncio.get_running_loop().create_task(dribble())
+        try:
+            assert await pdus_until_eof(reader, timeout=2.0) == []
+        finally:
+            dribbling.cancel()
+        writer.close()
+
+
+async def test_requestor_release_never_answered_times_out_and_aborts() -> None:
+    """Our A-RELEASE-RQ unanswered: leaving ``async with`` raises DimseTimeout after the DIMSE
+    timeout, having sent A-ABORT and closed (PS3.8 9.1.4 Note: the layer above bounds it)."""
+    seen: list[list[bytes]] = []
+
+    async def mute(reader: Reader, writer: Writer) -> None:
+        await accept_raw(reader, writer)
+        assert (await read_pdu(reader))[1] == RELEASE_RQ
+        seen.append(await pdus_until_eof(reader))
+
+    async with raw_acceptor(mute) as (port, errors):
+        with pytest.raises(DimseTimeout):
+            async with connect("127.0.0.1", port, called_ae="X", dimse_timeout=SHORT):
+                pass
+    assert not errors, errors
+    assert seen == [[ABORT_USER]]
+
+
+async def test_requestor_cancelled_while_waiting_for_the_ac_aborts_and_closes() -> None:
+    seen: list[list[bytes]] = []
+
+    async def mute(reader: Reader, writer: Writer) -> None:
+        assert (await read_pdu(reader))[0] == 1
+        seen.append(await pdus_until_eof(reader))
+
+    async with raw_acceptor(mute) as (port, errors):
+        opening = asyncio.get_running_loop().create_task(
+            connect("127.0.0.1", port, called_ae="X", connect_timeout=WAIT).__aenter__())
+        await asyncio.sleep(0.1)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+    assert not errors, errors
+    assert seen == [[ABORT_USER]]
+
+
+async def test_server_bounds_a_flood_of_requests_from_a_peer_that_reads_nothing() -> None:
+    """Thousands of C-ECHO-RQs and no reading: our writes pause, then reading pauses (ReadGate),
+    the write buffer stays bounded, and the DIMSE timeout aborts the association."""
+    async with our_server(artim_timeout=SHORT, dimse_timeout=0.5) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(
+            sock, ("127.0.0.1", server.port)), WAIT)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        writer.write(make_rq().encode())
+        assert (await read_pdu(reader))[0] == 2
+        ours = next(iter(server.associations))
+        burst = echo_rq(1) * 100
+        with pytest.raises(TimeoutError):  # the server stops reading: our writes back up
+            async with asyncio.timeout(3):
+                while True:
+                    writer.write(burst)
+                    await writer.drain()
+        transport = ours.protocol.transport
+        assert transport is not None and transport.get_write_buffer_size() < 1024 * 1024
+        assert ours.protocol.writing_paused
+        await asyncio.wait_for(ours.wait_closed(), WAIT)
+        assert isinstance(ours.error, AssociationAborted)
+        writer.transport.abort()
+        await until(lambda: not server.associations)
+        await still_serves(server)
+
+
+async def test_dcmtk_echoscu_abort_then_server_keeps_serving() -> None:
+    from tests.peers import dcmtk, run_tool_async
+
+    echoscu = dcmtk("echoscu")
+    async with our_server(artim_timeout=WAIT) as server:
+        code, out = await run_tool_async(
+            [echoscu, "-aec", "AUDIT", "-ta", "5", "-td", "5", "--abort", "--repeat", "3",
+             "127.0.0.1", str(server.port)], timeout=30)
+        assert code == 0, out
+        await until(lambda: not server.associations)
+        code, out = await run_tool_async(
+            [echoscu, "-aec", "AUDIT", "-ta", "5", "-td", "5", "127.0.0.1", str(server.port)],
+            timeout=30)
+        assert code == 0, out
