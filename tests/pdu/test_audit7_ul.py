@@ -999,3 +999,65 @@ async def test_dcmtk_echoscu_abort_then_server_keeps_serving() -> None:
             [echoscu, "-aec", "AUDIT", "-ta", "5", "-td", "5", "127.0.0.1", str(server.port)],
             timeout=30)
         assert code == 0, out
+
+
+async def test_requestor_answers_the_acceptors_release_and_closes_after_artim() -> None:
+    """The acceptor releases (our AR-2, then AR-4: RP and ARTIM) and never closes: we close on
+    ARTIM expiry (Sta13 + Evt18, AA-2); the block exits without error."""
+    seen: list[list[bytes]] = []
+
+    async def releasing(reader: Reader, writer: Writer) -> None:
+        await accept_raw(reader, writer)
+        writer.write(RELEASE_RQ)
+        seen.append(await pdus_until_eof(reader))
+
+    async with raw_acceptor(releasing) as (port, errors):
+        async with connect("127.0.0.1", port, called_ae="X", artim_timeout=SHORT) as assoc:
+            await asyncio.wait_for(assoc.wait_closed(), WAIT)
+            assert assoc.error is None and assoc.protocol.artim_fired
+    assert not errors, errors
+    assert seen == [[RELEASE_RP]]
+
+
+async def test_server_refuses_a_huge_rq_header_before_its_body() -> None:
+    """A header claiming 2 GiB: A-ABORT (2, 6) at once (Evt19 in Sta2, AA-1), no body awaited."""
+    async with our_server(artim_timeout=SHORT) as server:
+        reader, writer = await open_raw(server.port)
+        writer.write(bytes.fromhex("01007fffffff") + bytes(100))
+        kind, data = await read_pdu(reader, timeout=SHORT / 2)  # before ARTIM could act
+        assert data == abort_bytes(2, 6)
+        writer.close()
+
+
+async def test_server_still_sends_responses_after_the_peers_release_rq() -> None:
+    """A-RELEASE-RQ while a C-FIND is performed (Sta8): its responses still go out (AR-7),
+    then the A-RELEASE-RP (AR-4)."""
+    gate = asyncio.Event()
+
+    async def matches(request: FindRequest) -> AsyncIterator[Dataset]:
+        for i in range(3):
+            match = Dataset()
+            match.QueryRetrieveLevel = "PATIENT"
+            match.PatientID = f"P{i}"
+            yield match
+            await asyncio.wait_for(gate.wait(), WAIT)
+
+    registry = HandlerRegistry()
+    register_find(registry, matches)
+    async with our_server(handlers=registry, contexts=qr_server_contexts(registry)) as server:
+        reader, writer = await raw_associate(server.port)
+        writer.write(find_rq())
+        rsp, _ = await read_message(reader)
+        assert getattr(rsp, "status", None) == 0xFF00
+        writer.write(RELEASE_RQ)
+        await until(lambda: next(iter(server.associations)).machine.state is State.STA8)
+        gate.set()
+        statuses = []
+        while True:
+            rsp, _ = await read_message(reader)
+            statuses.append(getattr(rsp, "status", None))
+            if statuses[-1] != 0xFF00:
+                break
+        assert statuses == [0xFF00, 0xFF00, 0]
+        assert (await read_pdu(reader))[1] == RELEASE_RP
+        writer.close()
