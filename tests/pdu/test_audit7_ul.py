@@ -1061,3 +1061,19 @@ async def test_server_still_sends_responses_after_the_peers_release_rq() -> None
         assert statuses == [0xFF00, 0xFF00, 0]
         assert (await read_pdu(reader))[1] == RELEASE_RP
         writer.close()
+
+
+async def test_server_closes_at_once_when_the_requestor_answers_its_release_and_stays() -> None:
+    """Our server releases; the requestor answers A-RELEASE-RP and keeps the socket open: the
+    server closes at once (Sta7 + Evt13 -> AR-3), long before its ARTIM."""
+    async with our_server(artim_timeout=30) as server:
+        reader, writer = await raw_associate(server.port)
+        await until(lambda: any(a.is_established for a in server.associations))
+        ours = next(iter(server.associations))
+        releasing = asyncio.get_running_loop().create_task(ours.release(timeout=WAIT))
+        assert (await read_pdu(reader))[1] == RELEASE_RQ
+        writer.write(RELEASE_RP)
+        assert await pdus_until_eof(reader, timeout=2.0) == []
+        await asyncio.wait_for(releasing, WAIT)
+        assert ours.error is None and not ours.protocol.artim_fired
+        writer.close()
