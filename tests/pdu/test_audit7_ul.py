@@ -14,6 +14,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from pydicom import Dataset
@@ -1077,3 +1078,18 @@ async def test_server_closes_at_once_when_the_requestor_answers_its_release_and_
         await asyncio.wait_for(releasing, WAIT)
         assert ours.error is None and not ours.protocol.artim_fired
         writer.close()
+
+
+async def test_dcmtk_storescp_with_a_small_max_pdu_takes_our_store(tmp_path: Path) -> None:
+    """DCMTK storescp announcing 4096 (its smallest) refuses any longer PDU ('Illegal PDU
+    Length'); a 1 MB C-STORE from us is stored, so every P-DATA-TF fitted."""
+    from tests.peers import free_port, run_storescp
+
+    port = free_port()
+    with run_storescp(tmp_path, port, extra_args=["--max-pdu", "4096"], timeout=60):
+        async with connect("127.0.0.1", port, called_ae="STORESCP", sop_classes=[CT],
+                           dimse_timeout=WAIT, connect_timeout=WAIT) as assoc:
+            assert assoc.negotiated.peer_max_pdu == 4096
+            assert await assoc.store(ct_dataset(1_000_000)) == 0
+    stored = list(tmp_path.iterdir())
+    assert len(stored) == 1 and stored[0].stat().st_size > 1_000_000
