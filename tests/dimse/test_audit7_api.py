@@ -48,10 +48,12 @@ from dimse.qr_scp import FindRequest, archive_server, qr_server_contexts, regist
 from dimse.qr_scu import connect_qr
 from dimse.server import Server
 from dimse.services import HandlerRegistry, ReceivedDataSet, RequestContext
+from pdu.errors import PduEncodeError
 
 pytestmark = pytest.mark.timeout(60)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 # -- hygiene: every test runs under these checks ------------------------------------------------
@@ -383,6 +385,96 @@ async def test_store_many_interrupted_by_a_peer_abort_says_what_was_stored() -> 
                                sop_classes=[CT]) as assoc:
                 await assoc.store_many(instance(i) for i in range(10))
         assert info.value.completed == ((0, 0), (1, 0))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("window", [None, (4, 4)])
+async def test_store_many_whose_source_fails_says_what_was_stored(
+        window: tuple[int, int] | None) -> None:
+    def source() -> Iterator[Dataset]:
+        for i in range(10):
+            if i == 4:
+                raise ValueError("source broke")
+            yield instance(i)
+
+    async def on_store(rq: CStoreRQ, ds: ReceivedDataSet, ctx: RequestContext) -> int:
+        return 0
+
+    registry = HandlerRegistry()
+    registry.on_store(on_store)
+    async with Server("SRV", handlers=registry, async_window=window) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV", async_window=window,
+                           sop_classes=[CT, VERIFICATION]) as assoc:
+            with pytest.raises(ValueError, match="source broke") as info:
+                await assoc.store_many(source())
+            assert info.value.completed == tuple((i, 0) for i in range(4))  # type: ignore[attr-defined]
+            assert await assoc.echo() == 0  # nothing was cut mid-message
+
+
+class _FailingSink:
+    """A sink whose third write fails (a full disk)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.discarded = False
+
+    def write(self, fragment: memoryview) -> None:
+        self.writes += 1
+        if self.writes == 3:
+            raise OSError("no space left on device")
+
+    def finish(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        raise AssertionError("a failed transfer is never committed")
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+async def test_a_failing_sink_fails_the_store_and_the_association_lives() -> None:
+    sinks: list[_FailingSink] = []
+    handled: list[str] = []
+
+    def open_sink(request: CStoreRQ, ctx: RequestContext) -> _FailingSink:
+        sinks.append(_FailingSink())
+        return sinks[-1]
+
+    async def on_store(rq: CStoreRQ, ds: ReceivedDataSet, ctx: RequestContext) -> int:
+        handled.append(rq.affected_sop_instance_uid)
+        return 0
+
+    registry = HandlerRegistry()
+    registry.on_store(on_store, sink=open_sink)
+    async with Server("SRV", handlers=registry) as server:
+        async with connect("127.0.0.1", server.port, called_ae="SRV",
+                           sop_classes=[CT, VERIFICATION]) as assoc:
+            assert await assoc.store(instance(pixels=2_000_000)) == 0xA700
+            assert await assoc.echo() == 0
+    assert handled == []  # the handler is not called for a data set that was not kept
+    assert [(s.writes, s.discarded) for s in sinks] == [(3, True)]
+
+
+async def test_a_slow_consumer_is_not_a_dimse_timeout() -> None:
+    """Reading pauses while matches wait for the consumer; the DIMSE timer waits too."""
+    async with slow_server(count=300, delay=0) as server, connect_qr(
+            "127.0.0.1", server.port, called_ae="QR", dimse_timeout=0.3) as assoc:
+        count = 0
+        async for _match in assoc.find(study_query()):
+            count += 1
+            await asyncio.sleep(0.005)  # 1.5 s in all, five DIMSE timeouts
+        assert count == 300
+
+
+async def test_an_invalid_ae_title_is_refused_before_connecting() -> None:
+    listener, port, closed = await _silent_listener()
+    async with listener:
+        with pytest.raises(PduEncodeError, match="not an AE title"):
+            await connect("127.0.0.1", port, called_ae="X" * 17)
+        with pytest.raises(PduEncodeError, match="called_ae is empty"):
+            await connect("127.0.0.1", port, called_ae="")
+        await asyncio.sleep(0.05)
+        assert not closed.is_set()  # nobody connected
 
 
 # -- 3. the body of the async with raises -------------------------------------------------------
