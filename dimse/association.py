@@ -341,6 +341,7 @@ class Association(ScuOperations):
         for op in list(self._pending.values()):
             op.fail(error)
         self._wake_drained()
+        self.protocol.interrupt_drain()
         for task in self._tasks:
             task.cancel()
         self.dropped = self._inbound.discard() or self.dropped
@@ -461,6 +462,10 @@ class Association(ScuOperations):
         return cx
 
     def _on_request(self, request: RequestContext) -> None:
+        if self.machine.state is State.STA7:  # the peer sent it before it saw our A-RELEASE-RQ
+            log.warning("%r arrived after our A-RELEASE-RQ: it cannot be answered (PS3.8 Sta7)",
+                        request.message)
+            return
         for op in self._pending.values():  # a sub-operation shows the peer is working
             if op.timer_wanted:
                 op.restart_timer()
@@ -589,6 +594,8 @@ class Association(ScuOperations):
         try:
             async with asyncio.timeout(limit):
                 await self._wait_outstanding()
+                waiting = "final responses to the requests we are performing"
+                await self._wait_performed()
                 if self._error is not None or self._closed.is_set() or self._released.done():
                     return  # lost (or released by the peer) while the last responses came
                 with contextlib.suppress(ProtocolError):
@@ -605,6 +612,14 @@ class Association(ScuOperations):
             self.abort()
             self.protocol.close_transport()
             raise
+
+    async def _wait_performed(self) -> None:
+        """Wait until every request of the peer we are performing has been answered: after our
+        A-RELEASE-RQ nothing more can be sent (Sta7), so it must not overtake them. The caller
+        bounds the wait; a handler releasing from inside itself is not waited for."""
+        me = asyncio.current_task()
+        while self._error is None and (tasks := self._tasks - {me}):
+            await asyncio.wait(tasks)
 
     def abort(self) -> None:
         """A-ABORT (source service-user); safe to call at any time."""

@@ -36,6 +36,8 @@ from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pdu.constants import AbortSource
+from pdu.fsm import State
+from pdu.machine import UpperLayerMachine
 from pdu.negotiation import AcceptedContext, Negotiated
 from pdu.transport import UpperLayerProtocol
 
@@ -93,6 +95,7 @@ class Invoker:
     # State owned and initialised by Association.__init__ / _setup.
     _loop: asyncio.AbstractEventLoop
     protocol: UpperLayerProtocol
+    machine: UpperLayerMachine
     dimse_timeout: float | None
     _error: AssociationError | None
     _pending: dict[int, Operation]
@@ -177,6 +180,11 @@ class Invoker:
             raise _fresh(self._error)
         if self._released.done():
             raise AssociationError(self._release_reason or "association released")
+        state = self.machine.state
+        if state is not State.STA6 and state is not State.STA8:  # Evt9 has no action elsewhere
+            raise AssociationError(f"cannot send in {state.name}: the association is being "
+                                   "released (no P-DATA after our A-RELEASE-RQ, PS3.8 9.2) or "
+                                   "is not established")
 
     async def _drain(self) -> None:
         """Wait until the peer reads again, at most the DIMSE timeout (then abort)."""

@@ -42,7 +42,7 @@ from . import codec
 from ._vr import EXPLICIT_VR_BE, syntax_for_decode
 from .archive import Archive, Duplicate
 from .archive_store import archive_sink_factory, archive_store_handler
-from .errors import DataSetEncodeError, IdentifierError, ServiceError
+from .errors import AssociationError, DataSetEncodeError, IdentifierError, ServiceError
 from .messages import DATASET_PRESENT, NO_DATASET, CFindRQ, CFindRSP, CommandField
 from .qr import (
     DEFAULT_TRANSFER_SYNTAXES,
@@ -404,6 +404,8 @@ async def _perform_find(handler: FindHandler, served: frozenset[QueryModel], len
         status, comment, offending = exc.status, exc.comment, exc.offending_elements
     except IdentifierError as exc:
         status, comment, offending = exc.status, str(exc), exc.offending
+    except AssociationError:
+        raise  # sending a match failed: the association is gone, nothing to answer
     except Exception as exc:
         log.exception("C-FIND handler failed")
         status, comment = STATUS_HANDLER_FAILED, f"{type(exc).__name__}: {exc}"

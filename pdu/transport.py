@@ -55,6 +55,15 @@ log = logging.getLogger(__name__)
 #: States where a P-DATA request is a plain "send the bytes" (DT-1 in Sta6, AR-7 in Sta8) that
 #: changes nothing in the core: the fast path writes them straight to the socket.
 _PDATA_SEND_STATES = frozenset({State.STA6, State.STA8})
+
+
+def _unsent(transport: asyncio.BaseTransport) -> int:
+    """Bytes written to ``transport`` and not yet sent (0 when it cannot tell: a TLS transport
+    whose connection is gone)."""
+    try:
+        return cast(asyncio.WriteTransport, transport).get_write_buffer_size()
+    except (AttributeError, NotImplementedError):
+        return 0
 #: Linux only; None elsewhere (then no quick ACKs are requested).
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
@@ -222,8 +231,7 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         elif isinstance(out, StopArtim):
             self._cancel_artim()
         elif isinstance(out, CloseTransport):
-            if self.transport is not None:
-                self.transport.close()
+            self._close()
         elif not isinstance(out, ConnectTransport):  # the owner opens the connection itself
             self._on_indication(out)
 
@@ -274,13 +282,40 @@ class UpperLayerProtocol(asyncio.BufferedProtocol):
         except LocalProtocolError:
             pass
         self.flush()
-        if self.machine.state == State.STA1 and self.transport is not None:
-            self.transport.close()
+        if self.machine.state == State.STA1:
+            self._close()
 
     def close_transport(self) -> None:
-        """Close the socket right away (after a local error or when the server stops)."""
-        if self.transport is not None:
-            self.transport.close()
+        """Close the socket now (after a local error, an abort, or when the server stops). What
+        is still unsent may flush for at most the ARTIM timeout; then the socket is reset."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.close()
+        if _unsent(transport):
+            self._loop.call_later(self.machine.artim_timeout, self._reset, transport)
+
+    def _reset(self, transport: asyncio.Transport) -> None:
+        if not self._connection_lost:
+            transport.abort()
+
+    def _close(self) -> None:
+        """The core's "close transport": at once, dropping what is still unsent. By then (ARTIM
+        expired, the peer aborted or answered our release) the peer has had its time to read
+        it, and ``close()`` alone would wait for a peer that may never read: the socket would
+        stay open however long it kept silent (PS3.8 9.1.4: ARTIM bounds that wait)."""
+        transport = self.transport
+        if transport is None:
+            return
+        if _unsent(transport):
+            transport.abort()
+        else:
+            transport.close()
+
+    def interrupt_drain(self) -> None:
+        """Wake a sender waiting in :meth:`drain` with ConnectionResetError: the association
+        has ended, nothing more will be sent even if the peer reads again."""
+        self._wake_drain(ConnectionResetError("association ended"))
 
     @property
     def connection_is_lost(self) -> bool:

@@ -959,8 +959,9 @@ async def test_requestor_cancelled_while_waiting_for_the_ac_aborts_and_closes() 
 
 async def test_server_bounds_a_flood_of_requests_from_a_peer_that_reads_nothing() -> None:
     """Thousands of C-ECHO-RQs and no reading: our writes pause, then reading pauses (ReadGate),
-    the write buffer stays bounded, and the DIMSE timeout aborts the association."""
-    async with our_server(artim_timeout=SHORT, dimse_timeout=0.5) as server:
+    the write buffer stays bounded, the DIMSE timeout aborts the association, and ARTIM closes
+    the socket although the peer never read what was sent (PS3.8 9.1.4)."""
+    async with our_server(artim_timeout=SHORT, dimse_timeout=2.0) as server:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
@@ -972,7 +973,7 @@ async def test_server_bounds_a_flood_of_requests_from_a_peer_that_reads_nothing(
         ours = next(iter(server.associations))
         burst = echo_rq(1) * 100
         with pytest.raises(TimeoutError):  # the server stops reading: our writes back up
-            async with asyncio.timeout(3):
+            async with asyncio.timeout(1):
                 while True:
                     writer.write(burst)
                     await writer.drain()
@@ -981,6 +982,12 @@ async def test_server_bounds_a_flood_of_requests_from_a_peer_that_reads_nothing(
         assert ours.protocol.writing_paused
         await asyncio.wait_for(ours.wait_closed(), WAIT)
         assert isinstance(ours.error, AssociationAborted)
+        assert transport.is_closing()
+        with pytest.raises(ConnectionError):  # closed at ARTIM with its buffer unsent: a reset
+            async with asyncio.timeout(WAIT):
+                while True:
+                    writer.write(burst)
+                    await writer.drain()
         writer.transport.abort()
         await until(lambda: not server.associations)
         await still_serves(server)
