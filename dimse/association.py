@@ -268,10 +268,14 @@ class Association(ScuOperations):
             self._finish_release("association released")
         elif isinstance(out, AbortIndication):
             kind = "A-P-ABORT" if out.provider else "A-ABORT"
+            why = ""
             if self._error is None and not self._released.done():
                 self._note_peer_end(out)
-            self._fail(AssociationAborted(f"{kind} (source {out.source}, reason {out.reason})",
-                                          source=out.source, reason=out.reason))
+                if out.provider and self.ended_by_peer:
+                    why = f": {self.ended_by_peer}"
+            self._fail(AssociationAborted(
+                f"{kind} (source {out.source}, reason {out.reason}){why}",
+                source=out.source, reason=out.reason))
         elif isinstance(out, Closed):
             self._on_closed()
 
@@ -535,7 +539,12 @@ class Association(ScuOperations):
             pass  # the association is gone; nothing to answer
         except Exception:
             log.exception("performer for %r failed", message)
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # we were cancelled (the association ended, a C-CANCEL...)
+            self._handler_escaped(message, exc)  # a handler's own stray CancelledError
+        except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
             self._handler_escaped(message, exc)
@@ -590,11 +599,12 @@ class Association(ScuOperations):
         self._gate.closing = True  # read the A-RELEASE-RP whatever consumers lag
         self._gate.update()
         limit = timeout or self.dimse_timeout
-        waiting = "the final responses of the operations still outstanding"
+        waiting = ("the final responses of the operations still outstanding (a find iterator "
+                   "left unread? close it, e.g. with contextlib.aclosing)")
         try:
             async with asyncio.timeout(limit):
                 await self._wait_outstanding()
-                waiting = "final responses to the requests we are performing"
+                waiting = "our answers to the requests we are performing"
                 await self._wait_performed()
                 if self._error is not None or self._closed.is_set() or self._released.done():
                     return  # lost (or released by the peer) while the last responses came
@@ -605,7 +615,7 @@ class Association(ScuOperations):
                 await self._closed.wait()
         except TimeoutError as exc:
             self.abort()
-            raise DimseTimeout(f"no {waiting} within {limit} s; association aborted") from exc
+            raise DimseTimeout(f"waited {limit} s for {waiting}; association aborted") from exc
         except AssociationAborted:
             return  # the peer aborted instead of answering: nothing left to release
         except asyncio.CancelledError:  # a graceful close cancelled falls back to an abort

@@ -125,4 +125,7 @@ class AssociationAborted(AssociationError):
 
 
 class DimseTimeout(AssociationError, TimeoutError):
-    """No response arrived within the DIMSE timeout; the association has been aborted."""
+    """No response arrived within the DIMSE timeout, and the association has been aborted; or,
+    waiting for a slot of a full asynchronous operations window, nothing at all arrived for as
+    long, and the association is left as it is (the operation holding the slot is the
+    caller's: an iterator left unread, typically)."""

@@ -315,9 +315,10 @@ class Invoker:
                     await self._cancel_abandoned(context, message_id, op)
 
     async def _take_slot(self) -> asyncio.Semaphore | None:
-        """A slot of the asynchronous operations window (None when there is no window); at
-        most the DIMSE timeout: a slot held by an operation whose responses nobody reads would
-        otherwise block every later request for good."""
+        """A slot of the asynchronous operations window (None when there is no window). The
+        wait ends with DimseTimeout after a DIMSE timeout in which nothing arrived on the
+        association: a slot held by an operation whose responses nobody reads would otherwise
+        block every later request for good. A queue behind operations that progress waits."""
         if self._releasing:
             raise AssociationError("association being released: no new request")
         self._check_usable()
@@ -327,13 +328,18 @@ class Invoker:
         if not window.locked():  # a slot is free: no wait, so no timer (the hot path)
             await window.acquire()
             return window
-        try:
-            async with asyncio.timeout(self.dimse_timeout):
-                await window.acquire()
-        except TimeoutError as exc:
-            raise DimseTimeout(
-                f"no operation slot freed within {self.dimse_timeout} s (the asynchronous "
-                "operations window is full: is an operation's iterator left unread?)") from exc
+        while True:
+            seen = self._idle.last_activity
+            try:
+                async with asyncio.timeout(self.dimse_timeout):
+                    await window.acquire()
+                break
+            except TimeoutError as exc:
+                if self._idle.last_activity == seen:
+                    raise DimseTimeout(
+                        f"no operation slot freed and nothing received for "
+                        f"{self.dimse_timeout} s (the asynchronous operations window is full: "
+                        "is an operation's iterator left unread?)") from exc
         if self._releasing:  # the release began while we waited: the slot is not ours to use
             window.release()
             raise AssociationError("association being released: no new request")

@@ -33,6 +33,7 @@ import logging
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 from pydicom.uid import AllTransferSyntaxes
 
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 
 #: ``(identity, peer) -> (accepted, server_response)``; the response is sent back when the
 #: requestor asked for a positive response.
+_T = TypeVar("_T")
+
 Authenticator = Callable[[UserIdentityRQ, tuple[str, int] | None],
                          Awaitable[tuple[bool, bytes | None]]]
 
@@ -149,6 +152,10 @@ class Server:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> Server:
+        """Listen (a server already listening keeps its socket, as ``asyncio.Server`` does:
+        ``async with await serve(...)`` is fine)."""
+        if self._server is not None:
+            return self
         loop = asyncio.get_running_loop()
         self._closing = False
         # A TLS handshake is bounded like the wait for the A-ASSOCIATE-RQ (ARTIM), not by
@@ -272,7 +279,7 @@ class Server:
         return accepted
 
     async def _decide(self, assoc: Association, rq: AAssociateRQ) -> bool:
-        rj, identity_response = await self._check_identity(rq, assoc.peer)
+        rj, identity_response = await self._check_identity(rq, assoc)
         if _gone(assoc, rq):  # gone while we authenticated
             return False
         if rj is not None:
@@ -315,7 +322,7 @@ class Server:
         return None
 
     async def _check_identity(
-        self, rq: AAssociateRQ, peer: tuple[str, int] | None
+        self, rq: AAssociateRQ, assoc: Association
     ) -> tuple[AAssociateRJ | None, bytes | None]:
         identity = rq.user_information.user_identity
         refused = _rj(RejectResult.REJECTED_PERMANENT, RejectSource.SERVICE_USER,
@@ -325,10 +332,13 @@ class Server:
         if self.authenticator is None:
             return (refused if self.require_identity else None), None
         try:
-            ok, response = await self.authenticator(identity, peer)
+            verdict = await _unless_closed(assoc, self.authenticator(identity, assoc.peer))
         except Exception:
             log.exception("user identity authenticator failed")
             return refused, None
+        if verdict is None:  # the peer left, or the server closes: _decide sees it is gone
+            return refused, None
+        ok, response = verdict
         if not ok:
             return refused, None
         if not identity.positive_response_requested:
@@ -336,6 +346,17 @@ class Server:
         # accepted and a response asked for: a User Identity AC goes back in any case, empty
         # when the authenticator has nothing to send (PS3.7 D.3.3.7.2)
         return None, b"" if response is None else response
+
+
+async def _unless_closed(assoc: Association, work: Awaitable[_T]) -> _T | None:
+    """``work``'s result, or None (``work`` cancelled) if the connection closes first: an
+    authenticator must not keep an association nobody can answer, nor hold up close()."""
+    task = asyncio.ensure_future(work)
+    await asyncio.wait((task, assoc.protocol.closed), return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return task.result()
+    task.cancel()
+    return None
 
 
 def _gone(assoc: Association, rq: AAssociateRQ) -> bool:
