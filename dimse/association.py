@@ -469,6 +469,7 @@ class Association(ScuOperations):
         if self.machine.state is State.STA7:  # the peer sent it before it saw our A-RELEASE-RQ
             log.warning("%r arrived after our A-RELEASE-RQ: it cannot be answered (PS3.8 Sta7)",
                         request.message)
+            _drop_unstarted(request, None)  # a streamed C-STORE leaves no temporary file
             return
         for op in self._pending.values():  # a sub-operation shows the peer is working
             if op.timer_wanted:

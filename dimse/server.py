@@ -61,11 +61,10 @@ from .services import VERIFICATION_SOP_CLASS, HandlerRegistry, storage_sop_class
 __all__ = ["Authenticator", "Server", "default_contexts", "serve"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: ``(identity, peer) -> (accepted, server_response)``; the response is sent back when the
 #: requestor asked for a positive response.
-_T = TypeVar("_T")
-
 Authenticator = Callable[[UserIdentityRQ, tuple[str, int] | None],
                          Awaitable[tuple[bool, bytes | None]]]
 

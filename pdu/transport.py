@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 #: changes nothing in the core: the fast path writes them straight to the socket.
 _PDATA_SEND_STATES = frozenset({State.STA6, State.STA8})
 
+#: Linux only; None elsewhere (then no quick ACKs are requested).
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
 
 def _unsent(transport: asyncio.BaseTransport) -> int:
     """Bytes written to ``transport`` and not yet sent (0 when it cannot tell: a TLS transport
@@ -64,8 +67,7 @@ def _unsent(transport: asyncio.BaseTransport) -> int:
         return cast(asyncio.WriteTransport, transport).get_write_buffer_size()
     except (AttributeError, NotImplementedError):
         return 0
-#: Linux only; None elsewhere (then no quick ACKs are requested).
-_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
 
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 

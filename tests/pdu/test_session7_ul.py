@@ -15,17 +15,21 @@ import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from pydicom import Dataset
 
+from dimse.archive import Archive
 from dimse.connect import connect
 from dimse.errors import AssociationAborted
-from dimse.qr_scp import FindRequest, qr_server_contexts, register_find
+from dimse.instances import encode_instance
+from dimse.qr_scp import FindRequest, archive_server, qr_server_contexts, register_find
 from dimse.services import HandlerRegistry
 from tests.pdu.test_audit7_ul import (
     ABORT_USER,
     CT,
+    EXPLICIT_LE,
     RELEASE_RP,
     RELEASE_RQ,
     WAIT,
@@ -35,11 +39,13 @@ from tests.pdu.test_audit7_ul import (
     find_rq,
     make_rq,
     our_server,
+    pdata,
     raw_acceptor,
     raw_associate,
     read_message,
     read_pdu,
     still_serves,
+    store_rq_command,
     until,
 )
 
@@ -209,3 +215,32 @@ async def test_our_release_waits_for_the_final_response_of_a_request_we_perform(
             writer.close()
     assert kinds[-1] == 5 and kinds[:-1] and set(kinds[:-1]) == {4}  # responses, then RQ
     assert errors(caplog) == []
+
+
+async def test_a_streamed_store_after_our_release_rq_leaves_no_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The archive streams a C-STORE into a temporary file; dropped in Sta7, it is discarded."""
+    archive = Archive(tmp_path / "archive")
+    try:
+        async with archive_server(archive, "AUDIT", artim_timeout=2) as server:
+            reader, writer = await raw_associate(server.port)
+            try:
+                await until(lambda: any(a.is_established for a in server.associations))
+                ours = next(iter(server.associations))
+                releasing = asyncio.get_running_loop().create_task(ours.release(timeout=3))
+                assert (await read_pdu(reader))[1] == RELEASE_RQ
+                data = encode_instance(ct_dataset(), EXPLICIT_LE)
+                writer.write(pdata(3, 3, store_rq_command(4)) + pdata(3, 2, data))
+                await asyncio.sleep(0.2)
+                writer.write(RELEASE_RP)
+                await asyncio.wait_for(releasing, 3)
+            finally:
+                writer.close()
+        left = [p for p in (tmp_path / "archive").rglob("*")
+                if p.is_file() and not p.name.startswith(".archive.sqlite")]
+        assert left == []
+        assert archive.counts() == (0, 0)
+    finally:
+        archive.close()
+    assert errors(caplog) == []
+    assert any("after our A-RELEASE-RQ" in r.getMessage() for r in caplog.records)
