@@ -81,6 +81,7 @@ class Connector:
             return
         if exc_type is None:
             try:
+                await assoc.cancel_unread()  # nobody can read those after the block
                 await assoc.release()
             except BaseException:  # cancelled or failed: never leave it open
                 _abort_and_close(assoc)

@@ -294,6 +294,7 @@ class Invoker:
                        timeout=self.dimse_timeout, expired=self._dimse_timeout,
                        watch=self._deadlines)
         op.on_final = functools.partial(self._on_final, op, window)
+        op.stream = True
         self._pending[message_id] = op
         retire = functools.partial(self._retire, message_id, op, window)
         sent = False
@@ -394,6 +395,20 @@ class Invoker:
         op.await_final_after_cancel()
         with contextlib.suppress(AssociationError):
             await self.cancel(context, message_id)
+
+    async def cancel_unread(self) -> None:
+        """C-CANCEL each C-FIND/C-GET/C-MOVE still running that nobody is reading right now (an
+        iterator broken out of but still referenced): at the end of an ``async with`` block
+        nobody can read it any more, and the release would wait for all of its responses."""
+        for message_id, op in list(self._pending.items()):
+            if (op.stream and not op.final and not op.draining
+                    and (op.waiter is None or op.waiter.done())):
+                context = self.negotiated.contexts.get(op.context_id)
+                if context is None:
+                    continue
+                op.await_final_after_cancel()
+                with contextlib.suppress(AssociationError):
+                    await self.cancel(context, message_id)
 
     async def cancel(self, context: AcceptedContext, message_id: int) -> None:
         """Send C-CANCEL for an outstanding C-FIND/C-GET/C-MOVE."""

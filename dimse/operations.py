@@ -119,7 +119,7 @@ class Operation:
 
     __slots__ = ("_expired", "_loop", "_watch", "context_id", "draining", "error", "final", "gate",
                  "high", "holding", "low", "on_final", "on_retire", "responses", "slot_freed",
-                 "suspended", "timeout", "timer", "timer_wanted", "waiter")
+                 "stream", "suspended", "timeout", "timer", "timer_wanted", "waiter")
 
     def __init__(self, context_id: int, gate: ReadGate, loop: asyncio.AbstractEventLoop, *,
                  buffer: int = DEFAULT_BUFFER, timeout: float | None = None,
@@ -139,6 +139,7 @@ class Operation:
         self.on_retire: Callable[[], None] | None = None  # run once when a draining op ends
         self.on_final: Callable[[], None] | None = None  # run once when the final response came
         self.slot_freed = False  # its asynchronous operations window slot was given back
+        self.stream = False  # a C-FIND/C-GET/C-MOVE read through an iterator (C-CANCEL applies)
         self.timeout = timeout
         self._expired = expired
         self._watch = watch

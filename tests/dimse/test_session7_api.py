@@ -7,6 +7,8 @@
 - D5: a connection closed by the peer while we waited read "A-P-ABORT (source 2, reason 0)".
 - D6: close() waited for a running authenticator (its whole timeout), and a peer that left
   during authentication stayed listed until the authenticator returned.
+- D3: an ``async with`` block left after breaking out of a find whose iterator was still
+  referenced waited the DIMSE timeout for its final response, then aborted (DimseTimeout).
 - D7: a request queued behind operations that progress normally (window full) failed with
   DimseTimeout once the queue was longer than one DIMSE timeout.
 """
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from pydicom import Dataset
@@ -22,6 +25,8 @@ from pydicom.uid import generate_uid
 import dimse
 from dimse.connect import connect
 from dimse.errors import AssociationAborted
+from dimse.qr_scp import FindRequest, qr_server_contexts, register_find
+from dimse.qr_scu import connect_qr
 from dimse.server import Server
 from dimse.services import HandlerRegistry
 from pdu.items import UserIdentityRQ
@@ -154,3 +159,30 @@ async def test_d7_a_queue_behind_progressing_operations_does_not_time_out() -> N
                                            return_exceptions=True)
     assert [r for r in results if isinstance(r, BaseException)] == []
     assert results == [0] * 20
+
+
+async def test_d3_the_block_exit_cancels_a_find_whose_iterator_is_held() -> None:
+    produced: list[int] = []
+
+    async def matches(request: FindRequest) -> AsyncIterator[Dataset]:
+        for i in range(1000):  # 10 s of matches: far beyond the DIMSE timeout below
+            await asyncio.sleep(0.01)
+            match = Dataset()
+            match.QueryRetrieveLevel = "STUDY"
+            match.StudyInstanceUID = f"1.2.3.{i}"
+            produced.append(i)
+            yield match
+
+    registry = HandlerRegistry()
+    register_find(registry, matches)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    async with Server("QR", handlers=registry, contexts=qr_server_contexts(registry)) as server:
+        async with connect_qr("127.0.0.1", server.port, called_ae="QR", dimse_timeout=2) as a:
+            results = a.find(query)  # held: breaking out does not close it
+            async for _match in results:
+                break
+        assert a.error is None  # released, not aborted after a DimseTimeout
+        assert len(produced) < 1000  # the SCP saw the C-CANCEL
+        await results.aclose()
