@@ -382,7 +382,7 @@ class Archive:
         target = self._target(ds)
         target.parent.mkdir(parents=True, exist_ok=True)
         sop = str(_text(ds, "SOPInstanceUID"))
-        with self._lock:
+        with self._lock:  # the old file goes under the lock that placed the new one
             old = self.stored_path(sop)
             known = old is not None and old.exists()
             if known and duplicate is Duplicate.KEEP:
@@ -391,8 +391,7 @@ class Archive:
                 return Adopted(old, True)
             self._place(ds, source, target, sop)
             _fsync_dir(target.parent)
-        if old is not None and old != target:
-            old.unlink(missing_ok=True)  # replaced a file stored under another name
+            _unlink_replaced(old, target)
         return Adopted(target, known)
 
     def _place(self, ds: Dataset, source: Path, target: Path, sop: str,
@@ -601,14 +600,13 @@ class Archive:
                 fh.flush()
                 os.fsync(fh.fileno())
             written, stat = _read(Path(tmp))
-            old = self.stored_path(sop)
-            with self._lock:
+            with self._lock:  # see adopt(): where the instance was, and its removal
+                old = self.stored_path(sop)
                 self._place(written, Path(tmp), target, sop, stat)
+                _unlink_replaced(old, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        if old is not None and old != target:
-            old.unlink(missing_ok=True)  # replaced a file stored under another name
         return target
 
     # -- queries --------------------------------------------------------------------------
@@ -686,6 +684,15 @@ def _rows(ds: Dataset) -> list[tuple[str, dict[str, object]]]:
         raise ValueError(f"unreadable value: {exc}") from exc
     return out
 
+
+
+def _unlink_replaced(old: Path | None, target: Path) -> None:
+    """Remove the file an instance was stored in before it moved to ``target`` (another
+    Study/Series UID). Called under the archive lock that placed ``target``: released first,
+    a concurrent store of the same SOP Instance could have placed its file at ``old`` in
+    between, and this would delete it while the index names it."""
+    if old is not None and old != target:
+        old.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,0 +1,95 @@
+"""Session 8: the archive defects of audit 7 (notes/audit7/archive.md, D1-D5), one section each.
+
+D1 a REPLACE racing another store of the same SOP Instance UID never deletes the file the
+index names; D2 a file still being copied in is left for a later rescan; D3 temporary files
+of a crashed store are removed, and said so, at start; D4 a second archive (process) on the
+same folder or index is refused, and a row is committed only once its file is in place;
+D5 a store refused for lack of resources logs one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from dimse.archive import Archive, Duplicate
+
+pytestmark = pytest.mark.timeout(30)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_ds(study: str, series: str, sop: str, *, pixels: int = 4096, fill: int = 0) -> Dataset:
+    """A small CT instance whose Pixel Data is ``pixels`` bytes of ``fill``."""
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = sop, study, series
+    ds.PatientName, ds.PatientID, ds.Modality, ds.StudyDate = "SESSION^EIGHT", "S8", "CT", \
+        "20260101"
+    ds.Rows, ds.Columns = 1, pixels // 2
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = bytes([fill & 0xFF]) * pixels
+    return ds
+
+
+def write_file(path: Path, ds: Dataset) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    arc = Archive(tmp_path / "store", tmp_path / "index.sqlite")
+    yield arc
+    arc.close()
+
+
+# --------------------------------------------------------------------------- D1
+
+
+@pytest.mark.parametrize("how", ["adopt", "store"])
+def test_d1_replace_racing_a_store_of_the_same_sop_keeps_the_indexed_file(
+        archive: Archive, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """The instance is stored under study 0; two REPLACE stores of it (studies 1 and 0) race:
+    the second runs while the first removes the file of study 0. The file the index names
+    must exist, and be the only copy."""
+    sop, series, studies = generate_uid(), generate_uid(), [generate_uid(), generate_uid()]
+    folder = archive.storage_dir
+
+    def put(study: int, n: int) -> None:
+        ds = make_ds(studies[study], series, sop, fill=n)
+        if how == "store":
+            archive.store(ds)
+        else:
+            archive.adopt(write_file(folder / f"in{n}.dcm", ds), duplicate=Duplicate.REPLACE)
+
+    put(0, 0)
+    other = threading.Thread(target=put, args=(0, 2))
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name == f"{sop}.dcm" and other.ident is None:  # the first store's old file
+            other.start()
+            other.join(1.0)  # fixed code: blocked on the archive lock until this one is done
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    put(1, 1)
+    other.join(10)
+    assert not other.is_alive()
+    path = archive.stored_path(sop)
+    assert path is not None and path.is_file(), f"the index names a missing file: {path}"
+    assert sorted(folder.rglob(f"{sop}.dcm")) == [path]
+    assert path.parent.parent.name == studies[0]
