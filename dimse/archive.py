@@ -38,6 +38,7 @@ from dimse.archive_files import (
     _elem,
     _files,
     _read,
+    _read_entry,
     _text,
     _transfer_syntax,
     read_header,
@@ -71,6 +72,9 @@ log = logging.getLogger(__name__)
 PAGE_SIZE: Final = 256
 #: Seconds after which an untouched temporary file is a crash leftover (see index()).
 STALE_TEMP_AGE: Final = 3600.0
+#: Seconds a file that ends before its bulk data must stay unchanged before :meth:`Archive.index`
+#: takes it for complete (a copy into the folder may still be running; see index()).
+SETTLE_TIME: Final = 5.0
 _KEY_COLUMNS: Final = frozenset({"patient_id", "issuer", "study_uid", "series_uid", "sop_uid"})
 _UID_OF: Final = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID",
                   "instance": "SOPInstanceUID"}
@@ -143,14 +147,20 @@ class Adopted:
 
 @dataclass(frozen=True, slots=True)
 class IndexStats:
-    """Outcome of :meth:`Archive.index`: files added, re-read, dropped, unreadable, and those
-    skipped because another existing file holds their SOP Instance UID (logged as a warning)."""
+    """Outcome of :meth:`Archive.index`: files added, re-read, dropped, unreadable, those
+    skipped because another existing file holds their SOP Instance UID (logged as a warning),
+    and those left for the next scan as they may still be being copied in (``settle``)."""
 
     added: int
     updated: int
     removed: int
     failed: tuple[Path, ...]
     duplicates: tuple[Path, ...] = ()
+    pending: tuple[Path, ...] = ()
+
+
+class _Unsettled(ValueError):
+    """A file just modified that ends before its bulk data: maybe a copy still running."""
 
 
 class _DuplicateFile(ValueError):
@@ -225,12 +235,15 @@ def _stored(ds: Dataset, column: str, attr: Attr) -> object:
 class _Scan:
     """Counters of one :meth:`Archive.index` run."""
 
-    __slots__ = ("added", "duplicates", "failed", "known", "seen", "updated")
+    __slots__ = ("added", "duplicates", "failed", "known", "pending", "seen", "settle",
+                 "updated")
 
-    def __init__(self, known: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, known: dict[str, tuple[int, int]], settle: float) -> None:
         self.known = known
+        self.settle = settle
         self.added = self.updated = 0
         self.failed: list[Path] = []
+        self.pending: list[Path] = []
         self.seen: set[str] = set()
         self.duplicates: list[_DuplicateFile] = []
 
@@ -339,8 +352,10 @@ class Archive:
         path = Path(path).resolve()
         self._add(path, self._relative(path), replace=False)
 
-    def _add(self, path: Path, rel: str, *, replace: bool) -> None:
-        ds, stat = _read(path)
+    def _add(self, path: Path, rel: str, *, replace: bool, settle: float = 0.0) -> None:
+        ds, stat, unfinished = _read_entry(path)
+        if unfinished and time.time() - max(stat.st_mtime, stat.st_ctime) < settle:
+            raise _Unsettled(path)
         with self._lock, self._db:
             self._index(ds, rel, stat, replace=replace)
 
@@ -488,17 +503,23 @@ class Archive:
         self._db.execute("DELETE FROM patient WHERE NOT EXISTS "
                          "(SELECT 1 FROM study WHERE patient_ref = patient.id)")
 
-    def index(self) -> IndexStats:
+    def index(self, *, settle: float = SETTLE_TIME) -> IndexStats:
         """Scan the folder: (re)index new and changed regular files (by mtime and size), drop
         the entries of removed files. Special files and symlinks are never opened: a symlink
         to a file of the folder is left to that file; others, and unreadable files, fail.
 
         An indexed instance whose file still exists keeps its place: another file with its
-        SOP Instance UID is skipped (one warning naming both), so restarts are stable."""
+        SOP Instance UID is skipped (one warning naming both), so restarts are stable.
+
+        A file changed less than ``settle`` seconds ago that ends before the bulk data its
+        header announces (an image without Pixel Data...) is left for the next scan
+        (``pending``; an indexed one keeps its row meanwhile): a copy into the folder cut
+        between two elements reads as a valid, shorter data set. Files the archive stores
+        itself are indexed as they are placed, whole."""
         with self._lock:
             known = {p: (m, s) for p, m, s in
                      self._db.execute("SELECT path, mtime_ns, size FROM instance")}
-        scan = _Scan(known)
+        scan = _Scan(known, settle)
         files = list(_files(self.storage_dir, self.db_path))
         # Rows of files gone from disk go first: a file indexed next with their UIDs then
         # finds no stale instance sharing its study (see _upsert_row).
@@ -521,20 +542,29 @@ class Archive:
             self._scan_file(scan, path, path.relative_to(self.storage_dir).as_posix())
         for dup in scan.duplicates:
             log.warning("not indexed: %s", dup)
+        for path in scan.pending:
+            log.info("not indexed yet: %s changed less than %g s ago and ends before its "
+                     "pixel data or document (a copy still running?); next scan retries",
+                     path, settle)
         self.remove_stale_temp()
         gone = [p for p in known if p not in scan.seen]
         with self._lock, self._db:
             self._db.executemany("DELETE FROM instance WHERE path = ?", [(p,) for p in gone])
             self._prune()
         return IndexStats(scan.added, scan.updated, len(gone), tuple(scan.failed),
-                          tuple(d.path for d in scan.duplicates))
+                          tuple(d.path for d in scan.duplicates), tuple(scan.pending))
 
     def _scan_file(self, scan: _Scan, path: Path, rel: str) -> None:
         """Index one new or changed file of :meth:`index`, counting the outcome in ``scan``."""
         try:
-            self._add(path, rel, replace=False)
+            self._add(path, rel, replace=False, settle=scan.settle)
         except _DuplicateFile as dup:
             scan.duplicates.append(dup)
+            return
+        except _Unsettled:
+            scan.pending.append(path)
+            if rel in scan.known:
+                scan.seen.add(rel)  # its row stays until the file is whole again
             return
         except (ValueError, OSError) as exc:
             log.info("not indexed: %s", exc)

@@ -23,7 +23,12 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from ._vr import LONG_VRS
 from .structure_check import structure_problem
@@ -44,6 +49,14 @@ _FIRST_GROUPS: Final = frozenset({0x0002, 0x0008})
 _ENCODINGS: Final = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
                      (False, False): ExplicitVRBigEndian}
 _META_LONG_VRS: Final = frozenset(vr.encode("ascii") for vr in LONG_VRS)
+#: Transfer syntaxes whose files hold no Pixel Data (JPIP: referenced pixels) or are read from an
+#: inflated copy (so where pydicom stopped is no file offset).
+_NO_BULK_CHECK: Final = frozenset({DeflatedExplicitVRLittleEndian, "1.2.840.10008.1.2.4.94",
+                                   "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.204",
+                                   "1.2.840.10008.1.2.4.205"})
+_ROWS: Final = 0x00280010
+_DOCUMENT: Final = 0x00420011  # Encapsulated Document
+_ENCAPSULATED_DOCUMENT: Final = "1.2.840.10008.5.1.4.1.1.104."
 _U16: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("<I")
 
@@ -114,7 +127,14 @@ def _open_flags(name: str, flags: int) -> int:
 
 
 def _read(path: Path) -> tuple[Dataset, os.stat_result]:
-    """Header and ``fstat`` of the regular file ``path`` (anything else is not read).
+    """Header and ``fstat`` of the regular file ``path`` (see :func:`_read_entry`)."""
+    ds, stat, _unfinished = _read_entry(path)
+    return ds, stat
+
+
+def _read_entry(path: Path) -> tuple[Dataset, os.stat_result, bool]:
+    """Header and ``fstat`` of the regular file ``path`` (anything else is not read), and
+    whether it looks unfinished (see :func:`_lacks_bulk_data`).
 
     A file without preamble and ``DICM`` prefix, or a bare data set without File Meta
     Information, is read as found (DCMTK's dcmqridx registers those too), but kept only when it
@@ -139,13 +159,30 @@ def _read(path: Path) -> tuple[Dataset, os.stat_result]:
                     raise
                 ds = pydicom.dcmread(fh, stop_before_pixels=True, defer_size=HEADER_DEFER_SIZE,
                                      force=True)
+            unfinished = _lacks_bulk_data(ds, fh.tell(), stat.st_size)
             _check(ds, path, strict)
             _check_structure(fh, stat.st_size, ds)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
         except Exception as exc:
             raise ValueError(f"{path}: not a readable DICOM file: {exc}") from exc
-    return ds, stat
+    return ds, stat, unfinished
+
+
+def _lacks_bulk_data(ds: Dataset, end: int, size: int) -> bool:
+    """Whether a file read up to its pixel data (``end``: where pydicom stopped, ``size``
+    bytes in all) ends before the bulk data its header announces: an image without Pixel
+    Data, an encapsulated document without its document. Such a file is what a copy still
+    running looks like when it is cut between two elements (a cut inside a value fails the
+    structure check); see Archive.index's ``settle``."""
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")).strip(" \0") if meta is not None else ""
+    if ts in _NO_BULK_CHECK:
+        return False
+    if _ROWS in ds and end >= size:  # pydicom stops before (7FE0,00xx), else reads to the end
+        return True
+    sop_class = _text(ds, "SOPClassUID") or ""
+    return sop_class.startswith(_ENCAPSULATED_DOCUMENT) and _DOCUMENT not in ds
 
 
 def _check_structure(fh: Any, size: int, ds: Dataset) -> None:

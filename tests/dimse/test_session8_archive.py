@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from dimse.archive import Archive, Duplicate
+from dimse.qr import Level, QueryModel
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -47,6 +48,13 @@ def write_file(path: Path, ds: Dataset) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def image_query() -> Dataset:
+    q = Dataset()
+    q.QueryRetrieveLevel = "IMAGE"
+    q.StudyInstanceUID = q.SeriesInstanceUID = q.SOPInstanceUID = ""
+    return q
 
 
 @pytest.fixture
@@ -93,3 +101,60 @@ def test_d1_replace_racing_a_store_of_the_same_sop_keeps_the_indexed_file(
     assert path is not None and path.is_file(), f"the index names a missing file: {path}"
     assert sorted(folder.rglob(f"{sop}.dcm")) == [path]
     assert path.parent.parent.name == studies[0]
+
+
+# --------------------------------------------------------------------------- D2
+
+
+def _cut_before_pixels(tmp_path: Path) -> tuple[bytes, int]:
+    """A whole file's bytes, and where its Pixel Data element starts."""
+    source = write_file(tmp_path / "source.dcm", make_ds(generate_uid(), generate_uid(),
+                                                         generate_uid(), pixels=100_000))
+    data = source.read_bytes()
+    return data, data.rindex(b"\xe0\x7f\x10\x00")
+
+
+def test_d2_rescan_leaves_out_a_copy_cut_before_its_pixel_data(archive: Archive,
+                                                              tmp_path: Path) -> None:
+    """The copy got as far as the Pixel Data element: a valid, shorter data set, modified
+    just now. The rescan leaves it for later (not failed, not found by C-FIND); once the copy
+    is complete the next rescan indexes it; ``settle=0`` takes a fresh one at once."""
+    data, cut = _cut_before_pixels(tmp_path)
+    target = archive.storage_dir / "incoming.dcm"
+    target.write_bytes(data[:cut])
+    first = archive.index()
+    assert (first.added, first.failed, first.pending) == (0, (), (target,))
+    assert list(archive.find(image_query(), QueryModel.STUDY_ROOT, Level.IMAGE)) == []
+    with target.open("ab") as fh:
+        fh.write(data[cut:])
+    second = archive.index()
+    assert (second.added, second.pending) == (1, ())
+    (match,) = archive.find(image_query(), QueryModel.STUDY_ROOT, Level.IMAGE)
+    assert archive.stored_path(match.SOPInstanceUID) == target
+    other = archive.storage_dir / "headers-only.dcm"
+    data, cut = _cut_before_pixels(tmp_path)
+    other.write_bytes(data[:cut])
+    assert archive.index(settle=0).added == 1
+
+
+def test_d2_indexed_file_being_rewritten_keeps_its_row(archive: Archive, tmp_path: Path) -> None:
+    """An indexed file overwritten by a copy still running is neither dropped nor re-read
+    half-written: its row stays until the copy is whole."""
+    data, cut = _cut_before_pixels(tmp_path)
+    target = archive.storage_dir / "a.dcm"
+    target.write_bytes(data)
+    assert archive.index().added == 1
+    target.write_bytes(data[:cut])
+    stats = archive.index()
+    assert (stats.removed, stats.updated, stats.pending) == (0, 0, (target,))
+    assert archive.counts() == (1, 1)
+
+
+def test_d2_own_stores_are_indexed_at_once(archive: Archive) -> None:
+    """What the archive stores itself is placed whole and indexed as it is placed."""
+    sop = generate_uid()
+    path = archive.store(make_ds(generate_uid(), generate_uid(), sop))
+    assert archive.stored_path(sop) == path
+    assert archive.counts() == (1, 1)
+    stats = archive.index()
+    assert (stats.added, stats.removed, stats.pending) == (0, 0, ())
