@@ -50,6 +50,7 @@ from dimse._vr import (
     syntax_for_encode,
 )
 from dimse.errors import DataSetEncodeError
+from dimse.instances import check_raw_length
 
 __all__ = ["check_encodable", "encode", "encode_text", "pad_text"]
 
@@ -383,6 +384,9 @@ class _Writer:
             elem = d[tag]
             if elem.__class__ is not DataElement:
                 if isinstance(elem, RawDataElement):
+                    raw_value = elem.value
+                    if raw_value is not None and len(raw_value) != elem.length:
+                        check_raw_length(elem)  # raises unless the length is undefined
                     if raw_ok is None:
                         raw_ok = self._raw_writable(ds)
                     if raw_ok and elem.value is not None:

@@ -13,12 +13,15 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 from ._vr import ALL_VRS, HDR_IMPLICIT, HDR_LONG, HDR_SHORT, LONG_VRS, UNDEFINED
+from .errors import DataSetEncodeError
 
-__all__ = ["UNCOMPRESSED", "encode_instance", "instance_transfer_syntax", "instance_uids"]
+__all__ = ["UNCOMPRESSED", "check_raw_length", "check_whole", "encode_instance", "instance_transfer_syntax", "instance_uids"]
 
 _SOP_CLASS_UID = 0x00080016
 _SOP_INSTANCE_UID = 0x00080018
 _CHARSET = 0x00080005
+_PIXEL_DATA = 0x7FE00010
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: the first fragment's item
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _VR_BYTES = {vr: vr.encode("ascii") for vr in ALL_VRS}
@@ -70,13 +73,89 @@ def encode_instance(ds: Dataset, transfer_syntax: str) -> bytes:
 
     if transfer_syntax in codec.SUPPORTED_TRANSFER_SYNTAXES:
         return codec.encode(ds, transfer_syntax)
+    return _encode_encapsulated(ds, transfer_syntax)
+
+
+def _encode_encapsulated(ds: Dataset, transfer_syntax: str) -> bytes:
+    """Explicit VR little endian written by pydicom around compressed Pixel Data.
+
+    PS3.5 A.4: the top-level Pixel Data of an encapsulated syntax has an undefined length and
+    holds items (fragments). A value that already holds items but was given a defined length
+    (``ds.PixelData = encapsulate(frames)``, which pydicom's ``dcmwrite`` also fixes) is sent
+    with an undefined length; native pixel data is refused, never sent as compressed.
+    """
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
+    check_whole(ds)
+    if ds._read_implicit is True or any(
+            e.__class__ is RawDataElement and e.is_implicit_VR for e in ds._dict.values()):
+        raise DataSetEncodeError(
+            f"the data set was read as Implicit VR, but its transfer syntax {transfer_syntax} "
+            "is Explicit VR: the file's meta information is wrong")
+    pixels = _encapsulated_pixel_data(ds, transfer_syntax)
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, ds)
+    flagged = pixels is not None and not pixels.is_undefined_length
+    if pixels is not None:
+        pixels.is_undefined_length = True
+    try:
+        write_dataset(buffer, ds)
+    except DataSetEncodeError:
+        raise
+    except Exception as exc:  # pydicom's writer: TypeError, ValueError, struct.error...
+        raise DataSetEncodeError(
+            f"cannot write the data set in transfer syntax {transfer_syntax}: "
+            f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        if flagged and pixels is not None:
+            pixels.is_undefined_length = False
     return buffer.getvalue()
+
+
+def _encapsulated_pixel_data(ds: Dataset, transfer_syntax: str) -> DataElement | None:
+    """The top-level Pixel Data element, checked to hold fragments (PS3.5 A.4), or None."""
+    if _PIXEL_DATA not in ds._dict:
+        return None
+    raw = ds._dict[_PIXEL_DATA]  # type: ignore[index]
+    if raw.__class__ is RawDataElement and raw.length == UNDEFINED:
+        return None  # read encapsulated: written back as read
+    try:
+        elem = ds[_PIXEL_DATA]
+    except Exception as exc:
+        raise DataSetEncodeError(f"cannot read Pixel Data: {exc}", tag=_PIXEL_DATA) from exc
+    value = elem.value
+    if elem.is_undefined_length or not value:
+        return elem
+    head = bytes(value[:4]) if isinstance(value, (bytes, bytearray, memoryview)) else b""
+    if head != _ITEM_TAG:
+        raise DataSetEncodeError(
+            f"native (not encapsulated) pixel data cannot be sent in the encapsulated "
+            f"transfer syntax {transfer_syntax} (PS3.5 A.4); decompress the instance or send "
+            "it in an uncompressed transfer syntax", tag=_PIXEL_DATA)
+    return elem
+
+
+def check_whole(ds: Dataset) -> None:
+    """DataSetEncodeError when a top-level value read from a file is shorter than declared.
+
+    pydicom keeps what a truncated file holds (``RawDataElement.length`` says what the file
+    declared); sending it would pass a cut value off as whole, or, for a sequence, make the
+    peer abort on items running past its end.
+    """
+    for elem in ds._dict.values():
+        if elem.__class__ is RawDataElement:
+            check_raw_length(elem)
+
+
+def check_raw_length(elem: RawDataElement) -> None:
+    """DataSetEncodeError when the raw ``elem`` holds fewer (or more) bytes than it declares."""
+    value = elem.value
+    length = elem.length
+    if value is not None and length != UNDEFINED and len(value) != length:
+        raise DataSetEncodeError(
+            f"value truncated: {length} bytes declared, {len(value)} read (file cut short?)",
+            tag=int(elem.tag))
 
 
 def _encode_raw(ds: Dataset, implicit: bool) -> bytes | None:
@@ -107,12 +186,14 @@ def _encode_raw(ds: Dataset, implicit: bool) -> bytes | None:
                 return None
             elem = _raw_charset(cast(DataElement, elem))
         value = elem.value
+        n = elem.length
         if value is None:
-            if elem.length:
+            if n:
                 return None
             value = b""  # an empty value is read as None
-        undefined = elem.length == UNDEFINED
-        n = UNDEFINED if undefined else len(value)
+        undefined = n == UNDEFINED
+        if not undefined and len(value) != n:
+            check_raw_length(elem)  # raises: the file was cut short
         if implicit:
             append(_HDR_I(tag >> 16, tag & 0xFFFF, n))
         else:

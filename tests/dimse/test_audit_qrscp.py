@@ -16,6 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     CTImageStorage,
@@ -178,7 +179,10 @@ async def test_body_in_another_syntax_fails_c000_and_stores_nothing(
                                 RLELossless])
 async def test_body_in_the_context_syntax_is_stored(archive: Archive, server: Server,
                                                     ts: str) -> None:
-    assert await send(server.port, ts, encode_instance(instance(2), ts), 2) == 0
+    ds = instance(2)
+    if ts == RLELossless:  # PS3.5 A.4: encapsulated pixel data (fragments) in such a syntax
+        ds.PixelData = encapsulate([bytes(range(4))])
+    assert await send(server.port, ts, encode_instance(ds, ts), 2) == 0
     stored = archive.stored_path(f"{ROOT}1.1.2")
     assert stored is not None
     back = pydicom.dcmread(stored)

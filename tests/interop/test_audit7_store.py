@@ -49,7 +49,7 @@ OWN_SYNTAX_FILES = (
     "SC_rgb_jpeg_gdcm.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jls_lossy_line.dcm",
     "MR_small_RLE.dcm", "SC_rgb_rle_16bit_2frame.dcm", "rtdose_expb.dcm", "waveform_ecg.dcm",
     "test-SR.dcm", "SC_rgb_small_odd_big_endian.dcm", "liver_expb_1frame.dcm", "rtplan.dcm",
-    "ExplVR_BigEnd.dcm", "MR_truncated.dcm",
+    "ExplVR_BigEnd.dcm",
 )
 #: Uncompressed files a peer that takes only Implicit VR LE must receive intact.
 TRANSCODED_FILES = (
