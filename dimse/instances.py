@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 
 from ._vr import ALL_VRS, HDR_IMPLICIT, HDR_LONG, HDR_SHORT, LONG_VRS, UNDEFINED
 from .errors import DataSetEncodeError
+from .syntax_check import is_encapsulated
 
 __all__ = ["UNCOMPRESSED", "check_raw_length", "check_whole", "encode_instance", "instance_transfer_syntax", "instance_uids"]
 
@@ -93,7 +94,8 @@ def _encode_encapsulated(ds: Dataset, transfer_syntax: str) -> bytes:
         raise DataSetEncodeError(
             f"the data set was read as Implicit VR, but its transfer syntax {transfer_syntax} "
             "is Explicit VR: the file's meta information is wrong")
-    pixels = _encapsulated_pixel_data(ds, transfer_syntax)
+    pixels = _encapsulated_pixel_data(ds, transfer_syntax) if is_encapsulated(transfer_syntax) \
+        else None  # a private syntax: not known to encapsulate, sent as it is
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     flagged = pixels is not None and not pixels.is_undefined_length

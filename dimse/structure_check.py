@@ -14,7 +14,8 @@ element that does not fit, or returns None:
   Data whatever its VR (encapsulated: fragments, then the sequence delimiter); it must be
   closed by its delimiter before the end of its parent;
 * items hold (FFFE,E000) headers only; item and sequence delimiters appear only where they close
-  something.
+  something;
+* in an encapsulated transfer syntax, the top-level Pixel Data has an undefined length (A.4).
 
 Pure function over a buffer (bytes, memoryview or mmap): no I/O, so a multi-gigabyte file costs
 only the pages its headers sit on. Deflated data sets are not walked (the caller inflates them,
@@ -52,11 +53,13 @@ def _name(tag: int) -> str:
 
 
 class _Walker:
-    __slots__ = ("buf", "explicit", "implicit", "tag_len", "u32")
+    __slots__ = ("buf", "encapsulated", "explicit", "implicit", "tag_len", "u32")
 
-    def __init__(self, buf: bytes | memoryview, implicit: bool, little: bool) -> None:
+    def __init__(self, buf: bytes | memoryview, implicit: bool, little: bool,
+                 encapsulated: bool = False) -> None:
         self.buf = buf
         self.implicit = implicit
+        self.encapsulated = encapsulated
         self.tag_len, self.explicit, self.u32 = _STRUCTS[little]
 
     def elements(self, pos: int, end: int, depth: int, in_item: bool) -> int:
@@ -67,6 +70,7 @@ class _Walker:
         tag_len, explicit, u32 = (self.tag_len.unpack_from, self.explicit.unpack_from,
                                   self.u32.unpack_from)
         long_vrs = _LONG_VRS
+        top_of_encapsulated = self.encapsulated and depth == 0  # A.4 binds the top level only
         while pos < end:
             if end - pos < 8:
                 raise _Broken(f"{end - pos} bytes at offset {pos}: too few for an element header")
@@ -88,6 +92,9 @@ class _Walker:
                 pos = self.undefined(pos, start, end, group << 16 | elem, vr, depth)
                 continue
             nxt = start + length
+            if top_of_encapsulated and group == 0x7FE0 and elem == 0x0010:
+                raise _Broken(f"(7FE0,0010) at offset {pos}: native pixel data (defined length) "
+                              "in an encapsulated transfer syntax (PS3.5 A.4)")
             if nxt > end:
                 raise _Broken(f"{_name(group << 16 | elem)} at offset {pos}: value of {length} "
                               f"bytes overruns the data set by {nxt - end}")
@@ -165,10 +172,16 @@ class _Walker:
         raise _Broken(f"{name}: encapsulated pixel data without its sequence delimiter")
 
 
-def structure_problem(buf: bytes | memoryview, implicit: bool, little: bool) -> str | None:
-    """The first reason ``buf`` (a whole data set, no file meta) is not well formed, or None."""
+def structure_problem(buf: bytes | memoryview, implicit: bool, little: bool,
+                      encapsulated: bool = False) -> str | None:
+    """The first reason ``buf`` (a whole data set, no file meta) is not well formed, or None.
+
+    ``encapsulated``: the data set is in an encapsulated transfer syntax (see
+    :func:`dimse.syntax_check.is_encapsulated`), whose top-level Pixel Data must have an
+    undefined length (PS3.5 A.4).
+    """
     try:
-        _Walker(buf, implicit, little).elements(0, len(buf), 0, False)
+        _Walker(buf, implicit, little, encapsulated).elements(0, len(buf), 0, False)
     except _Broken as exc:
         return str(exc)
     return None

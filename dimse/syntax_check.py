@@ -25,7 +25,7 @@ from typing import Final
 
 from ._vr import LONG_VRS
 
-__all__ = ["HEAD_SIZE", "VRS", "checked_encoding", "encoding_mismatch"]
+__all__ = ["HEAD_SIZE", "VRS", "checked_encoding", "encoding_mismatch", "is_encapsulated"]
 
 IMPLICIT_VR_LE: Final = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE: Final = "1.2.840.10008.1.2.1"
@@ -61,6 +61,15 @@ def checked_encoding(transfer_syntax: str) -> tuple[bool, bool] | None:
     if ts in DEFLATED or not (ts == EXPLICIT_VR_LE or ts.startswith(_STANDARD_TS)):
         return None
     return False, True
+
+
+def is_encapsulated(transfer_syntax: str) -> bool:
+    """Whether ``transfer_syntax`` is a standard one whose Pixel Data is encapsulated (PS3.5
+    A.4: JPEG, JPEG-LS, JPEG 2000, RLE, MPEG, HEVC...): any standard syntax other than the
+    native and deflated ones. Private syntaxes are not known, so not judged (False)."""
+    ts = transfer_syntax.strip(" \0")
+    return (ts.startswith(_STANDARD_TS) and ts not in DEFLATED
+            and ts not in (EXPLICIT_VR_LE, EXPLICIT_VR_BE))
 
 
 def encoding_mismatch(head: bytes | bytearray | memoryview, transfer_syntax: str,

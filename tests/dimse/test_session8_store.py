@@ -37,6 +37,8 @@ from dimse.errors import DataSetEncodeError
 from dimse.instances import encode_instance
 from dimse.qr_scp import archive_server
 from dimse.server import Server
+from dimse.structure_check import structure_problem
+from dimse.syntax_check import is_encapsulated
 
 ALL_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
                     DeflatedExplicitVRLittleEndian)
@@ -163,3 +165,40 @@ def test_a_truncated_value_is_caught_before_any_byte_is_built() -> None:
     with pytest.raises(DataSetEncodeError) as info:
         encode_instance(ds, ExplicitVRLittleEndian)
     assert info.value.tag == tag
+
+
+def _explicit(ds: Dataset) -> bytes:
+    return encode_instance(ds, ExplicitVRLittleEndian)
+
+
+def test_structure_check_names_native_pixel_data_in_an_encapsulated_syntax() -> None:
+    native = _explicit(_native_ct(3))
+    assert structure_problem(native, False, True) is None
+    reason = structure_problem(native, False, True, encapsulated=True)
+    assert reason is not None and "(7FE0,0010)" in reason and "A.4" in reason
+    ds = _native_ct(4)
+    ds.PixelData = encapsulate([b"\x01\x02"])
+    assert structure_problem(encode_instance(ds, RLELossless), False, True,
+                             encapsulated=True) is None
+
+
+def test_structure_check_lets_an_icon_keep_native_pixels() -> None:
+    """A.4 binds the top-level Pixel Data only; an icon's may stay native."""
+    ds = _native_ct(5)
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.BitsAllocated = 1, 2, 8
+    icon.PixelData = b"\x00\x01"
+    ds.IconImageSequence = [icon]
+    ds.PixelData = encapsulate([b"\x01\x02"])
+    data = encode_instance(ds, JPEGBaseline8Bit)
+    assert structure_problem(data, False, True, encapsulated=True) is None
+
+
+@pytest.mark.parametrize(("ts", "expected"), [
+    (ImplicitVRLittleEndian, False), (ExplicitVRLittleEndian, False), (ExplicitVRBigEndian, False),
+    (DeflatedExplicitVRLittleEndian, False), (JPEGBaseline8Bit, True), (RLELossless, True),
+    ("1.2.840.10008.1.2.4.201", True), ("1.2.840.10008.1.2.1.98", True),
+    ("1.2.826.0.1.3680043.2.1143.9", False),  # private: not known, not judged
+])
+def test_which_syntaxes_are_encapsulated(ts: str, expected: bool) -> None:
+    assert is_encapsulated(ts) is expected
