@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dimse.archive_files import HEADER_DEFER_SIZE as HEADER_DEFER_SIZE  # re-exported
+from dimse.archive_files import ArchiveInUseError as ArchiveInUseError  # re-exported
 from dimse.archive_files import (
     _elem,
     _files,
@@ -41,7 +42,9 @@ from dimse.archive_files import (
     _read_entry,
     _text,
     _transfer_syntax,
+    hold,
     read_header,
+    release,
 )
 from dimse.archive_query import (
     ALIAS,
@@ -64,8 +67,8 @@ from dimse.matching import (
 )
 from dimse.qr import Level, QueryModel
 
-__all__ = ["Adopted", "Archive", "Duplicate", "FindEncodedResult", "FindResult", "IndexStats",
-           "InstanceRecord", "read_header"]
+__all__ = ["Adopted", "Archive", "ArchiveInUseError", "Duplicate", "FindEncodedResult",
+           "FindResult", "IndexStats", "InstanceRecord", "read_header"]
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +261,13 @@ _R = TypeVar("_R")
 
 
 class Archive:
-    """A folder of DICOM files indexed in SQLite (``<storage_dir>/.archive.sqlite`` default)."""
+    """A folder of DICOM files indexed in SQLite (``<storage_dir>/.archive.sqlite`` default).
+
+    One process at a time: the archive holds an exclusive flock on its folder (and on
+    ``<index>.lock`` for an index kept outside the folder) until :meth:`close`; another process
+    gets :class:`ArchiveInUseError`. Archives of one process on the same folder share the lock,
+    and the threading lock that orders their work.
+    """
 
     def __init__(self, storage_dir: str | os.PathLike[str],
                  db_path: str | os.PathLike[str] | None = None) -> None:
@@ -266,15 +275,45 @@ class Archive:
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = Path(db_path) if db_path is not None else \
             self.storage_dir / ".archive.sqlite"
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.db_path, check_same_thread=False)
-        register_functions(self._db)
-        self._db.execute("PRAGMA foreign_keys = ON")
-        if str(self.db_path) != ":memory:":
-            self._db.execute("PRAGMA journal_mode = WAL")
-        self._create_schema()
         self._workers: ThreadPoolExecutor | None = None
         self._closed = False
+        self._lock_files: list[Path] = []
+        self._lock, _first = self._hold()
+        try:
+            self._db = sqlite3.connect(self.db_path, check_same_thread=False)
+            register_functions(self._db)
+            self._db.execute("PRAGMA foreign_keys = ON")
+            if str(self.db_path) != ":memory:":
+                self._db.execute("PRAGMA journal_mode = WAL")
+            self._create_schema()
+        except BaseException:
+            self._release()
+            raise
+
+    def _hold(self) -> tuple[threading.RLock, bool]:
+        """Lock the folder (and an index outside it) for this process; the folder's shared
+        threading lock, and whether this archive took the folder's file lock."""
+        locks = [(self.storage_dir, f"archive folder {self.storage_dir}")]
+        if str(self.db_path) != ":memory:" and \
+                self.db_path.resolve().parent != self.storage_dir:
+            locks.append((self.db_path.with_name(self.db_path.name + ".lock"),
+                          f"archive index {self.db_path}"))
+        result: tuple[threading.RLock, bool] | None = None
+        try:
+            for path, what in locks:
+                taken = hold(path, what)
+                self._lock_files.append(path)
+                result = result or taken
+        except BaseException:
+            self._release()
+            raise
+        assert result is not None
+        return result
+
+    def _release(self) -> None:
+        files, self._lock_files = self._lock_files, []
+        for path in files:
+            release(path)
 
     async def run(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
         """``fn(*args, **kwargs)`` (blocking archive work) in the archive's own worker threads.
@@ -312,6 +351,7 @@ class Archive:
             workers.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._db.close()
+        self._release()
 
     def __enter__(self) -> Archive:
         return self
@@ -411,24 +451,30 @@ class Archive:
 
     def _place(self, ds: Dataset, source: Path, target: Path, sop: str,
                stat: os.stat_result | None = None) -> None:
-        """Index ``source`` under ``target``'s name, then move it there (lock held).
+        """Index ``source`` under ``target``'s name and move it there, in one transaction
+        committed once the file is in place (lock held): no reader (another connection, a
+        rescan) ever sees a row whose file is not there yet.
 
-        The index is committed first: if that fails (a full disk or database), nothing moved
-        and the caller removes ``source``, so a failed store never reappears at the next
-        :meth:`index`. If the move then fails, the new row is taken back (best effort; a row
-        left behind is dropped or corrected by the next :meth:`index`, which compares files).
+        If indexing fails (a full disk or database) nothing moved and the caller removes
+        ``source``, so a failed store never reappears at the next :meth:`index`; if the move
+        fails the rows are rolled back. If the commit itself fails the file is moved back
+        (the caller removes it) unless it replaced one of the same name: the next
+        :meth:`index` then re-reads it (its size and mtime differ from the row's).
         """
-        with self._db:
-            self._index(ds, self._relative(target), stat or source.stat(), replace=True)
+        rel, stat = self._relative(target), stat or source.stat()
+        vacant, moved = not target.exists(), False
         try:
-            os.replace(source, target)  # keeps mtime and size, which the index holds
+            with self._db:  # rolled back on an error, committed once the file is there
+                self._index(ds, rel, stat, replace=True)
+                os.replace(source, target)  # keeps mtime and size, which the index holds
+                moved = True
         except BaseException:
-            try:
-                with self._db:
-                    self._db.execute("DELETE FROM instance WHERE sop_uid = ?", (sop,))
-                    self._prune()
-            except Exception:
-                log.exception("could not take back the index row of %s", sop)
+            if moved:  # the commit failed
+                with contextlib.suppress(Exception):
+                    self._db.rollback()
+                if vacant:
+                    with contextlib.suppress(OSError):
+                        os.replace(target, source)
             raise
 
     def _target(self, ds: Dataset) -> Path:

@@ -1,5 +1,6 @@
 """Reading the files of an :class:`~dimse.archive.Archive`: walking its folder and reading
-a file's header without following symlinks or blocking on special files.
+a file's header without following symlinks or blocking on special files; the lock that keeps
+a second process (a second server) off an archive folder and its index.
 
 A file without preamble or File Meta is read as found but kept only when it is clearly a
 composite instance (well-formed UIDs, a known transfer syntax). A file cut short or malformed
@@ -8,13 +9,17 @@ composite instance (well-formed UIDs, a known transfer syntax). A file cut short
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import mmap
 import os
 import re
 import stat as st_mode
 import struct
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,11 +35,13 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from pdu.errors import DicomError
+
 from ._vr import LONG_VRS
 from .structure_check import structure_problem
 from .syntax_check import checked_encoding
 
-__all__ = ["HEADER_DEFER_SIZE", "read_header"]
+__all__ = ["HEADER_DEFER_SIZE", "ArchiveInUseError", "read_header"]
 
 #: The archive's logger: files left out of the index are reported where they always were.
 log = logging.getLogger("dimse.archive")
@@ -79,7 +86,7 @@ def _files(storage_dir: Path, db_path: Path) -> Iterator[tuple[Path, os.stat_res
     """Each entry of the folder to index, sorted, with its ``lstat``; ``None`` for one that
     cannot be indexed (special file, symlink that dangles, loops, leaves the folder or
     names no regular file). Symlinked folders are not entered."""
-    skip = {db_path.name, db_path.name + "-wal", db_path.name + "-shm"}
+    skip = {db_path.name + suffix for suffix in ("", "-wal", "-shm", "-journal", ".lock")}
     for root, dirs, files in os.walk(storage_dir):
         dirs.sort()
         for name in sorted(files):
@@ -260,3 +267,106 @@ def _transfer_syntax(ds: Dataset) -> str:
     if ts:
         return ts
     return str(_ENCODINGS.get(tuple(ds.original_encoding), ""))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- process lock
+
+
+class ArchiveInUseError(DicomError):
+    """Another process holds the archive folder or its index: two servers on one archive
+    would each drop the other's rows and temporary files. ``lock`` is the folder or lock
+    file, ``pid`` the holder's process id as it wrote it (0 if unknown)."""
+
+    def __init__(self, what: str, lock: Path, pid: int) -> None:
+        self.lock, self.pid = lock, pid
+        by = f"process {pid}" if pid else "another process"
+        lock_file = "" if os.path.isdir(lock) else f" (lock file {lock})"
+        super().__init__(f"the {what} is in use by {by}{lock_file}: one server per archive "
+                         "folder and index")
+
+
+@dataclass(slots=True)
+class _Held:
+    """A lock file held by this process: its descriptor (None: could not be locked, e.g. a
+    read-only folder), the archives sharing it, and the lock they share for their work."""
+
+    fd: int | None
+    users: int
+    work_lock: threading.RLock
+
+
+_HELD: dict[str, _Held] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def hold(lock: Path, what: str) -> tuple[threading.RLock, bool]:
+    """Take the exclusive lock on ``lock`` (a folder, locked itself; else a lock file, made
+    if needed) for this process, or share it with the archives of
+    this process that hold it already. Returns the threading lock those archives share (so
+    that they never race each other either) and whether this call took the file lock (then
+    nothing else can be writing in the folder: see Archive's temporary-file cleanup).
+    ArchiveInUseError if another process holds it; :func:`release` when done."""
+    key = os.path.realpath(lock)
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is None:
+            held = _HELD[key] = _Held(_lock_file(lock, what), 0, threading.RLock())
+            first = held.fd is not None
+        else:
+            first = False
+        held.users += 1
+        return held.work_lock, first
+
+
+def release(lock: Path) -> None:
+    """Give back a lock taken by :func:`hold` (the file lock goes with its last user)."""
+    key = os.path.realpath(lock)
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is None:
+            return
+        held.users -= 1
+        if held.users <= 0:
+            del _HELD[key]
+            if held.fd is not None:
+                os.close(held.fd)  # releases the flock
+
+
+def _lock_file(lock: Path, what: str) -> int | None:
+    """An open descriptor of ``lock`` holding an exclusive flock (a lock file gets our pid
+    written in); None where it cannot be created or locked (a read-only folder, a file
+    system without flock: nothing can be stored there, or no lock can help)."""
+    try:
+        if os.path.isdir(lock):  # no file of ours among the archive's files
+            fd = os.open(lock, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError:
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.info("%s: cannot create the lock file %s (%s): not locked", what, lock, exc)
+            return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        pid = _holder(fd)
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ArchiveInUseError(what, lock, pid) from None
+        log.info("%s: cannot lock %s (%s): not locked", what, lock, exc)
+        return None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # a folder, or opened read-only: the lock holds all the same
+    return fd
+
+
+def _holder(fd: int) -> int:
+    """The pid written in a lock file (0 if none can be read)."""
+    try:
+        return int(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or 0)
+    except (OSError, ValueError):
+        return 0

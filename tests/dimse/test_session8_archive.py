@@ -9,9 +9,16 @@ D5 a store refused for lack of resources logs one line, no traceback.
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -158,3 +165,80 @@ def test_d2_own_stores_are_indexed_at_once(archive: Archive) -> None:
     assert archive.counts() == (1, 1)
     stats = archive.index()
     assert (stats.added, stats.removed, stats.pending) == (0, 0, ())
+
+
+# --------------------------------------------------------------------------- D4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(args: list[str], timeout: float = 15) -> subprocess.CompletedProcess[str]:
+    """Run a command of ours; one that is still running after ``timeout`` (a second server
+    not refused) is killed and fails the test."""
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+        pytest.fail(f"{args[:4]} still running after {timeout} s: not refused")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+_OPEN = ("import sys\nfrom dimse.archive import Archive, ArchiveInUseError\n"
+         "try:\n    Archive(sys.argv[1], sys.argv[2]).close()\n"
+         "except ArchiveInUseError as exc:\n    print(exc)\n    sys.exit(3)\n")
+
+
+def test_d4_second_server_on_the_folder_or_index_is_refused(tmp_path: Path) -> None:
+    """While this process holds the archive (two Archive objects here, sharing it), ``dimse
+    qrscp`` on the same folder and index exits non-zero with one line; another process
+    cannot open the folder, nor the index with another folder. Once both are closed it can."""
+    storage, db = tmp_path / "store", tmp_path / "index.sqlite"
+    first, second = Archive(storage, db), Archive(storage, db)
+    try:
+        done = _run([sys.executable, "-m", "dimse", "qrscp", "--aet", "ARCHIVE", "--storage",
+                     str(storage), "--db", str(db), "--port", str(_free_port()),
+                     "--bind", "127.0.0.1", "--rescan", "0"])
+        assert done.returncode != 0
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("dimse qrscp: error: ") and "in use" in line
+        assert str(storage) in line
+        first.close()
+        other = _run([sys.executable, "-c", _OPEN, str(tmp_path / "other"), str(db)])
+        assert other.returncode == 3 and "index" in other.stdout and str(db) in other.stdout
+        assert _run([sys.executable, "-c", _OPEN, str(storage), str(db)]).returncode == 3
+    finally:
+        first.close()
+        second.close()
+    assert _run([sys.executable, "-c", _OPEN, str(storage), str(db)]).returncode == 0
+
+
+def test_d4_a_row_is_committed_only_once_its_file_is_in_place(
+        archive: Archive, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Another connection (another server's rescan) reading the index while a store moves
+    its file in must not see the row yet: it would take it for a vanished file."""
+    sop = generate_uid()
+    source = write_file(archive.storage_dir / ".tmp-received.part",
+                        make_ds(generate_uid(), generate_uid(), sop))
+    seen: list[object] = []
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        con = sqlite3.connect(archive.db_path, timeout=5)
+        try:
+            seen.append(con.execute("SELECT path FROM instance WHERE sop_uid = ?",
+                                    (sop,)).fetchone())
+        finally:
+            con.close()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    adopted = archive.adopt(source)
+    assert seen == [None]
+    assert adopted.path.is_file() and archive.stored_path(sop) == adopted.path
