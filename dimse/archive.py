@@ -278,7 +278,9 @@ class Archive:
         self._workers: ThreadPoolExecutor | None = None
         self._closed = False
         self._lock_files: list[Path] = []
-        self._lock, _first = self._hold()
+        self._lock, first = self._hold()
+        if first:
+            self._remove_orphans()
         try:
             self._db = sqlite3.connect(self.db_path, check_same_thread=False)
             register_functions(self._db)
@@ -309,6 +311,20 @@ class Archive:
             raise
         assert result is not None
         return result
+
+    def _remove_orphans(self) -> None:
+        """Remove every temporary file (``.tmp-*``) in the folder, saying so in one line: this
+        process has just locked the folder, so no store of ours or of another server is
+        writing one; each is what a store cut short by a crash or kill left."""
+        count = size = 0
+        for root, _dirs, names in os.walk(self.storage_dir):
+            for name in names:
+                if name.startswith(".tmp-"):
+                    count, size = _count_removed(Path(root, name), count, size)
+        if count:
+            log.warning("removed %d temporary file%s (%d bytes) left in %s by stores that a "
+                        "crash or kill cut short", count, "" if count == 1 else "s", size,
+                        self.storage_dir)
 
     def _release(self) -> None:
         files, self._lock_files = self._lock_files, []
@@ -624,17 +640,24 @@ class Archive:
 
     def remove_stale_temp(self, max_age: float = STALE_TEMP_AGE) -> list[Path]:
         """Delete the temporary files (``.tmp-*``) of writes that a crash interrupted: those
-        untouched for ``max_age`` seconds (a live transfer keeps its file's mtime fresh)."""
-        now, removed = time.time(), []
+        untouched for ``max_age`` seconds (a live transfer keeps its file's mtime fresh).
+        One warning says how many (those found when the archive opened are gone already)."""
+        now, removed, size = time.time(), [], 0
         for root, _dirs, names in os.walk(self.storage_dir):
             for name in names:
                 path = Path(root, name)
                 if not name.startswith(".tmp-"):
                     continue
                 with contextlib.suppress(OSError):
-                    if now - path.stat().st_mtime > max_age:
+                    stat = path.lstat()
+                    if now - stat.st_mtime > max_age:
                         path.unlink()
                         removed.append(path)
+                        size += stat.st_size
+        if removed:
+            log.warning("removed %d temporary file%s (%d bytes) untouched for over %g s in %s",
+                        len(removed), "" if len(removed) == 1 else "s", size, max_age,
+                        self.storage_dir)
         return removed
 
     def remove(self, path: str | os.PathLike[str], *, delete_file: bool = True) -> bool:
@@ -760,6 +783,16 @@ def _rows(ds: Dataset) -> list[tuple[str, dict[str, object]]]:
         raise ValueError(f"unreadable value: {exc}") from exc
     return out
 
+
+
+def _count_removed(path: Path, count: int, size: int) -> tuple[int, int]:
+    """(files, bytes) removed so far, ``path`` included if it could be removed."""
+    try:
+        stat = path.lstat()
+        path.unlink()
+    except OSError:
+        return count, size
+    return count + 1, size + stat.st_size
 
 
 def _unlink_replaced(old: Path | None, target: Path) -> None:

@@ -9,6 +9,7 @@ D5 a store refused for lack of resources logs one line, no traceback.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,8 @@ def make_ds(study: str, series: str, sop: str, *, pixels: int = 4096, fill: int 
     ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = sop, study, series
     ds.PatientName, ds.PatientID, ds.Modality, ds.StudyDate = "SESSION^EIGHT", "S8", "CT", \
         "20260101"
-    ds.Rows, ds.Columns = 1, pixels // 2
+    ds.Rows = max(1, pixels // 2 // 50000)
+    ds.Columns = pixels // 2 // ds.Rows
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.PixelData = bytes([fill & 0xFF]) * pixels
@@ -242,3 +245,54 @@ def test_d4_a_row_is_committed_only_once_its_file_is_in_place(
     adopted = archive.adopt(source)
     assert seen == [None]
     assert adopted.path.is_file() and archive.stored_path(sop) == adopted.path
+
+
+# --------------------------------------------------------------------------- D3
+
+
+def _leftover(path: Path, size: int, age: float = 0.0) -> Path:
+    """A temporary file as a store cut short by kill -9 leaves it, ``age`` seconds old."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * (size - 132))
+    if age:
+        os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+def test_d3_temporary_files_of_a_crashed_store_are_removed_at_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Opening the archive (its lock taken) removes every temporary file, however recent, in
+    the folder and its subfolders, with one warning saying how many and how many bytes."""
+    storage = tmp_path / "store"
+    left = [_leftover(storage / ".tmp-crashed1.part", 1000),
+            _leftover(storage / ".tmp-crashed2.part", 3000, age=600),
+            _leftover(storage / "1.2" / "1.2.3" / ".tmp-abc.dcm", 500)]
+    kept = write_file(storage / "1.2" / "1.2.3" / "kept.dcm",
+                      make_ds("1.2", "1.2.3", generate_uid()))
+    with caplog.at_level(logging.INFO, logger="dimse.archive"):
+        archive = Archive(storage, tmp_path / "index.sqlite")
+    try:
+        assert [p for p in left if p.exists()] == []
+        assert kept.is_file()
+        (record,) = [r for r in caplog.records if "temporary" in r.getMessage()]
+        assert record.levelno == logging.WARNING and not record.exc_info
+        assert "3 temporary files (4500 bytes)" in record.getMessage()
+        assert archive.index().added == 1
+    finally:
+        archive.close()
+
+
+def test_d3_a_second_archive_of_the_process_spares_live_temporary_files(
+        archive: Archive, caplog: pytest.LogCaptureFixture) -> None:
+    """Another Archive of this process on the folder shares its lock: the temporary file of a
+    store under way stays; an old one a later rescan removes is reported too."""
+    live = _leftover(archive.storage_dir / ".tmp-live.part", 1000)
+    with Archive(archive.storage_dir, archive.db_path):
+        pass
+    assert live.is_file()
+    stale = _leftover(archive.storage_dir / ".tmp-stale.part", 2000, age=7200)
+    with caplog.at_level(logging.WARNING, logger="dimse.archive"):
+        archive.index()
+    assert live.is_file() and not stale.exists()
+    (record,) = caplog.records
+    assert "1 temporary file (2000 bytes)" in record.getMessage()
