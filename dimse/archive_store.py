@@ -136,6 +136,15 @@ def _refused(reason: str) -> ServiceError:
     return ServiceError(STATUS_CANNOT_UNDERSTAND, reason[:64])
 
 
+def _out_of_resources(sop: str, what: str, exc: BaseException) -> ServiceError:
+    """The 0xA700 failure ("refused: out of resources", PS3.4 B.2.3) of an instance the
+    archive cannot keep (a full or read-only disk, a locked or full index), logged once here,
+    in one line without a traceback: an operational condition, not a bug, and the status
+    alone tells the peer nothing of the cause."""
+    log.error("C-STORE of SOP Instance %s refused (0xA700): %s: %s", sop, what, exc)
+    return ServiceError(STATUS_OUT_OF_RESOURCES, f"{what}: {exc}"[:64])
+
+
 def check_read_encoding(ds: Dataset, transfer_syntax: str) -> None:
     """ServiceError 0xC000 when pydicom read ``ds`` in another encoding than ``transfer_syntax``
     says: its fallback guesses the VR form when the declared one does not parse, and
@@ -169,7 +178,11 @@ class ArchiveSink:
         self.archive = archive
         self.request = request
         self.transfer_syntax = transfer_syntax
-        fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=archive.storage_dir)
+        self._sop = request.affected_sop_instance_uid.strip(" \0")
+        try:
+            fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=archive.storage_dir)
+        except OSError as exc:  # a read-only or full folder
+            raise _out_of_resources(self._sop, "cannot create a file", exc) from exc
         with contextlib.suppress(OSError):
             os.fchmod(fd, FILE_MODE)  # as any file the archive keeps (mkstemp makes it 0600)
         self.temp_path = Path(name)
@@ -181,8 +194,10 @@ class ArchiveSink:
                                    request.affected_sop_instance_uid, transfer_syntax, sending_ae,
                                    receiving_ae)
             self._file.write(meta)
-        except BaseException:
+        except BaseException as exc:
             self._remove()
+            if isinstance(exc, OSError):
+                raise _out_of_resources(self._sop, "cannot write", exc) from exc
             raise
         self._meta_size = len(meta)
         self._head = bytearray()  # the data set's first bytes, for the syntax check
@@ -190,7 +205,11 @@ class ArchiveSink:
         self.result: Adopted | None = None
 
     def write(self, fragment: memoryview) -> None:
-        self._file.write(fragment)
+        """Append a fragment (buffered). A full disk: ServiceError 0xA700, logged once."""
+        try:
+            self._file.write(fragment)
+        except OSError as exc:
+            raise _out_of_resources(self._sop, "cannot write", exc) from exc
         if len(self._head) < HEAD_SIZE:  # kept as it arrives: no read-back for the check
             self._head += fragment[:HEAD_SIZE - len(self._head)]
         self.size += len(fragment)
@@ -223,8 +242,8 @@ class ArchiveSink:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-        except OSError as exc:
-            raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot write: {exc}"[:64]) from exc
+        except OSError as exc:  # ENOSPC often shows only here, at the flush or the fsync
+            raise _out_of_resources(self._sop, "cannot write", exc) from exc
         check_encoding(self._head, self.transfer_syntax, self.size)
         check_structure(self.temp_path, self._meta_size, self.size, self.transfer_syntax)
         try:
@@ -238,7 +257,7 @@ class ArchiveSink:
             check_identity(ds, self.request)
             adopted = self.archive.adopt(self.temp_path, ds, duplicate=duplicate)
         except (OSError, sqlite3.Error) as exc:  # e.g. "database or disk is full"
-            raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}"[:64]) from exc
+            raise _out_of_resources(self._sop, "cannot store", exc) from exc
         except ServiceError:
             raise
         except Exception as exc:
@@ -304,8 +323,9 @@ def archive_store_handler(archive: Archive, *,
             return 0
         try:
             await archive.run(archive.store, ds, transfer_syntax=dataset.transfer_syntax)
-        except OSError as exc:
-            raise ServiceError(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}"[:64]) from exc
+        except (OSError, sqlite3.Error) as exc:  # a full disk, a locked or full index
+            raise _out_of_resources(request.affected_sop_instance_uid.strip(" \0"),
+                                    "cannot store", exc) from exc
         except ValueError as exc:  # a value the index cannot read (Archive.store's ValueError)
             raise _refused(str(exc)) from exc
         return 0

@@ -4,7 +4,9 @@ The association's :class:`~dimse.assembly.MessageAssembler` asks :meth:`InboundS
 whether a command's data set goes to a sink; if so it hands over the command
 (:meth:`InboundStores.start`) and then every fragment (:meth:`InboundStores.fragment`); the
 request is performed once the last fragment is in. A sink that cannot be opened or written is
-recorded, the rest of the data set is dropped, and the request fails with a status.
+recorded, the rest of the data set is dropped, and the request fails with a status: the
+:class:`~dimse.errors.ServiceError`'s a sink raises (logged by the sink, as a handler's are
+by the handler), else 0xA700 for an OSError (logged here with its traceback).
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class InboundStores:
             return
         try:
             sink = assoc.handlers.sink_for(event.message, request)
+        except ServiceError as exc:  # refused by the sink, which logs what it needs to
+            self._streaming = _Streaming(request, None, exc)
+            return
         except Exception as exc:  # the sink cannot be opened: drop the data, answer failure
             log.exception("cannot open a sink for %r", event.message)
             self._streaming = _Streaming(request, None, exc)
@@ -83,7 +88,8 @@ class InboundStores:
                 if event.last:
                     streaming.sink.finish()
             except Exception as exc:  # a full disk: keep reading, answer failure
-                log.exception("sink write failed")
+                if not isinstance(exc, ServiceError):  # a ServiceError is the sink's refusal
+                    log.exception("sink write failed")
                 streaming.error = exc
                 streaming.sink.discard()
         if not event.last:

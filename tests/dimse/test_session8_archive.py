@@ -9,6 +9,7 @@ D5 a store refused for lack of resources logs one line, no traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -296,3 +297,162 @@ def test_d3_a_second_archive_of_the_process_spares_live_temporary_files(
     assert live.is_file() and not stale.exists()
     (record,) = caplog.records
     assert "1 temporary file (2000 bytes)" in record.getMessage()
+
+
+# --------------------------------------------------------------------------- D5
+
+
+class _Collect(logging.Handler):
+    """Every record at WARNING or above, from any logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def collect() -> Iterator[_Collect]:
+    handler = _Collect()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield handler
+    root.removeHandler(handler)
+
+
+class _FullDisk:
+    """A sink's file on a disk that fills: ``write`` or ``flush`` fails with ENOSPC."""
+
+    def __init__(self, file: Any, fails: str) -> None:
+        self._file, self._fails = file, fails
+
+    def _full(self, *args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name: str) -> Any:
+        return self._full if name == self._fails else getattr(self._file, name)
+
+
+def _inject(fault: str, archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dimse import archive_store
+
+    if fault == "open":
+        real_mkstemp = archive_store.tempfile.mkstemp
+
+        def mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
+            if Path(kwargs.get("dir", "")) == archive.storage_dir:
+                raise OSError(errno.EROFS, "Read-only file system", str(archive.storage_dir))
+            return real_mkstemp(*args, **kwargs)
+
+        monkeypatch.setattr(archive_store.tempfile, "mkstemp", mkstemp)
+    elif fault in ("write", "flush"):
+        real_init = archive_store.ArchiveSink.__init__
+
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            real_init(self, *args, **kwargs)
+            self._file = _FullDisk(self._file, fault)
+
+        monkeypatch.setattr(archive_store.ArchiveSink, "__init__", init)
+    else:
+        def adopt(*args: Any, **kwargs: Any) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(archive, "adopt", adopt)
+
+
+@pytest.mark.parametrize("fault", ["open", "write", "flush", "index"])
+async def test_d5_store_refused_for_resources_logs_one_line(
+        archive: Archive, monkeypatch: pytest.MonkeyPatch, collect: _Collect,
+        fault: str) -> None:
+    """A read-only folder (at the temporary file's creation), a full disk (at a write, at the
+    flush before fsync) or a locked index: the peer gets 0xA700, the log one ERROR line
+    naming the SOP Instance UID and the cause, without a traceback; nothing stays behind."""
+    from dimse.connect import connect
+    from dimse.qr_scp import archive_server
+
+    sop = generate_uid()
+    _inject(fault, archive, monkeypatch)
+    async with archive_server(archive, "ARCHIVE") as srv:
+        async with connect("127.0.0.1", srv.port, called_ae="ARCHIVE",
+                           sop_classes=[CTImageStorage]) as assoc:
+            status = await assoc.store(make_ds(generate_uid(), generate_uid(), sop,
+                                               pixels=300_000))
+    assert status == 0xA700
+    (record,) = collect.records
+    assert record.levelno == logging.ERROR and record.exc_info is None
+    text = record.getMessage()
+    assert sop in text and ("Read-only" in text if fault == "open" else
+                            "locked" in text if fault == "index" else "No space" in text)
+    assert list(archive.storage_dir.rglob("*.dcm")) == []
+    assert list(archive.storage_dir.rglob(".tmp-*")) == []
+
+
+async def test_d5_in_memory_store_with_a_locked_index_logs_one_line(
+        archive: Archive, monkeypatch: pytest.MonkeyPatch, collect: _Collect) -> None:
+    """The handler's in-memory path (no sink): a locked index is 0xA700 with one line too,
+    not a processing failure with a traceback."""
+    from dimse import codec
+    from dimse.archive_store import archive_store_handler
+    from dimse.errors import ServiceError
+    from dimse.messages import CStoreRQ
+    from dimse.services import ReceivedDataSet
+
+    def store(*args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(archive, "store", store)
+    sop = generate_uid()
+    data = codec.encode(make_ds(generate_uid(), generate_uid(), sop), codec.EXPLICIT_VR_LE)
+    request = CStoreRQ(message_id=1, affected_sop_class_uid=CTImageStorage,
+                       affected_sop_instance_uid=sop)
+    handler = archive_store_handler(archive)
+    with pytest.raises(ServiceError) as refused:
+        await handler(request, ReceivedDataSet(codec.EXPLICIT_VR_LE, data), None)  # type: ignore[arg-type]
+    assert refused.value.status == 0xA700
+    (record,) = collect.records
+    assert record.levelno == logging.ERROR and sop in record.getMessage()
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs (skip where it cannot be mounted)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not Path("/bin/mount").exists():
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                          capture_output=True, timeout=10, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr!r}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10, check=False)
+
+
+async def test_d5_full_then_read_only_disk_logs_one_line_per_refused_store(
+        tiny_tmpfs: Path, tmp_path: Path, collect: _Collect) -> None:
+    """A real full disk, then a read-only one: one log record, no traceback, per 0xA700."""
+    from dimse.connect import connect
+    from dimse.qr_scp import archive_server
+
+    archive = Archive(tiny_tmpfs / "store", tmp_path / "index.sqlite")
+    study, series = generate_uid(), generate_uid()
+    try:
+        async with archive_server(archive, "ARCHIVE") as srv:
+            async with connect("127.0.0.1", srv.port, called_ae="ARCHIVE",
+                               sop_classes=[CTImageStorage]) as assoc:
+                statuses = [await assoc.store(make_ds(study, series, generate_uid(),
+                                                      pixels=400_000)) for _ in range(10)]
+            subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True,
+                           timeout=10)
+            async with connect("127.0.0.1", srv.port, called_ae="ARCHIVE",
+                               sop_classes=[CTImageStorage]) as assoc:
+                statuses.append(await assoc.store(make_ds(study, series, generate_uid())))
+    finally:
+        archive.close()
+    assert 0 in statuses and statuses[-1] == 0xA700 and set(statuses) == {0, 0xA700}
+    assert len(collect.records) == statuses.count(0xA700)
+    assert all(r.exc_info is None and r.levelno == logging.ERROR for r in collect.records)
