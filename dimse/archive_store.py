@@ -59,7 +59,7 @@ from .services import (
     file_meta_bytes,
 )
 from .structure_check import structure_problem
-from .syntax_check import HEAD_SIZE, checked_encoding, encoding_mismatch
+from .syntax_check import HEAD_SIZE, checked_encoding, encoding_mismatch, is_encapsulated
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
@@ -116,15 +116,16 @@ def check_encoding(head: bytes | bytearray | memoryview, transfer_syntax: str, s
 
 def check_structure(path: Path, offset: int, size: int, transfer_syntax: str) -> None:
     """ServiceError 0xC000 when the data set of ``size`` bytes at ``offset`` in ``path`` is cut
-    short or malformed (see :func:`dimse.structure_check.structure_problem`): pydicom would read
-    it anyway (it stops before the pixel data, or pads a short value), and the archive would
-    keep a file no other reader opens. PS3.4 B.2.3: "cannot understand"."""
+    short or malformed (see :func:`dimse.structure_check.structure_problem`; in an encapsulated
+    syntax, native Pixel Data too, PS3.5 A.4): pydicom would read it anyway (it stops before the
+    pixel data, or pads a short value), and the archive would keep a file no other reader opens
+    or sends. PS3.4 B.2.3: "cannot understand"."""
     encoding = checked_encoding(transfer_syntax)
     if encoding is None or size == 0:
         return
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm, \
             memoryview(mm) as view, view[offset:offset + size] as data_set:
-        reason = structure_problem(data_set, *encoding)
+        reason = structure_problem(data_set, *encoding, is_encapsulated(transfer_syntax))
     if reason is not None:
         raise _refused(reason)
 

@@ -32,11 +32,13 @@ from pydicom.uid import (
 )
 
 from dimse.archive import Archive
+from dimse.archive_store import archive_store_handler
 from dimse.connect import connect
 from dimse.errors import DataSetEncodeError
 from dimse.instances import encode_instance
 from dimse.qr_scp import archive_server
 from dimse.server import Server
+from dimse.services import HandlerRegistry
 from dimse.structure_check import structure_problem
 from dimse.syntax_check import is_encapsulated
 
@@ -202,3 +204,50 @@ def test_structure_check_lets_an_icon_keep_native_pixels() -> None:
 ])
 def test_which_syntaxes_are_encapsulated(ts: str, expected: bool) -> None:
     assert is_encapsulated(ts) is expected
+
+
+def _native_explicit_bytes(n: int) -> bytes:
+    """A native-pixel CT as Explicit VR LE bytes: what a peer mislabelling it sends."""
+    return encode_instance(_native_ct(n), ExplicitVRLittleEndian)
+
+
+async def _store_on(port: int, ts: str, n: int, data: bytes) -> int:
+    async with connect("127.0.0.1", port, called_ae="QRSCP", dimse_timeout=10,
+                       contexts=[(CTImageStorage, [ts])]) as assoc:
+        cx = assoc.storage_context(CTImageStorage, ts)
+        return await assoc.store_encoded(CTImageStorage, f"{ROOT}{n}", data, cx)
+
+
+@pytest.mark.parametrize("ts", [JPEGBaseline8Bit, RLELossless])
+async def test_the_archive_refuses_native_pixels_under_an_encapsulated_syntax(
+        tmp_path: Path, ts: str) -> None:
+    archive = Archive(tmp_path / "archive")
+    try:
+        async with archive_server(archive, "QRSCP") as srv:
+            assert await _store_on(srv.port, ts, 10, _native_explicit_bytes(10)) == 0xC000
+            good = _native_ct(11)
+            good.PixelData = encapsulate([b"\x01\x02\x03\x04"])
+            assert await _store_on(srv.port, ts, 11, encode_instance(good, ts)) == 0
+        assert archive.stored_path(f"{ROOT}10") is None
+        stored = archive.stored_path(f"{ROOT}11")
+        assert stored is not None
+        assert list(generate_frames(pydicom.dcmread(stored).PixelData,
+                                    number_of_frames=1)) == [b"\x01\x02\x03\x04"]
+        names = [p.name for p in (tmp_path / "archive").rglob("*") if p.is_file()]
+        assert not [name for name in names if name.startswith(".tmp-")]
+    finally:
+        archive.close()
+
+
+async def test_the_in_memory_archive_path_refuses_them_too(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "archive")
+    registry = HandlerRegistry()
+    registry.on_store(archive_store_handler(archive))  # no sink: the data set is held in memory
+    try:
+        async with Server("QRSCP", port=0, handlers=registry,
+                          contexts=[(CTImageStorage, [JPEGBaseline8Bit])]) as srv:
+            status = await _store_on(srv.port, JPEGBaseline8Bit, 12, _native_explicit_bytes(12))
+        assert status == 0xC000  # cannot understand (pydicom refuses to write it as well)
+        assert archive.stored_path(f"{ROOT}12") is None
+    finally:
+        archive.close()
