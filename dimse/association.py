@@ -344,6 +344,7 @@ class Association(ScuOperations):
                 fut.set_exception(_fresh(error))
         for op in list(self._pending.values()):
             op.fail(error)
+            self._free_slot(op, self._window)  # a request waiting for a slot fails at once
         self._wake_drained()
         self.protocol.interrupt_drain()
         for task in self._tasks:
@@ -389,6 +390,8 @@ class Association(ScuOperations):
             request = RequestContext(self, cx, message, dataset)
             if self.may_perform(cx):
                 self._on_request(request)
+            elif self._after_our_release(message):
+                _drop_unstarted(request, None)
             else:
                 log.warning("%s on context %d, where we are not SCP: refused 0x0122",
                             type(message).__name__, context_id)
@@ -408,7 +411,7 @@ class Association(ScuOperations):
     def _unrecognized(self, event: UnrecognizedRequest) -> None:
         """Answer a request of a command field we do not know with 0x0211 (PS3.7)."""
         cx = self._request_context(event.context_id)
-        if cx is None:
+        if cx is None or self._after_our_release(event):
             return
         log.warning("unrecognized operation 0x%04X (message ID %d) on context %d: answered "
                     "0x0211", event.command_field, event.message_id, event.context_id)
@@ -419,15 +422,21 @@ class Association(ScuOperations):
     def _oversized(self, event: OversizedRequest) -> None:
         """Refuse a request whose identifier was longer than our limit (read and dropped)."""
         cx = self._request_context(event.context_id)
-        if cx is None:
+        if cx is None or self._after_our_release(event.message):
+            return
+        request = RequestContext(self, cx, event.message, None)
+        name = type(event.message).__name__
+        if not self.may_perform(cx):  # as any request there: the role comes first
+            log.warning("%s on context %d, where we are not SCP: refused 0x0122", name,
+                        event.context_id)
+            self._spawn(self._unsupported(request, 0x0122, ROLE_REFUSED))
             return
         log.warning("%s (message ID %s) on context %d: data set longer than %d bytes, "
-                    "refused", type(event.message).__name__,
-                    getattr(event.message, "message_id", "?"), event.context_id, event.limit)
+                    "refused", name, getattr(event.message, "message_id", "?"),
+                    event.context_id, event.limit)
         # C-MOVE/C-GET have no plain 'out of resources'; A701 is theirs (PS3.4 C.4.2.1.5, C.4.3.1.4)
         status = 0xA701 if event.message.command_field in (0x0010, 0x0021) else 0xA700
-        self._spawn(self._unsupported(RequestContext(self, cx, event.message, None), status,
-                                      f"data set longer than {event.limit} bytes"))
+        self._spawn(self._unsupported(request, status, f"data set longer than {event.limit} bytes"))
 
     async def _answer_unrecognized(self, context_id: int, command: bytes) -> None:
         try:
@@ -465,10 +474,17 @@ class Association(ScuOperations):
             self.protocol.abort()
         return cx
 
+    def _after_our_release(self, message: object) -> bool:
+        """Whether a request arrived after our A-RELEASE-RQ (the peer sent it before it saw
+        ours): nothing can be sent in Sta7, so it cannot be answered, only logged."""
+        if self.machine.state is not State.STA7:
+            return False
+        log.warning("%r arrived after our A-RELEASE-RQ: it cannot be answered (PS3.8 Sta7)",
+                    message)
+        return True
+
     def _on_request(self, request: RequestContext) -> None:
-        if self.machine.state is State.STA7:  # the peer sent it before it saw our A-RELEASE-RQ
-            log.warning("%r arrived after our A-RELEASE-RQ: it cannot be answered (PS3.8 Sta7)",
-                        request.message)
+        if self._after_our_release(request.message):
             _drop_unstarted(request, None)  # a streamed C-STORE leaves no temporary file
             return
         for op in self._pending.values():  # a sub-operation shows the peer is working

@@ -16,7 +16,7 @@ from ._vr import ALL_VRS, HDR_IMPLICIT, HDR_LONG, HDR_SHORT, LONG_VRS, UNDEFINED
 from .errors import DataSetEncodeError
 from .syntax_check import is_encapsulated
 
-__all__ = ["UNCOMPRESSED", "check_raw_length", "check_whole", "encode_instance", "instance_transfer_syntax", "instance_uids"]
+__all__ = ["UNCOMPRESSED", "check_native_pixels", "check_raw_length", "check_whole", "encode_instance", "instance_transfer_syntax", "instance_uids"]
 
 _SOP_CLASS_UID = 0x00080016
 _SOP_INSTANCE_UID = 0x00080018
@@ -73,8 +73,39 @@ def encode_instance(ds: Dataset, transfer_syntax: str) -> bytes:
     from . import codec
 
     if transfer_syntax in codec.SUPPORTED_TRANSFER_SYNTAXES:
+        check_native_pixels(ds)
         return codec.encode(ds, transfer_syntax)
     return _encode_encapsulated(ds, transfer_syntax)
+
+
+def check_native_pixels(ds: Dataset) -> None:
+    """DataSetEncodeError when native Pixel Data holds fewer bytes than its image attributes
+    (Rows, Columns, Samples per Pixel, Bits Allocated, Number of Frames) need.
+
+    A truncated file's Pixel Data is caught by :func:`check_raw_length` while still raw; once
+    pydicom has converted it (``ds.PixelData`` read, the data set printed or iterated) the
+    length the file declared is gone, and only the image's size can tell it was cut short.
+    Longer is left alone (padding, vendor slack); so are attributes missing or not numbers.
+    """
+    elem = ds._dict.get(_PIXEL_DATA)  # type: ignore[call-overload]
+    if elem is None or elem.__class__ is not DataElement or elem.is_undefined_length:
+        return  # absent, raw (its own length check), or encapsulated
+    value = elem.value
+    if not isinstance(value, (bytes, bytearray)):
+        return
+    try:
+        rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
+    needed = (rows * columns * samples * frames * bits + 7) // 8
+    if len(value) < needed:
+        raise DataSetEncodeError(
+            f"Pixel Data holds {len(value)} bytes, its image attributes need {needed} "
+            "(file cut short?)", tag=_PIXEL_DATA)
 
 
 def _encode_encapsulated(ds: Dataset, transfer_syntax: str) -> bytes:
@@ -89,11 +120,6 @@ def _encode_encapsulated(ds: Dataset, transfer_syntax: str) -> bytes:
     from pydicom.filewriter import write_dataset
 
     check_whole(ds)
-    if ds._read_implicit is True or any(
-            e.__class__ is RawDataElement and e.is_implicit_VR for e in ds._dict.values()):
-        raise DataSetEncodeError(
-            f"the data set was read as Implicit VR, but its transfer syntax {transfer_syntax} "
-            "is Explicit VR: the file's meta information is wrong")
     pixels = _encapsulated_pixel_data(ds, transfer_syntax) if is_encapsulated(transfer_syntax) \
         else None  # a private syntax: not known to encapsulate, sent as it is
     buffer = DicomBytesIO()
@@ -106,9 +132,14 @@ def _encode_encapsulated(ds: Dataset, transfer_syntax: str) -> bytes:
     except DataSetEncodeError:
         raise
     except Exception as exc:  # pydicom's writer: TypeError, ValueError, struct.error...
+        # raw elements read without a VR: a file whose meta names an (explicit VR) encapsulated
+        # syntax over an Implicit VR body, which pydicom's writer cannot turn explicit
+        hint = " (the data set was read as Implicit VR: is the file's meta information " \
+            "wrong?)" if any(e.__class__ is RawDataElement and e.VR is None
+                             for e in ds._dict.values()) else ""
         raise DataSetEncodeError(
             f"cannot write the data set in transfer syntax {transfer_syntax}: "
-            f"{type(exc).__name__}: {exc}") from exc
+            f"{type(exc).__name__}: {exc}{hint}") from exc
     finally:
         if flagged and pixels is not None:
             pixels.is_undefined_length = False

@@ -341,8 +341,9 @@ class Invoker:
                         f"no operation slot freed and nothing received for "
                         f"{self.dimse_timeout} s (the asynchronous operations window is full: "
                         "is an operation's iterator left unread?)") from exc
-        if self._releasing:  # the release began while we waited: the slot is not ours to use
+        if self._releasing or self._error is not None:  # while we waited: not ours to use
             window.release()
+            self._check_usable()  # the association failed: its error
             raise AssociationError("association being released: no new request")
         return window
 

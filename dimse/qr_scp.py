@@ -247,6 +247,12 @@ def _prepare(served: frozenset[QueryModel], lenient: bool, ctx: RequestContext
     return FindRequest(identifier, model, level, relational, bytes(extended), rq, ctx)
 
 
+class _SendFailed(AssociationError):
+    """A Pending response could not be sent (the association is gone): unlike an
+    AssociationError the handler raises itself (a proxy's upstream refused it, say), which is
+    the handler's failure and answered 0xC001."""
+
+
 class _CancelGuard:
     """Interrupts the handler when the request's C-CANCEL arrives while it produces a match.
 
@@ -374,7 +380,10 @@ async def _run_handler(handler: FindHandler, request: FindRequest, guard: _Cance
             if cancelled.is_set():
                 return Status.CANCEL
             data, status = _encode(match, request, ts)
-            await ctx.respond(_response(rq, status, dataset=True), data)
+            try:
+                await ctx.respond(_response(rq, status, dataset=True), data)
+            except AssociationError as exc:
+                raise _SendFailed(str(exc)) from exc
     finally:
         closer = getattr(iterator, "aclose", None)
         if closer is not None:
@@ -404,7 +413,7 @@ async def _perform_find(handler: FindHandler, served: frozenset[QueryModel], len
         status, comment, offending = exc.status, exc.comment, exc.offending_elements
     except IdentifierError as exc:
         status, comment, offending = exc.status, str(exc), exc.offending
-    except AssociationError:
+    except _SendFailed:
         raise  # sending a match failed: the association is gone, nothing to answer
     except Exception as exc:
         log.exception("C-FIND handler failed")
