@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, generate_uid
 
 from dimse.archive import Archive, Duplicate
 from dimse.qr import Level, QueryModel
+from tests.dimse.test_audit7_archive import make_ds as _make_ds
+from tests.dimse.test_audit7_archive import write_file
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,28 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def make_ds(study: str, series: str, sop: str, *, pixels: int = 4096, fill: int = 0) -> Dataset:
     """A small CT instance whose Pixel Data is ``pixels`` bytes of ``fill``."""
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = sop, study, series
-    ds.PatientName, ds.PatientID, ds.Modality, ds.StudyDate = "SESSION^EIGHT", "S8", "CT", \
-        "20260101"
-    ds.Rows = max(1, pixels // 2 // 50000)
-    ds.Columns = pixels // 2 // ds.Rows
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.PixelData = bytes([fill & 0xFF]) * pixels
-    return ds
-
-
-def write_file(path: Path, ds: Dataset) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return _make_ds(study, series, sop, name="SESSION^EIGHT", pixels=pixels, fill=fill)
 
 
 def image_query() -> Dataset:
