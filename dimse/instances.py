@@ -99,8 +99,9 @@ def check_native_pixels(ds: Dataset) -> None:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError):
         return
-    if samples == 3 and str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
-        samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")).strip().endswith("_422"):
+        samples = 2  # YBR_FULL_422, retired YBR_PARTIAL_422: each pair of pixels shares its
+        # two chroma samples (PS3.3 C.7.6.3.1.2)
     needed = (rows * columns * samples * frames * bits + 7) // 8
     if len(value) < needed:
         raise DataSetEncodeError(

@@ -121,10 +121,12 @@ def test_whole_converted_pixel_data_still_goes_out() -> None:
     ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
     pixels = ds.PixelData  # converted
     assert pixels in encode_instance(ds, ImplicitVRLittleEndian)
-    ds.PhotometricInterpretation = "YBR_FULL_422"  # 2 samples a pixel on the wire, not 3
     ds.SamplesPerPixel, ds.BitsAllocated = 3, 8
     ds.PixelData = bytes(ds.Rows * ds.Columns * 2)
-    assert ds.PixelData in encode_instance(ds, ExplicitVRLittleEndian)
+    for subsampled in ("YBR_FULL_422", "YBR_PARTIAL_422"):  # 2 samples a pixel, not 3
+        ds.PhotometricInterpretation = subsampled
+        assert ds.PixelData in encode_instance(ds, ExplicitVRLittleEndian)
+    ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.PixelData = bytes(ds.Rows * ds.Columns * 2 - 2)
     with pytest.raises(DataSetEncodeError):
         encode_instance(ds, ExplicitVRLittleEndian)
