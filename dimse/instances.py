@@ -16,7 +16,15 @@ from ._vr import ALL_VRS, HDR_IMPLICIT, HDR_LONG, HDR_SHORT, LONG_VRS, UNDEFINED
 from .errors import DataSetEncodeError
 from .syntax_check import is_encapsulated
 
-__all__ = ["UNCOMPRESSED", "check_native_pixels", "check_raw_length", "check_whole", "encode_instance", "instance_transfer_syntax", "instance_uids"]
+__all__ = [
+    "UNCOMPRESSED",
+    "check_native_pixels",
+    "check_raw_length",
+    "check_whole",
+    "encode_instance",
+    "instance_transfer_syntax",
+    "instance_uids",
+]
 
 _SOP_CLASS_UID = 0x00080016
 _SOP_INSTANCE_UID = 0x00080018
@@ -159,7 +167,9 @@ def _encapsulated_pixel_data(ds: Dataset, transfer_syntax: str) -> DataElement |
     except Exception as exc:
         raise DataSetEncodeError(f"cannot read Pixel Data: {exc}", tag=_PIXEL_DATA) from exc
     value = elem.value
-    if elem.is_undefined_length or not value:
+    if not value:
+        return None  # empty: nothing to encapsulate, sent as it is
+    if elem.is_undefined_length:
         return elem
     head = bytes(value[:4]) if isinstance(value, (bytes, bytearray, memoryview)) else b""
     if head != _ITEM_TAG:

@@ -251,3 +251,10 @@ async def test_the_in_memory_archive_path_refuses_them_too(tmp_path: Path) -> No
         assert archive.stored_path(f"{ROOT}12") is None
     finally:
         archive.close()
+
+
+def test_empty_pixel_data_in_an_encapsulated_syntax_goes_out_empty() -> None:
+    ds = _native_ct(6)
+    ds.PixelData = b""
+    empty_ob = b"\xe0\x7f\x10\x00OB\x00\x00" + bytes(4)  # (7FE0,0010) OB, length 0
+    assert encode_instance(ds, JPEGBaseline8Bit).endswith(empty_ob)
