@@ -44,6 +44,7 @@ from dimse.archive_files import (
     _transfer_syntax,
     hold,
     read_header,
+    refuse_if_held,
     release,
 )
 from dimse.archive_query import (
@@ -263,10 +264,13 @@ _R = TypeVar("_R")
 class Archive:
     """A folder of DICOM files indexed in SQLite (``<storage_dir>/.archive.sqlite`` default).
 
-    One process at a time: the archive holds an exclusive flock on its folder (and on
-    ``<index>.lock`` for an index kept outside the folder) until :meth:`close`; another process
-    gets :class:`ArchiveInUseError`. Archives of one process on the same folder share the lock,
-    and the threading lock that orders their work.
+    One process at a time: the archive holds an exclusive flock on its folder and on
+    ``<index>.lock`` (named after the index's real path, wherever it is) until :meth:`close`;
+    another process gets :class:`ArchiveInUseError`, also for a folder inside or around an
+    archive folder held by any process (folders must not nest: the outer one would index the
+    inner one's files and remove its live temporary files). Archives of one process on the
+    same folder share the lock, and the threading lock that orders their work; one made while
+    the first one still removes crash leftovers waits for it. A forked child holds no lock.
     """
 
     def __init__(self, storage_dir: str | os.PathLike[str],
@@ -278,9 +282,7 @@ class Archive:
         self._workers: ThreadPoolExecutor | None = None
         self._closed = False
         self._lock_files: list[Path] = []
-        self._lock, first = self._hold()
-        if first:
-            self._remove_orphans()
+        self._lock = self._hold()
         try:
             self._db = sqlite3.connect(self.db_path, check_same_thread=False)
             register_functions(self._db)
@@ -292,32 +294,38 @@ class Archive:
             self._release()
             raise
 
-    def _hold(self) -> tuple[threading.RLock, bool]:
-        """Lock the folder (and an index outside it) for this process; the folder's shared
-        threading lock, and whether this archive took the folder's file lock."""
-        locks = [(self.storage_dir, f"archive folder {self.storage_dir}")]
-        if str(self.db_path) != ":memory:" and \
-                self.db_path.resolve().parent != self.storage_dir:
-            locks.append((self.db_path.with_name(self.db_path.name + ".lock"),
-                          f"archive index {self.db_path}"))
-        result: tuple[threading.RLock, bool] | None = None
+    def _hold(self) -> threading.RLock:
+        """Lock the folder and the index (``<its real path>.lock``, wherever it is) for this
+        process, removing the temporary files of crashed stores when this process takes the
+        folder (nothing else writes there then); the folder's shared threading lock."""
+        locks = [(self.storage_dir, f"archive folder {self.storage_dir}", True)]
+        if str(self.db_path) != ":memory:":
+            locks.append((Path(os.path.realpath(self.db_path) + ".lock"),
+                          f"archive index {self.db_path}", False))
+        work: threading.RLock | None = None
         try:
-            for path, what in locks:
-                taken = hold(path, what)
+            for path, what, folder in locks:
+                taken = hold(path, what, folder=folder,
+                             on_first=self._remove_orphans if folder else None)
                 self._lock_files.append(path)
-                result = result or taken
+                work = work or taken
         except BaseException:
             self._release()
             raise
-        assert result is not None
-        return result
+        assert work is not None
+        return work
 
     def _remove_orphans(self) -> None:
         """Remove every temporary file (``.tmp-*``) in the folder, saying so in one line: this
         process has just locked the folder, so no store of ours or of another server is
-        writing one; each is what a store cut short by a crash or kill left."""
+        writing one; each is what a store cut short by a crash or kill left. A subfolder that
+        another process holds as its archive folder: ArchiveInUseError (folders must not
+        nest; that one's temporary files are live)."""
         count = size = 0
-        for root, _dirs, names in os.walk(self.storage_dir):
+        what = f"archive folder {self.storage_dir}"
+        for root, dirs, names in os.walk(self.storage_dir):
+            for name in dirs:
+                refuse_if_held(Path(root, name), what)
             for name in names:
                 if name.startswith(".tmp-"):
                     count, size = _count_removed(Path(root, name), count, size)

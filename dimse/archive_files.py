@@ -9,6 +9,7 @@ composite instance (well-formed UIDs, a known transfer syntax). A file cut short
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -18,7 +19,7 @@ import re
 import stat as st_mode
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -86,11 +87,13 @@ def _files(storage_dir: Path, db_path: Path) -> Iterator[tuple[Path, os.stat_res
     """Each entry of the folder to index, sorted, with its ``lstat``; ``None`` for one that
     cannot be indexed (special file, symlink that dangles, loops, leaves the folder or
     names no regular file). Symlinked folders are not entered."""
-    skip = {db_path.name + suffix for suffix in ("", "-wal", "-shm", "-journal", ".lock")}
+    suffixes = ("", "-wal", "-shm", "-journal", ".lock")
+    skip = {(db.parent, db.name + suffix) for db in (db_path, Path(os.path.realpath(db_path)))
+            for suffix in suffixes}
     for root, dirs, files in os.walk(storage_dir):
         dirs.sort()
         for name in sorted(files):
-            if name.startswith(".tmp-") or (Path(root) == db_path.parent and name in skip):
+            if name.startswith(".tmp-") or (Path(root), name) in skip:
                 continue
             path = Path(root, name)
             try:
@@ -275,11 +278,18 @@ def _transfer_syntax(ds: Dataset) -> str:
 class ArchiveInUseError(DicomError):
     """Another process holds the archive folder or its index: two servers on one archive
     would each drop the other's rows and temporary files. ``lock`` is the folder or lock
-    file, ``pid`` the holder's process id as it wrote it (0 if unknown)."""
+    file, ``pid`` the holder's process id as it wrote it (0 if unknown). ``nested``: the
+    archive folder asked for lies inside or around ``lock``, an archive folder held by
+    this process or another one (the outer archive would index and clean up the inner one's
+    files)."""
 
-    def __init__(self, what: str, lock: Path, pid: int) -> None:
-        self.lock, self.pid = lock, pid
+    def __init__(self, what: str, lock: Path, pid: int, *, nested: bool = False) -> None:
+        self.lock, self.pid, self.nested = lock, pid, nested
         by = f"process {pid}" if pid else "another process"
+        if nested:
+            super().__init__(f"the {what} is inside or around the archive folder {lock}, in "
+                             f"use by {by}: archive folders must not nest")
+            return
         lock_file = "" if os.path.isdir(lock) else f" (lock file {lock})"
         super().__init__(f"the {what} is in use by {by}{lock_file}: one server per archive "
                          "folder and index")
@@ -288,34 +298,78 @@ class ArchiveInUseError(DicomError):
 @dataclass(slots=True)
 class _Held:
     """A lock file held by this process: its descriptor (None: could not be locked, e.g. a
-    read-only folder), the archives sharing it, and the lock they share for their work."""
+    read-only folder), the archives sharing it, the lock they share for their work, and
+    whether it is an archive folder (those must not nest)."""
 
     fd: int | None
     users: int
     work_lock: threading.RLock
+    folder: bool
 
 
 _HELD: dict[str, _Held] = {}
 _HELD_GUARD = threading.Lock()
 
 
-def hold(lock: Path, what: str) -> tuple[threading.RLock, bool]:
+def hold(lock: Path, what: str, *, folder: bool = False,
+         on_first: Callable[[], None] | None = None) -> threading.RLock:
     """Take the exclusive lock on ``lock`` (a folder, locked itself; else a lock file, made
-    if needed) for this process, or share it with the archives of
-    this process that hold it already. Returns the threading lock those archives share (so
-    that they never race each other either) and whether this call took the file lock (then
-    nothing else can be writing in the folder: see Archive's temporary-file cleanup).
-    ArchiveInUseError if another process holds it; :func:`release` when done."""
+    if needed) for this process, or share it with the archives of this process that hold it
+    already. Returns the threading lock those archives share (so that they never race each
+    other either). ArchiveInUseError if another process holds it; :func:`release` when done.
+
+    ``folder``: an archive folder inside or around one held by this or another process is
+    refused too. ``on_first`` runs once the file lock is taken by this call (nothing else can
+    be writing in the folder then: Archive's temporary-file cleanup), before any other
+    archive of this process can share it (it runs under the process-wide guard); if it
+    raises, the lock is given back."""
     key = os.path.realpath(lock)
     with _HELD_GUARD:
         held = _HELD.get(key)
-        if held is None:
-            held = _HELD[key] = _Held(_lock_file(lock, what), 0, threading.RLock())
-            first = held.fd is not None
-        else:
-            first = False
-        held.users += 1
-        return held.work_lock, first
+        if held is not None:
+            held.users += 1
+            return held.work_lock
+        if folder:
+            _refuse_nested_here(key, what)
+        fd = _lock_file(lock, what)
+        try:
+            if folder and fd is not None:
+                for parent in Path(key).parents:
+                    refuse_if_held(parent, what)
+            if on_first is not None and fd is not None:
+                on_first()
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        held = _HELD[key] = _Held(fd, 1, threading.RLock(), folder)
+        return held.work_lock
+
+
+def _refuse_nested_here(key: str, what: str) -> None:
+    """ArchiveInUseError if an archive folder of this process lies inside or around ``key``."""
+    for other, held in _HELD.items():
+        if held.folder and (key.startswith(other.rstrip("/") + "/") or
+                            other.startswith(key.rstrip("/") + "/")):
+            raise ArchiveInUseError(what, Path(other), os.getpid(), nested=True)
+
+
+def refuse_if_held(folder: Path, what: str) -> None:
+    """ArchiveInUseError (nested) if another process holds the archive folder ``folder``
+    (tested with a shared flock taken and given back at once; a symlink or a folder that
+    cannot be opened counts as free)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC |
+                     getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ArchiveInUseError(what, folder, 0, nested=True) from None
+    finally:
+        os.close(fd)
 
 
 def release(lock: Path) -> None:
@@ -330,6 +384,24 @@ def release(lock: Path) -> None:
             del _HELD[key]
             if held.fd is not None:
                 os.close(held.fd)  # releases the flock
+
+
+def _forget_locks_in_child() -> None:
+    """After fork(), in the child: it holds no archive (its copies of the descriptors are
+    closed; the parent's keep the flocks), so an Archive it opens is refused while the
+    parent holds the folder, and an idle child never keeps a folder locked after the
+    parent closed it. The guard is new: another thread may have held it at the fork."""
+    global _HELD_GUARD
+    _HELD_GUARD = threading.Lock()
+    for held in _HELD.values():
+        if held.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(held.fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 def _lock_file(lock: Path, what: str) -> int | None:
