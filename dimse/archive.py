@@ -21,6 +21,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -282,6 +283,8 @@ class Archive:
         self._workers: ThreadPoolExecutor | None = None
         self._closed = False
         self._lock_files: list[Path] = []
+        #: Files seen with a change time in the future: (mtime_ns, ctime_ns, size), first seen.
+        self._future: dict[str, tuple[tuple[int, int, int], float]] = {}
         self._lock = self._hold()
         try:
             self._db = sqlite3.connect(self.db_path, check_same_thread=False)
@@ -418,10 +421,30 @@ class Archive:
 
     def _add(self, path: Path, rel: str, *, replace: bool, settle: float = 0.0) -> None:
         ds, stat, unfinished = _read_entry(path)
-        if unfinished and time.time() - max(stat.st_mtime, stat.st_ctime) < settle:
-            raise _Unsettled(path)
+        if unfinished and settle > 0:
+            age = self._age(rel, stat)
+            if age < settle:
+                raise _Unsettled(f"{path}: changed {age:.1f} s ago (less than {settle:g} s) "
+                                 "and ends before its pixel data or document: a copy still "
+                                 "running?")
         with self._lock, self._db:
             self._index(ds, rel, stat, replace=replace)
+
+    def _age(self, rel: str, stat: os.stat_result) -> float:
+        """Seconds since the file ``rel`` last changed. A change time in the future (a clock
+        ahead of ours: another host's, a zip's local times) counts as a change now, once
+        per (mtime, ctime, size): such a file is not left pending until our clock catches
+        up."""
+        now = time.time()
+        changed = max(stat.st_mtime, stat.st_ctime)
+        if changed <= now:
+            return now - changed
+        key = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
+        with self._lock:
+            seen = self._future.get(rel)
+            if seen is None or seen[0] != key:
+                seen = self._future[rel] = (key, now)
+        return now - seen[1]
 
     def _index(self, ds: Dataset, rel: str, stat: os.stat_result, *, replace: bool) -> None:
         """Upsert the rows of ``ds`` stored at ``rel`` (lock and transaction held).
@@ -482,11 +505,14 @@ class Archive:
         If indexing fails (a full disk or database) nothing moved and the caller removes
         ``source``, so a failed store never reappears at the next :meth:`index`; if the move
         fails the rows are rolled back. If the commit itself fails the file is moved back
-        (the caller removes it) unless it replaced one of the same name: the next
-        :meth:`index` then re-reads it (its size and mtime differ from the row's).
+        (the caller removes it); a file it replaced (a REPLACE under the same name) is kept
+        as a hard link (``.tmp-*.old``) until the commit and put back then, so the index and
+        the file still agree on the old version (without hard links: the next :meth:`index`
+        re-reads the new one).
         """
         rel, stat = self._relative(target), stat or source.stat()
         vacant, moved = not target.exists(), False
+        backup = None if vacant else _backup(target)
         try:
             with self._db:  # rolled back on an error, committed once the file is there
                 self._index(ds, rel, stat, replace=True)
@@ -496,10 +522,16 @@ class Archive:
             if moved:  # the commit failed
                 with contextlib.suppress(Exception):
                     self._db.rollback()
-                if vacant:
-                    with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):
+                    if vacant:
                         os.replace(target, source)
+                    elif backup is not None:  # the old version back, in one rename
+                        os.replace(backup, target)
+                        backup = None
             raise
+        finally:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
 
     def _target(self, ds: Dataset) -> Path:
         """The final path of an instance: ``<study>/<series>/<sop>.dcm`` (ValueError if a UID
@@ -584,8 +616,9 @@ class Archive:
         A file changed less than ``settle`` seconds ago that ends before the bulk data its
         header announces (an image without Pixel Data...) is left for the next scan
         (``pending``; an indexed one keeps its row meanwhile): a copy into the folder cut
-        between two elements reads as a valid, shorter data set. Files the archive stores
-        itself are indexed as they are placed, whole."""
+        between two elements reads as a valid, shorter data set (``settle=0``: none is; a
+        change time in the future, another clock's, counts as a change when first seen).
+        Files the archive stores itself are indexed as they are placed, whole."""
         with self._lock:
             known = {p: (m, s) for p, m, s in
                      self._db.execute("SELECT path, mtime_ns, size FROM instance")}
@@ -616,6 +649,9 @@ class Archive:
             log.info("not indexed yet: %s changed less than %g s ago and ends before its "
                      "pixel data or document (a copy still running?); next scan retries",
                      path, settle)
+        pending = {p.relative_to(self.storage_dir).as_posix() for p in scan.pending}
+        with self._lock:
+            self._future = {r: v for r, v in self._future.items() if r in pending}
         self.remove_stale_temp()
         gone = [p for p in known if p not in scan.seen]
         with self._lock, self._db:
@@ -706,7 +742,7 @@ class Archive:
                 pydicom.dcmwrite(fh, out, enforce_file_format=True)
                 fh.flush()
                 os.fsync(fh.fileno())
-            written, stat = _read(Path(tmp))
+            written, stat = _read(Path(tmp), own=True)
             with self._lock:  # see adopt(): where the instance was, and its removal
                 old = self.stored_path(sop)
                 self._place(written, Path(tmp), target, sop, stat)
@@ -810,6 +846,17 @@ def _unlink_replaced(old: Path | None, target: Path) -> None:
     between, and this would delete it while the index names it."""
     if old is not None and old != target:
         old.unlink(missing_ok=True)
+
+
+def _backup(target: Path) -> Path | None:
+    """A hard link to ``target`` under a temporary name (removed at the next start if a
+    crash leaves it), or None where none can be made."""
+    backup = target.with_name(f".tmp-{uuid.uuid4().hex}.old")
+    try:
+        os.link(target, backup)
+    except OSError:
+        return None
+    return backup
 
 
 def _fsync_dir(folder: Path) -> None:

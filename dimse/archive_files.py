@@ -136,13 +136,13 @@ def _open_flags(name: str, flags: int) -> int:
     return os.open(name, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
 
 
-def _read(path: Path) -> tuple[Dataset, os.stat_result]:
+def _read(path: Path, *, own: bool = False) -> tuple[Dataset, os.stat_result]:
     """Header and ``fstat`` of the regular file ``path`` (see :func:`_read_entry`)."""
-    ds, stat, _unfinished = _read_entry(path)
+    ds, stat, _unfinished = _read_entry(path, own=own)
     return ds, stat
 
 
-def _read_entry(path: Path) -> tuple[Dataset, os.stat_result, bool]:
+def _read_entry(path: Path, *, own: bool = False) -> tuple[Dataset, os.stat_result, bool]:
     """Header and ``fstat`` of the regular file ``path`` (anything else is not read), and
     whether it looks unfinished (see :func:`_lacks_bulk_data`).
 
@@ -150,10 +150,16 @@ def _read_entry(path: Path) -> tuple[Dataset, os.stat_result, bool]:
     Information, is read as found (DCMTK's dcmqridx registers those too), but kept only when it
     is clearly a composite instance: its four identifying UIDs present and well formed, and a
     transfer syntax known (from its File Meta, else from the encoding pydicom recognised).
+
+    An OSError once the file is open (an I/O error) is raised as it is; one at the open too
+    when ``own`` (a file the archive just wrote: a failure there is a lack of resources, not a
+    file it cannot index), else it is a ValueError.
     """
     try:
         fh = open(path, "rb", opener=_open_flags)
     except OSError as exc:
+        if own:
+            raise
         raise ValueError(f"{path}: cannot open: {exc}") from exc
     with fh:
         stat = os.fstat(fh.fileno())
@@ -174,6 +180,8 @@ def _read_entry(path: Path) -> tuple[Dataset, os.stat_result, bool]:
             _check_structure(fh, stat.st_size, ds)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
+        except OSError:
+            raise
         except Exception as exc:
             raise ValueError(f"{path}: not a readable DICOM file: {exc}") from exc
     return ds, stat, unfinished

@@ -246,10 +246,14 @@ class ArchiveSink:
         except OSError as exc:  # ENOSPC often shows only here, at the flush or the fsync
             raise _out_of_resources(self._sop, "cannot write", exc) from exc
         check_encoding(self._head, self.transfer_syntax, self.size)
-        check_structure(self.temp_path, self._meta_size, self.size, self.transfer_syntax)
         try:
+            check_structure(self.temp_path, self._meta_size, self.size, self.transfer_syntax)
             ds = pydicom.dcmread(self.temp_path, stop_before_pixels=True,
                                  defer_size=HEADER_DEFER_SIZE)
+        except OSError as exc:  # too many open files, an I/O error reading it back
+            raise _out_of_resources(self._sop, "cannot read back", exc) from exc
+        except ServiceError:
+            raise
         except Exception as exc:
             raise ServiceError(STATUS_CANNOT_UNDERSTAND,
                                f"unreadable data set: {exc}"[:64]) from exc
@@ -319,10 +323,10 @@ def archive_store_handler(archive: Archive, *,
                            len(dataset.data))
         ds = dataset.decode()  # DataSetDecodeError: 0xC000, logged by the services layer
         check_identity(ds, request)
-        known = archive.stored_path(request.affected_sop_instance_uid)
-        if duplicate is Duplicate.KEEP and known is not None and known.exists():
-            return 0
         try:
+            known = archive.stored_path(request.affected_sop_instance_uid)
+            if duplicate is Duplicate.KEEP and known is not None and known.exists():
+                return 0
             await archive.run(archive.store, ds, transfer_syntax=dataset.transfer_syntax)
         except (OSError, sqlite3.Error) as exc:  # a full disk, a locked or full index
             raise _out_of_resources(request.affected_sop_instance_uid.strip(" \0"),

@@ -325,7 +325,7 @@ async def _qrscp(args: argparse.Namespace) -> int:
                   f"{_plural(instances, 'instance')} in {_plural(studies, 'study', 'studies')} "
                   f"({stats.added + stats.updated} "
                   f"new, {stats.removed} removed, {len(stats.failed) + len(stats.duplicates)} "
-                  "not indexed)", flush=True)
+                  f"not indexed{_pending(stats.pending, args.rescan)})", flush=True)
             rescans = asyncio.create_task(_rescan(archive, args.rescan, failed))
             try:
                 await _stopped()
@@ -351,6 +351,15 @@ async def _stopped() -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+def _pending(pending: tuple[Path, ...], rescan: float) -> str:
+    """The start-up summary's note of files left for a later scan (a copy still running?)."""
+    if not pending:
+        return ""
+    when = "the next rescan indexes them" if rescan else \
+        "--rescan 0: not indexed before a restart"
+    return f", {len(pending)} pending (being copied in?): {when}"
 
 
 async def _rescan(archive: Archive, every: float, failed: frozenset[Path]) -> None:

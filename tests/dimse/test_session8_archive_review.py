@@ -5,22 +5,31 @@ other I/O errors of a store, and the settle heuristic with a clock ahead of ours
 
 from __future__ import annotations
 
+import copy
+import errno
+import logging
 import os
 import select
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dimse import archive as archive_mod
-from dimse import archive_files
+from dimse import archive_files, archive_store, cli, codec
 from dimse.archive import Archive, ArchiveInUseError
-from dimse.archive_store import ArchiveSink
+from dimse.archive_store import ArchiveSink, archive_store_handler
+from dimse.errors import ServiceError
 from dimse.messages import CStoreRQ
+from dimse.services import ReceivedDataSet
 
 REPO = Path(__file__).resolve().parents[2]
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -193,3 +202,137 @@ def _ds() -> Dataset:
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.PixelData = bytes(32)
     return ds
+
+
+# -- 2: a REPLACE whose commit fails -----------------------------------------------------------
+
+class _FailingCommit:
+    """The archive's connection, whose next commit fails like a full disk."""
+
+    def __init__(self, db: Any) -> None:
+        self._db, self.armed = db, True
+
+    def __enter__(self) -> Any:
+        return self._db.__enter__()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        if exc_type is None and self.armed:
+            self.armed = False
+            self._db.rollback()
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.__exit__(exc_type, exc, tb)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def test_2_a_replace_whose_commit_fails_keeps_the_old_version(tmp_path: Path) -> None:
+    with Archive(tmp_path) as archive:
+        old = _ds()
+        old.PatientName = "OLD^VERSION"
+        path = archive.store(old, transfer_syntax=ExplicitVRLittleEndian)
+        new = copy.deepcopy(old)
+        new.PatientName = "NEW^VERSION"
+        proxy = _FailingCommit(archive._db)
+        archive._db = proxy  # type: ignore[assignment]
+        with pytest.raises(sqlite3.OperationalError):
+            archive.store(new, transfer_syntax=ImplicitVRLittleEndian)
+        archive._db = proxy._db
+        assert str(pydicom.dcmread(path).PatientName) == "OLD^VERSION"
+        assert [p.name for p in path.parent.iterdir()] == [path.name]  # no backup left
+        assert not archive.index(settle=0).updated  # the row still describes the file
+
+
+# -- 7: other I/O errors of a store ----------------------------------------------------------
+
+def _emfile(real: Any) -> Any:
+    def fake(name: Any, *args: Any, **kwargs: Any) -> Any:
+        if "/.tmp-" in str(name):
+            raise OSError(errno.EMFILE, "Too many open files", str(name))
+        return real(name, *args, **kwargs)
+    return fake
+
+
+def _one_error(caplog: pytest.LogCaptureFixture, sop: str) -> None:
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(records) == 1, records
+    assert records[0].levelno == logging.ERROR and records[0].exc_info is None
+    assert sop in records[0].getMessage() and "Too many open files" in records[0].getMessage()
+
+
+def test_7_streamed_store_failing_to_read_its_file_back_is_0xa700(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    ds = _ds()
+    with Archive(tmp_path) as archive:
+        rq = CStoreRQ(message_id=1, affected_sop_class_uid=CT,
+                      affected_sop_instance_uid=ds.SOPInstanceUID)
+        sink = ArchiveSink(archive, rq, codec.EXPLICIT_VR_LE)
+        sink.write(memoryview(codec.encode(ds, codec.EXPLICIT_VR_LE)))
+        monkeypatch.setattr(archive_store, "open", _emfile(open), raising=False)
+        with caplog.at_level(logging.INFO), pytest.raises(ServiceError) as err:
+            sink.place()
+        assert err.value.status == 0xA700
+        _one_error(caplog, ds.SOPInstanceUID)
+        assert not sink.temp_path.exists()
+
+
+async def test_7_in_memory_store_failing_to_read_its_file_back_is_0xa700(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    ds = _ds()
+    with Archive(tmp_path) as archive:
+        rq = CStoreRQ(message_id=1, affected_sop_class_uid=CT,
+                      affected_sop_instance_uid=ds.SOPInstanceUID)
+        data = ReceivedDataSet(codec.EXPLICIT_VR_LE, codec.encode(ds, codec.EXPLICIT_VR_LE))
+        monkeypatch.setattr(archive_files, "_open_flags", _emfile(archive_files._open_flags))
+        with caplog.at_level(logging.INFO), pytest.raises(ServiceError) as err:
+            await archive_store_handler(archive)(rq, data, None)  # type: ignore[arg-type]
+        assert err.value.status == 0xA700
+        _one_error(caplog, ds.SOPInstanceUID)
+        assert not list(tmp_path.rglob(".tmp-*"))
+
+
+# -- 8: settle -------------------------------------------------------------------------------
+
+def _header_only(archive: Archive, ahead: float) -> Path:
+    ds = _ds()
+    del ds.PixelData
+    path = archive.storage_dir / "in" / "header_only.dcm"
+    path.parent.mkdir()
+    ds.save_as(path, implicit_vr=False, little_endian=True)
+    when = time.time() + ahead
+    os.utime(path, (when, when))
+    return path
+
+
+def test_8_settle_zero_indexes_a_file_from_a_clock_ahead_at_once(tmp_path: Path) -> None:
+    with Archive(tmp_path) as archive:
+        path = _header_only(archive, 3 * 3600)
+        assert archive.index(settle=0).added == 1
+        archive.add_file(path)  # no ValueError either
+
+
+def test_8_a_future_mtime_counts_as_a_change_when_first_seen(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Archive(tmp_path) as archive:
+        path = _header_only(archive, 3 * 3600)
+        first = archive.index(settle=5)
+        assert first.pending == (path,) and not first.added
+        later = time.time() + 6  # 6 s later (by our clock), still hours before its mtime
+        monkeypatch.setattr(archive_mod.time, "time", lambda: later)
+        assert archive.index(settle=5).added == 1
+
+
+def test_8_unsettled_says_why(tmp_path: Path) -> None:
+    with Archive(tmp_path) as archive:
+        path = _header_only(archive, 0)
+        with pytest.raises(ValueError, match="ends before its pixel data") as err:
+            archive._add(path, "in/header_only.dcm", replace=False, settle=60)
+        assert str(path) in str(err.value) and "copy still running" in str(err.value)
+
+
+def test_8_pending_files_at_start_are_in_the_summary() -> None:
+    assert cli._pending((), 60) == ""
+    assert "1 pending" in cli._pending((Path("x"),), 60)
+    assert "restart" in cli._pending((Path("x"),), 0)
