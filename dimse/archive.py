@@ -326,16 +326,23 @@ class Archive:
         nest; that one's temporary files are live)."""
         count = size = 0
         what = f"archive folder {self.storage_dir}"
-        for root, dirs, names in os.walk(self.storage_dir):
-            for name in dirs:
-                refuse_if_held(Path(root, name), what)
-            for name in names:
-                if name.startswith(".tmp-"):
-                    count, size = _count_removed(Path(root, name), count, size)
+        for path in self._temp_files(lambda sub: refuse_if_held(sub, what)):
+            count, size = _count_removed(path, count, size)
         if count:
             log.warning("removed %d temporary file%s (%d bytes) left in %s by stores that a "
                         "crash or kill cut short", count, "" if count == 1 else "s", size,
                         self.storage_dir)
+
+    def _temp_files(self, on_dir: Callable[[Path], None] | None = None) -> Iterator[Path]:
+        """The temporary files (``.tmp-*``) anywhere in the folder; ``on_dir`` sees each
+        subfolder before it is entered."""
+        for root, dirs, names in os.walk(self.storage_dir):
+            if on_dir is not None:
+                for name in dirs:
+                    on_dir(Path(root, name))
+            for name in names:
+                if name.startswith(".tmp-"):
+                    yield Path(root, name)
 
     def _release(self) -> None:
         files, self._lock_files = self._lock_files, []
@@ -687,17 +694,13 @@ class Archive:
         untouched for ``max_age`` seconds (a live transfer keeps its file's mtime fresh).
         One warning says how many (those found when the archive opened are gone already)."""
         now, removed, size = time.time(), [], 0
-        for root, _dirs, names in os.walk(self.storage_dir):
-            for name in names:
-                path = Path(root, name)
-                if not name.startswith(".tmp-"):
-                    continue
-                with contextlib.suppress(OSError):
-                    stat = path.lstat()
-                    if now - stat.st_mtime > max_age:
-                        path.unlink()
-                        removed.append(path)
-                        size += stat.st_size
+        for path in self._temp_files():
+            with contextlib.suppress(OSError):
+                stat = path.lstat()
+                if now - stat.st_mtime > max_age:
+                    path.unlink()
+                    removed.append(path)
+                    size += stat.st_size
         if removed:
             log.warning("removed %d temporary file%s (%d bytes) untouched for over %g s in %s",
                         len(removed), "" if len(removed) == 1 else "s", size, max_age,

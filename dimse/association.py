@@ -393,9 +393,13 @@ class Association(ScuOperations):
             elif self._after_our_release(message):
                 _drop_unstarted(request, None)
             else:
-                log.warning("%s on context %d, where we are not SCP: refused 0x0122",
-                            type(message).__name__, context_id)
-                self._spawn(self._unsupported(request, 0x0122, ROLE_REFUSED))
+                self._refuse_role(request)
+
+    def _refuse_role(self, request: RequestContext) -> None:
+        """Answer 0x0122 to a request on a context where we are not SCP (role selection)."""
+        log.warning("%s on context %d, where we are not SCP: refused 0x0122",
+                    type(request.message).__name__, request.context.context_id)
+        self._spawn(self._unsupported(request, 0x0122, ROLE_REFUSED))
 
     def may_perform(self, cx: AcceptedContext) -> bool:
         """Whether we may perform (be SCP for) requests on ``cx``: the requestor only where role
@@ -425,14 +429,12 @@ class Association(ScuOperations):
         if cx is None or self._after_our_release(event.message):
             return
         request = RequestContext(self, cx, event.message, None)
-        name = type(event.message).__name__
         if not self.may_perform(cx):  # as any request there: the role comes first
-            log.warning("%s on context %d, where we are not SCP: refused 0x0122", name,
-                        event.context_id)
-            self._spawn(self._unsupported(request, 0x0122, ROLE_REFUSED))
+            self._refuse_role(request)
             return
         log.warning("%s (message ID %s) on context %d: data set longer than %d bytes, "
-                    "refused", name, getattr(event.message, "message_id", "?"),
+                    "refused", type(event.message).__name__,
+                    getattr(event.message, "message_id", "?"),
                     event.context_id, event.limit)
         # C-MOVE/C-GET have no plain 'out of resources'; A701 is theirs (PS3.4 C.4.2.1.5, C.4.3.1.4)
         status = 0xA701 if event.message.command_field in (0x0010, 0x0021) else 0xA700

@@ -133,26 +133,28 @@ def _encode_encapsulated(ds: Dataset, transfer_syntax: str) -> bytes:
         else None  # a private syntax: not known to encapsulate, sent as it is
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    flagged = pixels is not None and not pixels.is_undefined_length
-    if pixels is not None:
-        pixels.is_undefined_length = True
+    # flagged for the writer only: the caller's element is left as it was
+    flagged = None if pixels is None or pixels.is_undefined_length else pixels
+    if flagged is not None:
+        flagged.is_undefined_length = True
     try:
         write_dataset(buffer, ds)
-    except DataSetEncodeError:
-        raise
     except Exception as exc:  # pydicom's writer: TypeError, ValueError, struct.error...
-        # raw elements read without a VR: a file whose meta names an (explicit VR) encapsulated
-        # syntax over an Implicit VR body, which pydicom's writer cannot turn explicit
-        hint = " (the data set was read as Implicit VR: is the file's meta information " \
-            "wrong?)" if any(e.__class__ is RawDataElement and e.VR is None
-                             for e in ds._dict.values()) else ""
         raise DataSetEncodeError(
             f"cannot write the data set in transfer syntax {transfer_syntax}: "
-            f"{type(exc).__name__}: {exc}{hint}") from exc
+            f"{type(exc).__name__}: {exc}{_implicit_hint(ds)}") from exc
     finally:
-        if flagged and pixels is not None:
-            pixels.is_undefined_length = False
+        if flagged is not None:
+            flagged.is_undefined_length = False
     return buffer.getvalue()
+
+
+def _implicit_hint(ds: Dataset) -> str:
+    """Why pydicom's writer may have failed: raw elements read without a VR (a file whose meta
+    names an Explicit VR, encapsulated syntax over an Implicit VR body), or nothing."""
+    if any(e.__class__ is RawDataElement and e.VR is None for e in ds._dict.values()):
+        return " (the data set was read as Implicit VR: is the file's meta information wrong?)"
+    return ""
 
 
 def _encapsulated_pixel_data(ds: Dataset, transfer_syntax: str) -> DataElement | None:

@@ -30,6 +30,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 from dimse.archive import Archive, Duplicate
 from dimse.qr import Level, QueryModel
 from tests.dimse.test_audit7_archive import make_ds as _make_ds
+from tests.dimse.test_audit7_archive import tiny_tmpfs as tiny_tmpfs  # a fixture
 from tests.dimse.test_audit7_archive import write_file
 
 pytestmark = pytest.mark.timeout(30)
@@ -394,23 +395,6 @@ async def test_d5_in_memory_store_with_a_locked_index_logs_one_line(
     assert refused.value.status == 0xA700
     (record,) = collect.records
     assert record.levelno == logging.ERROR and sop in record.getMessage()
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs (skip where it cannot be mounted)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0 or not Path("/bin/mount").exists():
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                          capture_output=True, timeout=10, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr!r}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10, check=False)
 
 
 async def test_d5_full_then_read_only_disk_logs_one_line_per_refused_store(
