@@ -259,9 +259,35 @@ def _emit(out: TextIO, text: str, *, flush: bool = False) -> None:
         raise _OutputClosed from None
 
 
+def _json_dict(ds: Dataset, where: str = "") -> dict[str, object]:
+    """``ds`` in the DICOM JSON model (PS3.18 F.2), element by element, so that one value the
+    model cannot hold (an IS of ``abc``, a DS of ``1,5``: PS3.5 6.2 forbids them, yet a peer sends
+    them) does not lose the match: it is written as the strings received, with a warning naming
+    the tag, and a sequence holding one keeps its other items and elements."""
+    result: dict[str, object] = {}
+    for elem in ds:
+        key = f"{elem.tag:08X}"
+        try:
+            result[key] = elem.to_json_dict(None, 1024)
+            continue
+        except (ValueError, TypeError, OverflowError) as exc:
+            problem = exc
+        path = f"{where}({elem.tag.group:04X},{elem.tag.element:04X})"
+        if elem.VR == "SQ":
+            result[key] = {"vr": "SQ", "Value": [_json_dict(item, f"{path}[{i}]")
+                                                 for i, item in enumerate(elem.value)]}
+            continue
+        values = elem.value if elem.VM > 1 else [elem.value]
+        log.warning("match value %s %s is not valid for its VR (%s); written as received",
+                    path, elem.VR, problem)
+        result[key] = {"vr": elem.VR,
+                       "Value": [None if v is None or v == "" else str(v) for v in values]}
+    return result
+
+
 def _write_match(out: TextIO, ds: Dataset, index: int, as_json: bool) -> None:
     if as_json:
-        _emit(out, ("[\n" if index == 0 else ",\n") + json.dumps(ds.to_json_dict()))
+        _emit(out, ("[\n" if index == 0 else ",\n") + json.dumps(_json_dict(ds)))
     else:
         _emit(out, f"# match {index + 1}\n{ds}\n\n")
 
@@ -284,16 +310,24 @@ async def _find(args: argparse.Namespace) -> int:
     mode = Mode.RELATIONAL if args.relational else Mode.LENIENT if args.lenient else Mode.STRICT
     out = _stdout()
     count = 0
-    async with connect_qr(args.host, args.port, called_ae=args.called_aet,
-                          calling_ae=args.calling_aet, models=[model],
-                          relational=args.relational, connect_timeout=args.timeout,
-                          dimse_timeout=args.timeout) as assoc:
-        async with contextlib.aclosing(find(assoc, identifier, model=model, mode=mode,
-                                            limit=args.limit)) as matches:  # type: ignore[type-var]
-            async for ds in matches:
-                _write_match(out, ds, count, args.json)
-                count += 1
-    _emit(out, ("\n]\n" if count else "[]\n") if args.json else "", flush=True)
+    try:
+        async with connect_qr(args.host, args.port, called_ae=args.called_aet,
+                              calling_ae=args.calling_aet, models=[model],
+                              relational=args.relational, connect_timeout=args.timeout,
+                              dimse_timeout=args.timeout) as assoc:
+            async with contextlib.aclosing(find(assoc, identifier, model=model, mode=mode,
+                                                limit=args.limit)) as matches:  # type: ignore[type-var]
+                async for ds in matches:
+                    _write_match(out, ds, count, args.json)
+                    count += 1
+    finally:
+        # The JSON array is closed even when the query fails after some matches (a Failure
+        # status, a dropped association): stdout stays valid JSON, the exit code tells the rest.
+        if args.json and count:
+            with contextlib.suppress(_OutputClosed):
+                _emit(out, "\n]\n", flush=True)
+    if args.json and not count:
+        _emit(out, "[]\n", flush=True)
     log.info("%d match(es)", count)
     return EXIT_OK
 

@@ -114,6 +114,7 @@ class Rule(Enum):
     NOT_A_REQUEST_KEY = "an attribute the request may not carry, or not empty"
     VIEW = "Query/Retrieve View not negotiated or invalid"
     NOT_DATA_ELEMENT = "command or file meta element"
+    SEQUENCE_ITEMS = "sequence matching key with more than one item"
 
 
 _QR_VIEW: Final = 0x00080053
@@ -314,6 +315,8 @@ class _Checker:
                          f"{tag_name(tag)}: groups 0000 (command) and 0002 (file meta) are not "
                          "data set elements", f"{tag_name(tag)} is no data set element")
                 continue
+            if elem.VR == "SQ" and self.op is Operation.FIND:
+                self.check_sequence_key(level, tag, elem, tag_name(tag))
             if tag in general or tag in above_uniques:
                 continue
             if self.model is QueryModel.COMPOSITE_INSTANCE_ROOT and tag in _COMPOSITE_TOLERATED:
@@ -328,6 +331,22 @@ class _Checker:
             if kl is not None and kidx is None:
                 kidx = len(self.info.levels)  # e.g. a SERIES key under Patient/Study Only
             self.classify(level, idx, tag, kidx)
+
+    def check_sequence_key(self, level: Level, key: int, elem: DataElement, path: str) -> None:
+        """PS3.4 C.2.2.2.6: a sequence matching key holds a single item (which may be empty),
+        as do the sequences nested in it; with two, which one to match would be a guess. The
+        offending element is the key (``key``), the message names the nested sequence."""
+        items = elem.value or ()
+        if len(items) > 1:
+            self.add(Rule.SEQUENCE_ITEMS, [key],
+                     f"{self.prefix(level)}: {path} has {len(items)} items, a sequence matching "
+                     "key holds one (PS3.4 C.2.2.2.6)", f"{tag_name(int(elem.tag))} has "
+                     f"{len(items)} items")
+        for item in items:
+            for inner in item:
+                if inner.VR == "SQ":
+                    self.check_sequence_key(level, key, inner,
+                                            f"{path} > {tag_name(int(inner.tag))}")
 
     def classify(self, level: Level, idx: int, tag: int, kidx: int | None) -> None:
         name = tag_name(tag)
@@ -496,20 +515,29 @@ def _has_keys(ds: Dataset) -> bool:
     return any(int(e.tag) not in _GENERAL_FIND for e in ds)
 
 
-def with_level_key(identifier: Dataset, model: QueryModel) -> Dataset:
-    """The C-FIND identifier to send: as given, or, when it lacks the unique key of its level,
-    a copy with that key at zero length (universal matching, so the same matches) as PS3.4
-    C.4.1.2.1 requires. A level that is missing, unknown or not in ``model``, and an identifier
-    with no key at all, are left for the identifier check to report."""
+def with_level_key(identifier: Dataset, model: QueryModel, *, canonical_level: bool = True
+                   ) -> Dataset:
+    """The C-FIND identifier to send: as given, or a copy that (``canonical_level``) spells the
+    level as its defined term (``study`` -> ``STUDY``: CS is upper case, PS3.5 6.2) and, when it
+    lacks the unique key of its level, holds that key at zero length (universal matching, so the
+    same matches) as PS3.4 C.4.1.2.1 requires. A level that is missing, unknown or not in
+    ``model``, and an identifier with no key at all, are left for the identifier check."""
     elem = identifier.get(QR_LEVEL)
     level = parse_level(elem.value) if elem is not None and elem.VM == 1 else None
     if level is None or level not in MODELS[model].levels or level not in UNIQUE_KEYS:
         return identifier
     tag = UNIQUE_KEYS[level]
-    if tag in identifier or not _has_keys(identifier):
+    recase = canonical_level and elem is not None and elem.value != level.value
+    add_key = tag not in identifier and _has_keys(identifier)
+    if not (recase or add_key):
         return identifier
     ds = Dataset()
     ds.update(identifier)
+    if recase:
+        log.info("Query/Retrieve Level %r sent as %s", elem.value, level.value)
+        ds.add_new(QR_LEVEL, "CS", level.value)
+    if not add_key:
+        return ds
     ds.add_new(tag, "LO" if level is Level.PATIENT else "UI", "")
     log.info("C-FIND identifier lacks %s, the unique key of the %s level: sent empty",
              tag_name(tag), level.value)
