@@ -57,6 +57,7 @@ from .association import Association
 from .errors import AssociationError
 from .messages import CommandField
 from .services import VERIFICATION_SOP_CLASS, HandlerRegistry, storage_sop_classes
+from .tls_accept import TlsAcceptor
 
 __all__ = ["Authenticator", "Server", "default_contexts", "serve"]
 
@@ -145,6 +146,7 @@ class Server:
         self.handler_grace = 5.0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._associations: set[Association] = set()
         self._accepted = 0
         self._closing = False
@@ -157,14 +159,18 @@ class Server:
             return self
         loop = asyncio.get_running_loop()
         self._closing = False
-        # A TLS handshake is bounded like the wait for the A-ASSOCIATE-RQ (ARTIM), not by
-        # asyncio's 60 s default: a peer that connects and sends nothing is dropped as soon.
-        self._server = await loop.create_server(
-            self._new_connection, self.host, self._port, ssl=self.ssl,
-            ssl_handshake_timeout=self.artim_timeout if self.ssl is not None else None,
-            reuse_address=True,
-        )
+        self._server = await loop.create_server(self._accept, self.host, self._port,
+                                                reuse_address=True)
         return self
+
+    def _accept(self) -> asyncio.BaseProtocol:
+        """Protocol factory of the listener. Over TLS the server runs the handshake itself
+        (:class:`TlsAcceptor`), so that close() can drop a connection still shaking hands; it
+        is bounded like the wait for the A-ASSOCIATE-RQ (ARTIM), not by asyncio's 60 s default,
+        so a peer that connects and sends nothing is dropped as soon."""
+        if self.ssl is None:
+            return self._new_connection()
+        return TlsAcceptor(self.ssl, self.artim_timeout, self._new_connection, self._handshakes)
 
     @property
     def port(self) -> int:
@@ -189,6 +195,11 @@ class Server:
         self._closing = True
         if self._server is not None:
             self._server.close()
+        handshakes = list(self._handshakes)
+        for handshake in handshakes:
+            handshake.cancel()  # start_tls closes the socket
+        if handshakes:
+            await asyncio.wait(handshakes, timeout=1.0)
         for assoc in list(self._associations):
             assoc.abort()
             assoc.protocol.close_transport()
@@ -212,9 +223,8 @@ class Server:
 
     # -- one association -------------------------------------------------------------------------
     def _new_connection(self) -> UpperLayerProtocol:
-        """Protocol factory. Over TLS asyncio calls it before the handshake, and a failed
-        handshake never reaches the protocol: the association is served (and counted) only
-        once the connection is made (``on_connected``), so failed handshakes leave nothing."""
+        """The protocol of one connection; over TLS made once the handshake has succeeded.
+        The association is served (and counted) once the connection is made (``on_connected``)."""
         assoc = Association(
             Role.ACCEPTOR, handlers=self.handlers, max_pdu=self.max_pdu,
             artim_timeout=self.artim_timeout, dimse_timeout=self.dimse_timeout,
