@@ -221,13 +221,20 @@ async def test_concurrent_stores_finds_and_rescans_lose_nothing(
 async def test_same_sop_from_two_peers_keeps_one_consistent_copy(
         archive: Archive, server: Server) -> None:
     """Two peers store the same 25 SOP Instance UIDs at once with different content
-    (patient name, pixels): all answered 0 (Duplicate.KEEP), one file per instance, and the
-    index describes the file that was kept."""
+    (patient name, instance number, pixels): all answered 0 (Duplicate.KEEP), one file per
+    instance, and the index describes the file that was kept. The check is on an IMAGE level
+    attribute: Patient's Name belongs to the patient (same Patient ID), whose one row holds
+    the name of whichever instance was indexed last when the kept ones come from both peers."""
     study, series = generate_uid(), generate_uid()
     sops = [generate_uid() for _ in range(25)]
 
+    def instance(sop: str, name: str, fill: int) -> Dataset:
+        ds = make_ds(study, series, sop, name=name, fill=fill)
+        ds.InstanceNumber = fill
+        return ds
+
     async def peer(name: str, fill: int) -> list[int]:
-        items = [make_ds(study, series, sop, name=name, fill=fill) for sop in sops]
+        items = [instance(sop, name, fill) for sop in sops]
         async with connect("127.0.0.1", server.port, called_ae="ARCHIVE",
                            sop_classes=[CTImageStorage], async_window=(8, 8)) as assoc:
             return await assoc.store_many(items)
@@ -243,10 +250,10 @@ async def test_same_sop_from_two_peers_keeps_one_consistent_copy(
         kept = pydicom.dcmread(path)
         assert {kept.PixelData[0], str(kept.PatientName)} in ({1, "FIRST^PEER"},
                                                               {2, "SECOND^PEER"})
-        q = image_query(study, series, name=True)
-        q.SOPInstanceUID = sop
+        q = image_query(study, series)
+        q.SOPInstanceUID, q.InstanceNumber = sop, None
         (match,) = list(archive.find(q, QueryModel.STUDY_ROOT, Level.IMAGE))
-        assert str(match.PatientName) == str(kept.PatientName)
+        assert int(match.InstanceNumber) == kept.PixelData[0] == int(kept.InstanceNumber)
 
 
 async def test_same_sop_under_another_study_is_not_stored_twice(
