@@ -61,6 +61,7 @@ class TlsAcceptor(asyncio.Protocol):
         self._make_protocol = make_protocol
         self._handshakes = handshakes
         self._early: list[bytes] = []
+        self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (cast, not isinstance: uvloop's transports do not derive from asyncio.Transport.)
@@ -69,12 +70,18 @@ class TlsAcceptor(asyncio.Protocol):
         task = asyncio.get_running_loop().create_task(self._handshake(tcp))
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)
+        self._task = task
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Gone before start_tls took the connection over: no handshake to wait for.
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
     def data_received(self, data: bytes) -> None:
         self._early.append(bytes(data))
 
     def eof_received(self) -> bool | None:
-        return True  # a ClientHello then a half-close is still the TLS layer's to judge
+        return None  # TLS needs both directions: close, and connection_lost ends the task
 
     def _hand_over(self, tcp: asyncio.Transport) -> None:
         """Give the bytes read so far to the TLS protocol start_tls has just installed."""

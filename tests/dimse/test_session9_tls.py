@@ -70,6 +70,23 @@ def test_close_drops_a_connection_still_shaking_hands(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+def test_a_peer_that_connects_and_leaves_leaves_no_handshake(
+        loop: str, certificate: tuple[Path, Path]) -> None:  # noqa: F811
+    server_ctx, _ = _contexts(*certificate)
+
+    async def main() -> None:
+        async with Server("SRV", ssl=server_ctx, artim_timeout=30) as server:
+            for _ in range(5):
+                _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.close()
+            async with asyncio.timeout(10):  # not the 30 s handshake timeout
+                while server._handshakes:
+                    await asyncio.sleep(0.02)
+
+    run(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 def test_echo_over_tls_and_failed_handshakes_leave_nothing(
         loop: str, certificate: tuple[Path, Path],  # noqa: F811
         caplog: pytest.LogCaptureFixture) -> None:
