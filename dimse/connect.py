@@ -27,7 +27,16 @@ from pdu.negotiation import build_associate_rq
 
 from .assembly import DEFAULT_MAX_IDENTIFIER_LENGTH
 from .association import Association
-from .errors import AssociationAborted, AssociationError, DimseTimeout
+from .errors import (
+    AssociationAborted,
+    AssociationError,
+    DataSetDecodeError,
+    DataSetEncodeError,
+    DimseTimeout,
+    IdentifierError,
+    NotNegotiatedError,
+    ServiceError,
+)
 from .services import VERIFICATION_SOP_CLASS, HandlerRegistry
 
 __all__ = ["DEFAULT_TRANSFER_SYNTAXES", "UVLOOP_ENV", "Connector", "connect", "run",
@@ -52,6 +61,15 @@ def _contexts(
         return list(contexts)
     classes = list(sop_classes) if sop_classes else [VERIFICATION_SOP_CLASS]
     return [(uid, tuple(transfer_syntaxes)) for uid in classes]
+
+
+#: Exceptions after which the association is known intact: a failure status answered by the
+#: peer (ServiceError, QueryFailed), or a request our side refused to build or send
+#: (IdentifierError, NotNegotiatedError, DataSetEncodeError), or a response data set that
+#: would not decode (its message was whole). Any other exception in the block aborts.
+_ASSOCIATION_INTACT: tuple[type[BaseException], ...] = (
+    ServiceError, IdentifierError, NotNegotiatedError, DataSetEncodeError, DataSetDecodeError,
+)
 
 
 class Connector:
@@ -84,6 +102,18 @@ class Connector:
                 await assoc.cancel_unread()  # nobody can read those after the block
                 await assoc.release()
             except BaseException:  # cancelled or failed: never leave it open
+                _abort_and_close(assoc)
+                raise
+        elif isinstance(exc, _ASSOCIATION_INTACT) and assoc.is_established:
+            # A failure status, or a request refused before it was sent: the association is
+            # as good as before, so it ends normally (PS3.8 A-RELEASE) rather than with an
+            # A-ABORT the peer would log as a fault. The block's exception still propagates.
+            try:
+                await assoc.cancel_unread()
+                await assoc.release()
+            except Exception:
+                _abort_and_close(assoc)
+            except BaseException:
                 _abort_and_close(assoc)
                 raise
         else:

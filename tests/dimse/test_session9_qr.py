@@ -10,9 +10,11 @@ from the rule check, the SCP and the archive; each test fails on the code before
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -176,3 +178,48 @@ async def test_archive_answers_a900_to_a_lenient_scu_sending_two_items(server: S
         query.QueryRetrieveLevel = "study"
         found = [ds async for ds in find(assoc, query, model=SR)]
         assert [ds.StudyInstanceUID for ds in found] == [ROOT + "1"]
+
+
+# --------------------------------------------------------------------------- the block's end
+
+
+async def _raise_in_block(server: Server, body: type[BaseException], seen: list[Any]) -> None:
+    """A block that raises: a failure status answered by the peer (QueryFailed), an identifier
+    refused before anything is sent (IdentifierError), or the user's own ``body`` error. The
+    server side of the association goes into ``seen``."""
+    async with connect_qr("127.0.0.1", server.port, called_ae="QRSCP", calling_ae="FINDER",
+                          models=[SR]) as assoc:
+        seen.extend(server.associations)
+        if body is QueryFailed:  # the peer answers 0xA900
+            query = study_query(PatientID="P1", ReferencedStudySequence=two_items())
+            async for _ in find(assoc, query, model=SR, mode=Mode.LENIENT):
+                pass
+        elif body is IdentifierError:
+            find(assoc, study_query(ReferencedStudySequence=two_items()), model=SR)
+        raise body("the user's own error")
+
+
+@pytest.mark.parametrize("error", [QueryFailed, IdentifierError])
+async def test_a_failure_status_or_refused_request_ends_with_a_release(
+        server: Server, error: type[BaseException]) -> None:
+    """The association is intact after these: it ends with A-RELEASE (PS3.8 7.2), not an
+    A-ABORT the peer would log as a fault; the block's exception still reaches the caller."""
+    seen: list[Any] = []
+    with pytest.raises(error):
+        await _raise_in_block(server, error, seen)
+    (served,) = seen
+    async with asyncio.timeout(5):
+        await served.wait_closed()
+    assert served.error is None  # released, not aborted
+
+
+@pytest.mark.parametrize("error", [ValueError, KeyError, RuntimeError])
+async def test_any_other_error_in_the_block_aborts(server: Server,
+                                                   error: type[BaseException]) -> None:
+    seen: list[Any] = []
+    with pytest.raises(error):
+        await _raise_in_block(server, error, seen)
+    (served,) = seen
+    async with asyncio.timeout(5):
+        await served.wait_closed()
+    assert served.error is not None
