@@ -59,7 +59,13 @@ from .services import (
     file_meta_bytes,
 )
 from .structure_check import structure_problem
-from .syntax_check import HEAD_SIZE, checked_encoding, encoding_mismatch, is_encapsulated
+from .syntax_check import (
+    HEAD_SIZE,
+    checked_encoding,
+    encoding_mismatch,
+    is_encapsulated,
+    is_native,
+)
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
@@ -117,7 +123,7 @@ def check_encoding(head: bytes | bytearray | memoryview, transfer_syntax: str, s
 def check_structure(path: Path, offset: int, size: int, transfer_syntax: str) -> None:
     """ServiceError 0xC000 when the data set of ``size`` bytes at ``offset`` in ``path`` is cut
     short or malformed (see :func:`dimse.structure_check.structure_problem`; in an encapsulated
-    syntax, native Pixel Data too, PS3.5 A.4): pydicom would read it anyway (it stops before the
+    syntax, native Pixel Data too, and in a native syntax encapsulated Pixel Data, PS3.5 A.4): pydicom would read it anyway (it stops before the
     pixel data, or pads a short value), and the archive would keep a file no other reader opens
     or sends. PS3.4 B.2.3: "cannot understand"."""
     encoding = checked_encoding(transfer_syntax)
@@ -125,7 +131,16 @@ def check_structure(path: Path, offset: int, size: int, transfer_syntax: str) ->
         return
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm, \
             memoryview(mm) as view, view[offset:offset + size] as data_set:
-        reason = structure_problem(data_set, *encoding, is_encapsulated(transfer_syntax))
+        check_structure_bytes(data_set, transfer_syntax)
+
+
+def check_structure_bytes(data_set: bytes | memoryview, transfer_syntax: str) -> None:
+    """:func:`check_structure` for a data set held in memory."""
+    encoding = checked_encoding(transfer_syntax)
+    if encoding is None or not data_set:
+        return
+    reason = structure_problem(data_set, *encoding, is_encapsulated(transfer_syntax),
+                               is_native(transfer_syntax))
     if reason is not None:
         raise _refused(reason)
 
@@ -321,6 +336,7 @@ def archive_store_handler(archive: Archive, *,
         if dataset.data is not None:
             check_encoding(dataset.data[:HEAD_SIZE], dataset.transfer_syntax,
                            len(dataset.data))
+            check_structure_bytes(dataset.data, dataset.transfer_syntax)
         ds = dataset.decode()  # DataSetDecodeError: 0xC000, logged by the services layer
         check_identity(ds, request)
         try:

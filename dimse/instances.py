@@ -19,6 +19,7 @@ from .syntax_check import is_encapsulated
 __all__ = [
     "UNCOMPRESSED",
     "check_native_pixels",
+    "check_not_encapsulated",
     "check_raw_length",
     "check_whole",
     "encode_instance",
@@ -74,6 +75,8 @@ def encode_instance(ds: Dataset, transfer_syntax: str) -> bytes:
     Uncompressed syntaxes go through ``dimse.codec``; an encapsulated (compressed) instance is
     explicit VR little endian around its already compressed pixel data, written by pydicom.
     """
+    if transfer_syntax in UNCOMPRESSED:
+        check_not_encapsulated(ds, transfer_syntax)
     if transfer_syntax == _EXPLICIT_LE or transfer_syntax == _IMPLICIT_LE:
         raw = _encode_raw(ds, transfer_syntax == _IMPLICIT_LE)
         if raw is not None:
@@ -84,6 +87,24 @@ def encode_instance(ds: Dataset, transfer_syntax: str) -> bytes:
         check_native_pixels(ds)
         return codec.encode(ds, transfer_syntax)
     return _encode_encapsulated(ds, transfer_syntax)
+
+
+def check_not_encapsulated(ds: Dataset, transfer_syntax: str) -> None:
+    """DataSetEncodeError when the top-level Pixel Data is encapsulated (undefined length,
+    fragments) while ``transfer_syntax`` is a native one: PS3.5 A.4 allows fragments only in
+    the encapsulated syntaxes, and a peer would store compressed pixels that its readers take
+    for uncompressed ones. It happens when a file's meta information names a native syntax
+    for compressed pixel data, or when compressed pixels are put in a data set by hand."""
+    elem = ds._dict.get(_PIXEL_DATA)  # type: ignore[call-overload]
+    if elem is None:
+        return
+    undefined = (elem.length == UNDEFINED if elem.__class__ is RawDataElement
+                 else elem.is_undefined_length)
+    if undefined:
+        raise DataSetEncodeError(
+            f"encapsulated (compressed) pixel data cannot be sent in the native transfer "
+            f"syntax {transfer_syntax} (PS3.5 A.4); is the file's meta information wrong? "
+            "send it in its compressed transfer syntax", tag=_PIXEL_DATA)
 
 
 def check_native_pixels(ds: Dataset) -> None:

@@ -15,7 +15,8 @@ element that does not fit, or returns None:
   closed by its delimiter before the end of its parent;
 * items hold (FFFE,E000) headers only; item and sequence delimiters appear only where they close
   something;
-* in an encapsulated transfer syntax, the top-level Pixel Data has an undefined length (A.4).
+* in an encapsulated transfer syntax, the top-level Pixel Data has an undefined length, and in
+  a native one a defined length (A.4).
 
 Pure function over a buffer (bytes, memoryview or mmap): no I/O, so a multi-gigabyte file costs
 only the pages its headers sit on. Deflated data sets are not walked (the caller inflates them,
@@ -53,13 +54,14 @@ def _name(tag: int) -> str:
 
 
 class _Walker:
-    __slots__ = ("buf", "encapsulated", "explicit", "implicit", "tag_len", "u32")
+    __slots__ = ("buf", "encapsulated", "explicit", "implicit", "native", "tag_len", "u32")
 
     def __init__(self, buf: bytes | memoryview, implicit: bool, little: bool,
-                 encapsulated: bool = False) -> None:
+                 encapsulated: bool = False, native: bool = False) -> None:
         self.buf = buf
         self.implicit = implicit
         self.encapsulated = encapsulated
+        self.native = native
         self.tag_len, self.explicit, self.u32 = _STRUCTS[little]
 
     def elements(self, pos: int, end: int, depth: int, in_item: bool) -> int:
@@ -114,6 +116,9 @@ class _Walker:
 
     def undefined(self, pos: int, start: int, end: int, tag: int, vr: bytes, depth: int) -> int:
         name = _name(tag)
+        if tag == _PIXEL_DATA and depth == 0 and self.native:
+            raise _Broken(f"(7FE0,0010) at offset {pos}: encapsulated (compressed) pixel data "
+                          "in a native transfer syntax (PS3.5 A.4)")
         if tag == _PIXEL_DATA:  # encapsulated, whatever VR it came with (OB, OW or UN)
             return self.fragments(start, end, name)
         if vr == b"UN":  # its items are Implicit VR Little Endian (PS3.5 6.2.2)
@@ -173,15 +178,17 @@ class _Walker:
 
 
 def structure_problem(buf: bytes | memoryview, implicit: bool, little: bool,
-                      encapsulated: bool = False) -> str | None:
+                      encapsulated: bool = False, native: bool = False) -> str | None:
     """The first reason ``buf`` (a whole data set, no file meta) is not well formed, or None.
 
     ``encapsulated``: the data set is in an encapsulated transfer syntax (see
     :func:`dimse.syntax_check.is_encapsulated`), whose top-level Pixel Data must have an
-    undefined length (PS3.5 A.4).
+    undefined length (PS3.5 A.4); ``native``: in a native one (see
+    :func:`dimse.syntax_check.is_native`), whose top-level Pixel Data must have a defined one.
+    Neither (a private syntax): the form of the Pixel Data is not judged.
     """
     try:
-        _Walker(buf, implicit, little, encapsulated).elements(0, len(buf), 0, False)
+        _Walker(buf, implicit, little, encapsulated, native).elements(0, len(buf), 0, False)
     except _Broken as exc:
         return str(exc)
     return None

@@ -25,7 +25,8 @@ from typing import Final
 
 from ._vr import LONG_VRS
 
-__all__ = ["HEAD_SIZE", "VRS", "checked_encoding", "encoding_mismatch", "is_encapsulated"]
+__all__ = ["HEAD_SIZE", "VRS", "checked_encoding", "encoding_mismatch", "is_encapsulated",
+           "is_native"]
 
 IMPLICIT_VR_LE: Final = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE: Final = "1.2.840.10008.1.2.1"
@@ -70,6 +71,13 @@ def is_encapsulated(transfer_syntax: str) -> bool:
     ts = transfer_syntax.strip(" \0")
     return (ts.startswith(_STANDARD_TS) and ts not in DEFLATED
             and ts not in (EXPLICIT_VR_LE, EXPLICIT_VR_BE))
+
+
+def is_native(transfer_syntax: str) -> bool:
+    """Whether ``transfer_syntax`` is one of the native (uncompressed, not deflated) syntaxes,
+    whose top-level Pixel Data has a defined length (PS3.5 A.4: only the encapsulated syntaxes
+    carry fragments)."""
+    return transfer_syntax.strip(" \0") in (IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE)
 
 
 def encoding_mismatch(head: bytes | bytearray | memoryview, transfer_syntax: str,
