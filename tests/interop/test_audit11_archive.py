@@ -727,3 +727,48 @@ def test_dcmtk_findscu_and_our_find_cli(peers: Peers) -> None:
     assert {_uid(1), _uid(2), _uid(5)} <= {u for u in (_uid(n) for n in range(1, 6))
                                            if u + '"' in out.stdout}
     assert _uid(3) + '"' not in out.stdout
+
+
+def test_rescan_after_adding_and_removing_files() -> None:
+    """``--rescan 1``: a study copied in later is found, a removed file is gone from the
+    answers, and when the kept copy of a duplicated SOP Instance UID is deleted the other copy
+    takes its place (the instance never disappears)."""
+    import tempfile
+
+    insts = synthetic()
+    with tempfile.TemporaryDirectory(prefix="audit11-rescan-", dir=_tmp_base()) as tmp:
+        folder = Path(tmp) / "ours"
+        s5 = [i for i in insts if i.study["StudyID"] == "5"]
+        first = save(_dataset(s5[0]), folder / "a" / "first.dcm")
+        save(_dataset(s5[1]), folder / "a" / "second.dcm")
+        twin = save(_dataset(s5[0]), folder / "b" / "twin.dcm")
+        time.sleep(0.01)
+        ours = OurQrscp(folder, rescan=1)
+        try:
+            assert "2 instances in 1 study (2 new, 0 removed, 1 not indexed)" in ours.startup
+            images = identifier("IMAGE", StudyInstanceUID=_uid(5), SeriesInstanceUID=_uid(5, 1),
+                                SOPInstanceUID="")
+            assert len(ask(ours.port, OUR_AET, images).matches) == 2
+            for inst in (i for i in insts if i.study["StudyID"] == "2"):
+                save(_dataset(inst), folder / "late" / f"{inst.sop_uid}.dcm")
+            line = ours.wait_line(b"rescan:", 20)
+            assert "rescan: 4 new, 0 removed" in line
+            studies = ask(ours.port, OUR_AET, identifier("STUDY", StudyInstanceUID=""))
+            assert set(studies.matches) == {_uid(2), _uid(5)}
+            first.unlink()  # the kept copy: its twin takes over
+            line = ours.wait_line(b"rescan:", 20)
+            assert "rescan: 1 new, 1 removed" in line, line
+            assert len(ask(ours.port, OUR_AET, images).matches) == 2
+            shutil.rmtree(folder / "late")
+            line = ours.wait_line(b"rescan:", 20)
+            assert "0 new, 4 removed" in line
+            studies = ask(ours.port, OUR_AET, identifier("STUDY", StudyInstanceUID=""))
+            assert set(studies.matches) == {_uid(5)}
+            twin.unlink()
+            ours.wait_line(b"rescan:", 20)
+            assert set(ask(ours.port, OUR_AET, images).matches) == {s5[1].sop_uid}
+            log = ours.stderr()
+            assert "Traceback" not in log
+            assert log.count("twin.dcm") == 1  # the duplicate warned about once, not per scan
+        finally:
+            assert ours.close() == 0
