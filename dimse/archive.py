@@ -34,6 +34,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from dimse.archive_db import IndexDatabaseError as IndexDatabaseError  # re-exported
+from dimse.archive_db import open_index
 from dimse.archive_files import HEADER_DEFER_SIZE as HEADER_DEFER_SIZE  # re-exported
 from dimse.archive_files import ArchiveInUseError as ArchiveInUseError  # re-exported
 from dimse.archive_files import (
@@ -70,7 +72,7 @@ from dimse.matching import (
 from dimse.qr import Level, QueryModel
 
 __all__ = ["Adopted", "Archive", "ArchiveInUseError", "Duplicate", "FindEncodedResult",
-           "FindResult", "IndexStats", "InstanceRecord", "read_header"]
+           "FindResult", "IndexDatabaseError", "IndexStats", "InstanceRecord", "read_header"]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,8 @@ FILE_MODE: Final = _file_mode()
 
 #: Bump when what the index stores changes without a change of its DDL (the version written to
 #: ``PRAGMA user_version`` is derived from this and the DDL; see Archive._create_schema).
-SCHEMA_REVISION: Final = 8  # 8: no patient/study/series value outlives its files
+SCHEMA_REVISION: Final = 9  # 9: stamped as ours (application_id), its folder recorded
+_META_DDL: Final = "CREATE TABLE IF NOT EXISTS archive_meta (key TEXT PRIMARY KEY, value TEXT)"
 # A patient is (ID, issuer, name, birth date): two people sharing an ID stay apart. A series
 # is keyed within its study (series UIDs reused across studies occur in the field).
 _STRUCTURE: Final = {
@@ -287,12 +290,7 @@ class Archive:
         self._future: dict[str, tuple[tuple[int, int, int], float]] = {}
         self._lock = self._hold()
         try:
-            self._db = sqlite3.connect(self.db_path, check_same_thread=False)
-            register_functions(self._db)
-            self._db.execute("PRAGMA foreign_keys = ON")
-            if str(self.db_path) != ":memory:":
-                self._db.execute("PRAGMA journal_mode = WAL")
-            self._create_schema()
+            self._db = self._open_index()
         except BaseException:
             self._release()
             raise
@@ -393,22 +391,24 @@ class Archive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _create_schema(self) -> None:
-        """Create the tables; a database of another schema version is dropped (the files are
-        the truth: the next :meth:`index` rebuilds it)."""
+    def _open_index(self) -> sqlite3.Connection:
+        """The index, checked to be ours, whole and of this folder, with its tables (see
+        :mod:`dimse.archive_db`: one of ours that is damaged or of another schema version is
+        rebuilt by the next :meth:`index`, the files being the truth)."""
         ddl = [f"CREATE TABLE IF NOT EXISTS {table} ({_STRUCTURE[table]}, " +
                ", ".join(f"{c} {'INTEGER' if a.kind is Kind.INT else 'TEXT'}"
                          for c, a in _columns(table)) + ")" for table in TABLES]
+        ddl.append(_META_DDL)
         ddl.extend(_EXTRA_DDL)
         ddl.extend(_multi_value_indexes())
         version = zlib.crc32(f"{SCHEMA_REVISION};{';'.join(ddl)}".encode()) & 0x7FFFFFFF or 1
-        with self._lock, self._db:
-            if self._db.execute("PRAGMA user_version").fetchone()[0] != version:
-                for table in reversed(TABLES):
-                    self._db.execute(f"DROP TABLE IF EXISTS {table}")
-            for statement in ddl:
-                self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {version}")
+
+        def prepare(db: sqlite3.Connection) -> None:
+            register_functions(db)
+            db.execute("PRAGMA foreign_keys = ON")
+
+        with self._lock:
+            return open_index(self.db_path, self.storage_dir, ddl, version, prepare)
 
     # -- indexing -------------------------------------------------------------------------
 

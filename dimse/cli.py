@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 log = logging.getLogger("dimse.cli")
+_SQLITE_READONLY: Final = 8
+_SQLITE_CANTOPEN: Final = 14
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -343,8 +345,10 @@ async def _qrscp(args: argparse.Namespace) -> int:
         archive = Archive(storage, args.db)
     except sqlite3.Error as exc:
         db = args.db or storage / ".archive.sqlite"
-        raise UserError(f"cannot open the index database {db}: {exc} (a read-only folder? "
-                        "--db PATH puts the index elsewhere)") from None
+        hint = (" (a read-only folder? --db PATH puts the index elsewhere)"
+                if getattr(exc, "sqlite_errorcode", None) in (_SQLITE_READONLY, _SQLITE_CANTOPEN)
+                else "")
+        raise UserError(f"cannot open the index database {db}: {exc}{hint}") from None
     once = _OncePerMessage()
     logging.getLogger("dimse.archive").addFilter(once)
     try:
@@ -362,7 +366,10 @@ async def _qrscp(args: argparse.Namespace) -> int:
                   f"not indexed{_pending(stats.pending, args.rescan)})", flush=True)
             rescans = asyncio.create_task(_rescan(archive, args.rescan, failed))
             try:
-                await _stopped()
+                signame = await _stopped()
+                live = len(server.associations)
+                aborted = f" ({_plural(live, 'association')} aborted)" if live else ""
+                print(f"dimse qrscp: stopping on {signame}{aborted}", flush=True)
             finally:
                 rescans.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -377,14 +384,19 @@ def _plural(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else many or one + 's'}"
 
 
-async def _stopped() -> None:
-    """Return on SIGTERM or SIGINT."""
-    stop = asyncio.Event()
+async def _stopped() -> str:
+    """Return the signal's name on SIGTERM or SIGINT."""
+    stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     loop = asyncio.get_running_loop()
+
+    def on(sig: signal.Signals) -> None:
+        if not stop.done():
+            stop.set_result(sig.name)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+            loop.add_signal_handler(sig, on, sig)
+    return await stop
 
 
 def _pending(pending: tuple[Path, ...], rescan: float) -> str:

@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import sqlite3
 import struct
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -94,6 +95,8 @@ log = logging.getLogger(__name__)
 
 #: The handler raised something other than ServiceError.
 STATUS_HANDLER_FAILED: Final = 0xC001
+_SQLITE_BUSY: Final = 5
+_SQLITE_LOCKED: Final = 6
 #: Matches fetched per worker-thread hop by the archive handler.
 ARCHIVE_CHUNK: Final = 256
 #: Largest C-FIND identifier a deflated one may inflate to. Identifiers are small (a list of
@@ -438,6 +441,13 @@ def archive_find_handler(archive: Archive, *, chunk: int = ARCHIVE_CHUNK) -> Fin
     time."""
 
     async def handle(request: FindRequest) -> AsyncIterator[Dataset | Match | EncodedMatch]:
+        try:
+            async for match in matches(request):
+                yield match
+        except sqlite3.DatabaseError as exc:
+            raise _index_failed(archive, exc) from exc
+
+    async def matches(request: FindRequest) -> AsyncIterator[Dataset | Match | EncodedMatch]:
         ts = request.ctx.context.transfer_syntax
         if ts in codec.SUPPORTED_TRANSFER_SYNTAXES:
             # Fast path: response identifiers encoded straight from the index rows.
@@ -463,6 +473,19 @@ def archive_find_handler(archive: Archive, *, chunk: int = ARCHIVE_CHUNK) -> Fin
                 return
 
     return handle
+
+
+def _index_failed(archive: Archive, exc: sqlite3.DatabaseError) -> ServiceError:
+    """The failure a C-FIND gets when the index fails under it, logged in one line (no
+    traceback): 0xA700 when it is busy or locked, else 0xC001 (damaged since the start-up
+    check? a restart checks it again and rebuilds it)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        log.error("C-FIND: the index %s is busy: %s", archive.db_path, exc)
+        return ServiceError(Status.OUT_OF_RESOURCES, "index busy")
+    log.error("C-FIND: the index %s failed: %s (damaged? a restart checks it and rebuilds it "
+              "from the files)", archive.db_path, exc)
+    return ServiceError(STATUS_HANDLER_FAILED, f"index failed: {exc}"[:64])
 
 
 def archive_server(archive: Archive, ae_title: str, *, host: str = "127.0.0.1", port: int = 0,

@@ -25,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dimse import archive as archive_mod
 from dimse import archive_files, archive_store, cli, codec
-from dimse.archive import Archive, ArchiveInUseError
+from dimse.archive import Archive, ArchiveInUseError, IndexDatabaseError
 from dimse.archive_store import ArchiveSink, archive_store_handler
 from dimse.errors import ServiceError
 from dimse.messages import CStoreRQ
@@ -56,16 +56,16 @@ def _sink(archive: Archive) -> ArchiveSink:
 
 def test_1_a_folders_default_index_cannot_serve_another_folder_elsewhere(tmp_path: Path) -> None:
     """Folder A with its default index A/.archive.sqlite held here: another process gets
-    ArchiveInUseError for folder B with that index, and, the other way round, for folder A
-    while this process serves B with A's index."""
+    ArchiveInUseError for folder B with that index. Once A is closed, B cannot take A's index
+    over either (IndexDatabaseError, audit 12 #6: it would delete A's rows), and A opens."""
     a_dir, b_dir = tmp_path / "A", tmp_path / "B"
     index = a_dir / ".archive.sqlite"
     with Archive(a_dir):
         done = _open_elsewhere(b_dir, index)
         assert done.returncode == 3 and "archive index" in done.stdout, done
-    with Archive(b_dir, index):
-        done = _open_elsewhere(a_dir)
-        assert done.returncode == 3 and "archive index" in done.stdout, done
+    with pytest.raises(IndexDatabaseError, match="index of the archive folder"):
+        Archive(b_dir, index)
+    assert _open_elsewhere(b_dir, index).returncode != 0
     assert _open_elsewhere(a_dir).returncode == 0
 
 

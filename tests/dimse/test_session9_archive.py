@@ -1,0 +1,222 @@
+"""Session 9: opening the archive's index (dimse/archive_db.py; audit 12 #1, #2, #3, #5, #6).
+
+The index is a cache of the folder, so one of ours that is damaged or of another schema
+revision is rebuilt from the files, saying so; what is not ours is refused and left untouched:
+another application's database (SQLite or not), or the index of another archive folder. A
+C-FIND that the index fails under answers in one ERROR line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+from dimse.archive import Archive, IndexDatabaseError
+from dimse.archive_db import APPLICATION_ID
+from dimse.qr import QueryModel
+from dimse.qr_model import Level
+from dimse.qr_scp import archive_server
+from dimse.qr_scu import QueryFailed, connect_qr, find
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.filterwarnings("ignore::UserWarning")]
+
+ROOT = "1.2.826.0.1.3680043.10.4646.99."
+
+
+def write(folder: Path, n: int, date: str = "20250101") -> None:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, f"{ROOT}{n}.1.1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = f"{ROOT}{n}", f"{ROOT}{n}.1"
+    ds.PatientID, ds.PatientName, ds.StudyDate, ds.Modality = "P", "Doe^J", date, "CT"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
+
+
+def studies(arc: Archive) -> int:
+    return arc.counts()[0]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "archive"
+    for n in range(5):
+        write(root, n)
+    with Archive(root) as arc:
+        arc.index()
+    yield root
+
+
+def test_a_new_index_is_stamped_as_ours(folder: Path) -> None:
+    con = sqlite3.connect(folder / ".archive.sqlite")
+    try:
+        assert con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert con.execute("SELECT value FROM archive_meta WHERE key = 'folder'").fetchone() \
+            == (str(folder.resolve()),)
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("kind", ["same table names", "stamped by another application",
+                                  "a view"])
+def test_another_applications_database_is_refused_untouched(tmp_path: Path, kind: str) -> None:
+    other = tmp_path / "ris.sqlite"
+    con = sqlite3.connect(other)
+    if kind == "same table names":
+        con.execute("CREATE TABLE patient (id INTEGER PRIMARY KEY, name TEXT)")
+    elif kind == "stamped by another application":
+        con.execute("PRAGMA application_id = 1234")
+        con.execute("CREATE TABLE patient (id INTEGER PRIMARY KEY, patient_id TEXT, "
+                    "issuer TEXT)")
+    else:
+        con.execute("CREATE TABLE instance (id INTEGER PRIMARY KEY, sop_uid TEXT, path TEXT)")
+        con.execute("CREATE VIEW everything AS SELECT * FROM instance")
+    con.execute("INSERT INTO " + ("instance (sop_uid)" if kind == "a view" else
+                                  "patient (id)") + " VALUES ('7')")
+    con.commit()
+    con.close()
+    before = other.read_bytes()
+    with pytest.raises(IndexDatabaseError, match="another application") as info:
+        Archive(tmp_path / "archive", other)
+    assert info.value.path == other
+    assert other.read_bytes() == before  # not even switched to WAL
+    assert not Path(f"{other}-wal").exists()
+
+
+def test_a_file_that_is_no_database_elsewhere_is_refused_untouched(tmp_path: Path) -> None:
+    other = tmp_path / "notes.txt"
+    other.write_text("not an index\n")
+    with pytest.raises(IndexDatabaseError, match="not known to be an index of ours"):
+        Archive(tmp_path / "archive", other)
+    assert other.read_text() == "not an index\n"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "page 2 trashed"])
+def test_our_damaged_index_is_moved_aside_and_rebuilt(folder: Path, damage: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    db = folder / ".archive.sqlite"
+    data = db.read_bytes()
+    db.write_bytes(b"garbage\n" * 512 if damage == "garbage"
+                   else data[:4096] + b"\xff" * 4096 + data[8192:])
+    with caplog.at_level(logging.WARNING, logger="dimse.archive"), Archive(folder) as arc:
+        arc.index()
+        assert studies(arc) == 5
+    (aside,) = folder.glob(".archive.sqlite.damaged-*")
+    assert aside.read_bytes()[:8] == (b"garbage\n" if damage == "garbage" else data[:8])
+    assert "is damaged" in caplog.text and str(aside) in caplog.text
+
+
+def test_a_page_of_another_index_copied_over_is_caught(tmp_path: Path) -> None:
+    """quick_check passes this one; C-FIND through study_date would miss matches."""
+    root = tmp_path / "archive"
+    for n in range(150):
+        write(root, n, date="20240202" if n % 15 == 0 else "20250101")
+    with Archive(root) as arc:
+        arc.index()
+    db = root / ".archive.sqlite"
+    con = sqlite3.connect(db)
+    try:
+        pages = dict(con.execute("SELECT name, max(pageno) FROM dbstat WHERE name IN "
+                                 "('study_date', 'study_uid_key', 'sqlite_autoindex_study_1') "
+                                 "GROUP BY name").fetchall())
+        size = con.execute("PRAGMA page_size").fetchone()[0]
+    except sqlite3.OperationalError:
+        pytest.skip("this SQLite has no dbstat")
+    finally:
+        con.close()
+    source = next(name for name in pages if name != "study_date")
+    data = bytearray(db.read_bytes())
+    victim, start = (pages["study_date"] - 1) * size, (pages[source] - 1) * size
+    data[victim:victim + size] = data[start:start + size]
+    db.write_bytes(bytes(data))
+    with Archive(root) as arc:
+        arc.index()
+        q = Dataset()
+        q.QueryRetrieveLevel, q.StudyDate, q.StudyInstanceUID = "STUDY", "20240202", ""
+        assert len(list(arc.find(q, QueryModel.STUDY_ROOT, Level.STUDY))) == 10
+    assert list(root.glob(".archive.sqlite.damaged-*"))
+
+
+def test_an_index_of_another_schema_is_rebuilt_saying_so(
+        folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    con = sqlite3.connect(folder / ".archive.sqlite")
+    con.execute("PRAGMA user_version = 12345")
+    con.commit()
+    con.close()
+    with caplog.at_level(logging.WARNING, logger="dimse.archive"), Archive(folder) as arc:
+        assert arc.index().added == 5
+    assert "written by another version" in caplog.text
+
+
+def test_an_index_from_before_the_stamp_is_ours(folder: Path) -> None:
+    """Revision 8 indexes carry no application_id: our tables, our key columns."""
+    con = sqlite3.connect(folder / ".archive.sqlite")
+    con.execute("PRAGMA application_id = 0")
+    con.execute("PRAGMA user_version = 4242")
+    con.execute("DROP TABLE archive_meta")
+    con.commit()
+    con.close()
+    with Archive(folder) as arc:
+        assert arc.index().added == 5  # another schema: rebuilt, not refused
+
+
+def test_the_index_of_another_folder_is_refused(folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(IndexDatabaseError, match="index of the archive folder"):
+        Archive(tmp_path / "other", folder / ".archive.sqlite")
+    with Archive(folder) as arc:
+        assert arc.index().removed == 0 and studies(arc) == 5
+
+
+def test_an_index_kept_elsewhere_serves_its_own_folder(tmp_path: Path) -> None:
+    root, db = tmp_path / "archive", tmp_path / "db" / "index.sqlite"
+    db.parent.mkdir()
+    write(root, 1)
+    with Archive(root, db) as arc:
+        assert arc.index().added == 1
+    with Archive(root, db) as arc:
+        assert arc.index().added == 0 and studies(arc) == 1
+
+
+def test_a_moved_folder_keeps_its_index(folder: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    with Archive(moved) as arc:
+        stats = arc.index()
+        assert (stats.added, stats.removed, studies(arc)) == (0, 0, 5)
+
+
+async def test_an_index_failing_under_a_find_is_one_error_line(
+        folder: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    archive = Archive(folder)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        error = sqlite3.DatabaseError("database disk image is malformed")
+        error.sqlite_errorcode = 11  # type: ignore[attr-defined]
+        raise error
+
+    monkeypatch.setattr(archive, "find_encoded", broken)
+    try:
+        async with archive_server(archive, "QRSCP") as server:
+            async with connect_qr("127.0.0.1", server.port, called_ae="QRSCP") as assoc:
+                q = Dataset()
+                q.QueryRetrieveLevel, q.StudyInstanceUID = "STUDY", ""
+                with caplog.at_level(logging.ERROR):
+                    with pytest.raises(QueryFailed) as info:
+                        async for _ in find(assoc, q):
+                            pass
+                assert info.value.status == 0xC001 and "index failed" in info.value.comment
+                assert await assoc.echo() == 0
+    finally:
+        archive.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert "malformed" in errors[0].getMessage()
