@@ -23,9 +23,9 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -165,6 +165,23 @@ class IndexStats:
     failed: tuple[Path, ...]
     duplicates: tuple[Path, ...] = ()
     pending: tuple[Path, ...] = ()
+    #: Why each file of ``failed`` was not indexed (one line each).
+    reasons: Mapping[Path, str] = field(default_factory=dict)
+
+
+def _to_db(rel: str) -> str | bytes:
+    """A folder-relative path as the index keeps it: text, or, for a name that is no UTF-8
+    (copied from an old Windows share or a zip: Linux names are bytes), its bytes, which
+    SQLite keeps as a BLOB. :func:`_from_db` gives the path back."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(rel)
+    return rel
+
+
+def _from_db(value: str | bytes) -> str:
+    return value if isinstance(value, str) else os.fsdecode(value)
 
 
 class _Unsettled(ValueError):
@@ -243,17 +260,22 @@ def _stored(ds: Dataset, column: str, attr: Attr) -> object:
 class _Scan:
     """Counters of one :meth:`Archive.index` run."""
 
-    __slots__ = ("added", "duplicates", "failed", "known", "pending", "seen", "settle",
-                 "updated")
+    __slots__ = ("added", "duplicates", "failed", "known", "pending", "reasons", "seen",
+                 "settle", "updated")
 
     def __init__(self, known: dict[str, tuple[int, int]], settle: float) -> None:
         self.known = known
         self.settle = settle
         self.added = self.updated = 0
         self.failed: list[Path] = []
+        self.reasons: dict[Path, str] = {}
         self.pending: list[Path] = []
         self.seen: set[str] = set()
         self.duplicates: list[_DuplicateFile] = []
+
+    def fail(self, path: Path, reason: str) -> None:
+        self.failed.append(path)
+        self.reasons[path] = reason.removeprefix(f"{path}: ")
 
     def retry(self) -> list[Path]:
         """The duplicates found so far, forgotten (to be tried once more)."""
@@ -465,7 +487,7 @@ class Archive:
         with self._lock:
             row = self._db.execute("SELECT path FROM instance WHERE sop_uid = ?",
                                    (sop_instance_uid,)).fetchone()
-        return None if row is None else self.storage_dir / row[0]
+        return None if row is None else self.storage_dir / _from_db(row[0])
 
     def counts(self) -> tuple[int, int]:
         """(studies, instances) indexed now."""
@@ -587,9 +609,10 @@ class Archive:
         if not replace:
             row = self._db.execute("SELECT path FROM instance WHERE sop_uid = ?",
                                    (rows[-1][1]["sop_uid"],)).fetchone()
-            if row is not None and row[0] != rel and (self.storage_dir / row[0]).is_file():
-                raise _DuplicateFile(self.storage_dir / rel, self.storage_dir / row[0])
-        rows[-1][1].update(path=rel, transfer_syntax=ts, size=size, mtime_ns=mtime_ns)
+            indexed = None if row is None else _from_db(row[0])
+            if indexed is not None and indexed != rel and (self.storage_dir / indexed).is_file():
+                raise _DuplicateFile(self.storage_dir / rel, self.storage_dir / indexed)
+        rows[-1][1].update(path=_to_db(rel), transfer_syntax=ts, size=size, mtime_ns=mtime_ns)
         ref: int | None = None
         for table, values in rows:
             if table == "patient":
@@ -600,7 +623,7 @@ class Archive:
                     (ATTRIBUTES[_UID_OF[table]].column,)
             if table == "instance":
                 self._db.execute("DELETE FROM instance WHERE path = ? AND sop_uid <> ?",
-                                 (rel, values["sop_uid"]))
+                                 (_to_db(rel), values["sop_uid"]))
             ref = self._upsert_row(table, key, values, str(rows[-1][1]["sop_uid"]))
 
     def _prune(self) -> None:
@@ -627,21 +650,21 @@ class Archive:
         change time in the future, another clock's, counts as a change when first seen).
         Files the archive stores itself are indexed as they are placed, whole."""
         with self._lock:
-            known = {p: (m, s) for p, m, s in
+            known = {_from_db(p): (m, s) for p, m, s in
                      self._db.execute("SELECT path, mtime_ns, size FROM instance")}
         scan = _Scan(known, settle)
         files = list(_files(self.storage_dir, self.db_path))
         # Rows of files gone from disk go first: a file indexed next with their UIDs then
         # finds no stale instance sharing its study (see _upsert_row).
         on_disk = {p.relative_to(self.storage_dir).as_posix() for p, _ in files}
-        vanished = [(p,) for p in known if p not in on_disk]
+        vanished = [(_to_db(p),) for p in known if p not in on_disk]
         if vanished:
             with self._lock, self._db:
                 self._db.executemany("DELETE FROM instance WHERE path = ?", vanished)
                 self._prune()
         for path, stat in files:
-            if stat is None:
-                scan.failed.append(path)
+            if isinstance(stat, str):
+                scan.fail(path, stat)
                 continue
             rel = path.relative_to(self.storage_dir).as_posix()
             if known.get(rel) == (stat.st_mtime_ns, stat.st_size):
@@ -662,10 +685,12 @@ class Archive:
         self.remove_stale_temp()
         gone = [p for p in known if p not in scan.seen]
         with self._lock, self._db:
-            self._db.executemany("DELETE FROM instance WHERE path = ?", [(p,) for p in gone])
+            self._db.executemany("DELETE FROM instance WHERE path = ?",
+                                 [(_to_db(p),) for p in gone])
             self._prune()
         return IndexStats(scan.added, scan.updated, len(gone), tuple(scan.failed),
-                          tuple(d.path for d in scan.duplicates), tuple(scan.pending))
+                          tuple(d.path for d in scan.duplicates), tuple(scan.pending),
+                          scan.reasons)
 
     def _scan_file(self, scan: _Scan, path: Path, rel: str) -> None:
         """Index one new or changed file of :meth:`index`, counting the outcome in ``scan``."""
@@ -681,7 +706,7 @@ class Archive:
             return
         except (ValueError, OSError) as exc:
             log.info("not indexed: %s", exc)
-            scan.failed.append(path)
+            scan.fail(path, str(exc))
             return
         scan.seen.add(rel)
         if rel in scan.known:
@@ -711,7 +736,8 @@ class Archive:
         """Drop a file from the index (and from disk); False if it was not indexed."""
         rel = self._relative(Path(path))
         with self._lock, self._db:
-            gone = self._db.execute("DELETE FROM instance WHERE path = ?", (rel,)).rowcount
+            gone = self._db.execute("DELETE FROM instance WHERE path = ?",
+                                    (_to_db(rel),)).rowcount
             self._prune()
         if delete_file:
             Path(path).unlink(missing_ok=True)
@@ -787,7 +813,8 @@ class Archive:
         plan = Plan(identifier, model, level, False, table="instance")
         sql = plan.from_where("i.path, i.sop_class, i.sop_uid, i.transfer_syntax, i.size")
         for row in self._pages(plan, sql):
-            yield InstanceRecord(self.storage_dir / row[1], row[2] or "", row[3], row[4] or "",
+            yield InstanceRecord(self.storage_dir / _from_db(row[1]), row[2] or "", row[3],
+                                 row[4] or "",
                                  row[5] or 0)
 
     def _pages(self, plan: Plan, sql: tuple[str, list[object]]) -> Iterator[tuple[Any, ...]]:

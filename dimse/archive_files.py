@@ -83,10 +83,10 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     return str(elem.value).strip(" \0")
 
 
-def _files(storage_dir: Path, db_path: Path) -> Iterator[tuple[Path, os.stat_result | None]]:
-    """Each entry of the folder to index, sorted, with its ``lstat``; ``None`` for one that
-    cannot be indexed (special file, symlink that dangles, loops, leaves the folder or
-    names no regular file). Symlinked folders are not entered."""
+def _files(storage_dir: Path, db_path: Path) -> Iterator[tuple[Path, os.stat_result | str]]:
+    """Each entry of the folder to index, sorted, with its ``lstat``; for one that cannot be
+    indexed (special file, symlink that dangles, loops, leaves the folder or names no regular
+    file), why. Symlinked folders are not entered."""
     suffixes = ("", "-wal", "-shm", "-journal", ".lock")
     skip = {(db.parent, db.name + suffix) for db in (db_path, Path(os.path.realpath(db_path)))
             for suffix in suffixes}
@@ -102,13 +102,13 @@ def _files(storage_dir: Path, db_path: Path) -> Iterator[tuple[Path, os.stat_res
                 continue  # removed meanwhile
             except OSError as exc:
                 log.info("not indexed: %s: %s", path, exc)
-                yield path, None
+                yield path, str(exc)
                 continue
             if st_mode.S_ISREG(stat.st_mode):
                 yield path, stat
             elif not (st_mode.S_ISLNK(stat.st_mode) and _link_inside(path, storage_dir)):
                 log.info("not indexed: %s: not a regular file of the folder", path)
-                yield path, None
+                yield path, "not a regular file of the folder"
 
 
 def _link_inside(link: Path, storage_dir: Path) -> bool:

@@ -31,7 +31,7 @@ import signal
 import sqlite3
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
@@ -353,7 +353,7 @@ async def _qrscp(args: argparse.Namespace) -> int:
     logging.getLogger("dimse.archive").addFilter(once)
     try:
         stats = await archive.run(archive.index)
-        failed = _report_failed(stats.failed, frozenset())
+        failed = _report_failed(stats.failed, frozenset(), stats.reasons)
         server = archive_server(archive, args.aet, host=args.bind, port=args.port,
                                 lenient=args.lenient, idle_timeout=args.idle_timeout or None,
                                 max_associations=args.max_associations or None)
@@ -420,19 +420,20 @@ async def _rescan(archive: Archive, every: float, failed: frozenset[Path]) -> No
             log.warning("rescan of %s failed: %s", archive.storage_dir, exc)
             continue
         new_failures = len(set(stats.failed) - failed)
-        failed = _report_failed(stats.failed, failed)
+        failed = _report_failed(stats.failed, failed, stats.reasons)
         if stats.added or stats.updated or stats.removed or new_failures:
             print(f"dimse qrscp: rescan: {stats.added + stats.updated} new, "
                   f"{stats.removed} removed, {new_failures} newly not indexed", flush=True)
 
 
-def _report_failed(failed: Sequence[Path], known: frozenset[Path]) -> frozenset[Path]:
-    """Warn about the files that could not be indexed, except those already reported by the
-    previous scan; the set to pass next time."""
+def _report_failed(failed: Sequence[Path], known: frozenset[Path],
+                   reasons: Mapping[Path, str]) -> frozenset[Path]:
+    """Warn about the files that could not be indexed, each with its reason, except those
+    already reported by the previous scan; the set to pass next time."""
     for bad in failed:
         if bad not in known:
-            log.warning("not indexed (not a regular, readable DICOM file with Study/Series/SOP "
-                        "Instance UIDs): %s", bad)
+            log.warning("not indexed: %s: %s", bad, reasons.get(bad) or "not a regular, "
+                        "readable DICOM file with Study/Series/SOP Instance UIDs")
     return frozenset(failed)
 
 

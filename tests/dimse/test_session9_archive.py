@@ -9,10 +9,12 @@ C-FIND that the index fails under answers in one ERROR line, not a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
@@ -220,3 +222,52 @@ async def test_an_index_failing_under_a_find_is_one_error_line(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info is None
     assert "malformed" in errors[0].getMessage()
+
+
+# --------------------------------------------------------------------------- audit 11
+
+
+def test_a_file_name_that_is_no_utf8_is_indexed_and_found(tmp_path: Path) -> None:
+    """Linux names are bytes: a file copied from an old Windows share or a zip may carry a
+    Latin-1 name. It was counted 'not indexed' and its series vanished from the answers."""
+    root = tmp_path / "archive"
+    write(root, 1)
+    latin1 = Path(os.fsdecode(bytes(root) + b"/M\xfcller.dcm"))
+    (root / "1.dcm").rename(latin1)
+    with Archive(root) as arc:
+        stats = arc.index()
+        assert (stats.added, stats.failed) == (1, ())
+        assert arc.stored_path(f"{ROOT}1.1.1") == latin1
+        assert arc.index().added == 0  # known: not read again
+        assert [r.path for r in arc.instances(_study(1), QueryModel.STUDY_ROOT, Level.STUDY)] \
+            == [latin1]
+    with Archive(root) as arc:  # across a restart too
+        assert arc.index().added == 0
+        latin1.unlink()
+        assert arc.index().removed == 1 and arc.counts() == (0, 0)
+
+
+def _study(n: int) -> Dataset:
+    q = Dataset()
+    q.QueryRetrieveLevel, q.StudyInstanceUID = "STUDY", f"{ROOT}{n}"
+    return q
+
+
+def test_each_file_not_indexed_has_its_reason(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    write(root, 1)
+    (root / "empty.dcm").write_bytes(b"")
+    (root / "notes.txt").write_text("hello")
+    no_study = pydicom.dcmread(root / "1.dcm")
+    del no_study.StudyInstanceUID
+    no_study.SOPInstanceUID = f"{ROOT}2.1.1"
+    no_study.save_as(root / "no_study.dcm")
+    os.mkfifo(root / "fifo")
+    with Archive(root) as arc:
+        stats = arc.index()
+    reasons = {p.name: r for p, r in stats.reasons.items()}
+    assert set(reasons) == {p.name for p in stats.failed} == {"empty.dcm", "notes.txt",
+                                                               "no_study.dcm", "fifo"}
+    assert "StudyInstanceUID" in reasons["no_study.dcm"]
+    assert reasons["fifo"] == "not a regular file of the folder"
+    assert all(str(root) not in r for r in reasons.values())  # the path is not repeated

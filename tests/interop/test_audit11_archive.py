@@ -8,8 +8,8 @@ deflated, UIDs missing, duplicate SOP Instance UIDs, a symlink loop, a non-UTF-8
 deep folder). ``python3 -m dimse qrscp`` serves one copy (a subprocess); dcmqrscp serves another
 indexed with dcmqridx. pynetdicom asks both the same identifiers; the entities matched (by the
 level's unique key) and the returned values are compared. Differences the standard leaves to the
-SCP, or dcmqrscp's own deviations, are asserted as such; our defects are strict xfail tests
-("audit11 #N"), see /work/notes/audit11/report.md.
+SCP, or dcmqrscp's own deviations, are asserted as such; our two defects (audit 11 #1, #2) are
+fixed and keep their tests, see /work/notes/audit11/report.md.
 """
 
 from __future__ import annotations
@@ -564,8 +564,6 @@ def test_odd_files_indexed_like_dcmqridx(peers: Peers) -> None:
     assert got <= set(theirs.matches)
 
 
-@pytest.mark.xfail(strict=True, reason="audit11 #1: a file whose name is not UTF-8 is never "
-                   "indexed (the path does not encode for SQLite)")
 def test_non_utf8_file_name_is_indexed(peers: Peers) -> None:
     q = identifier("SERIES", StudyInstanceUID=_uid(4), SeriesInstanceUID="", SeriesNumber="")
     ours, theirs = peers.both(q)
@@ -573,8 +571,6 @@ def test_non_utf8_file_name_is_indexed(peers: Peers) -> None:
     assert _uid(95) in ours.matches
 
 
-@pytest.mark.xfail(strict=True, reason="audit11 #2: qrscp's 'not indexed' warning gives one "
-                   "generic reason for every file; the real one is logged at INFO only")
 def test_not_indexed_warning_says_why(peers: Peers) -> None:
     log = peers.ours.stderr().splitlines()
     line = next(x for x in log if str(peers.odd["no_study"]) in x)
