@@ -143,8 +143,9 @@ def test_qrscp_serves_a_folder_with_links_and_a_fifo(tmp_path: Path) -> None:
             time.sleep(0.05)
         out = proc.output()
         assert "serving 1 instance in 1 study (1 new, 0 removed, 3 not indexed)" in out, out
-        warned = [line for line in out.splitlines() if "not indexed (not a regular" in line]
+        warned = [line for line in out.splitlines() if "not indexed: " in line]
         for name in ("dangling.dcm", "loop.dcm", "pipe.dcm"):
-            assert any(line.endswith(name) for line in warned), out
+            assert any(line.endswith(f"{name}: not a regular file of the folder")
+                       for line in warned), out
         r = dimse("echo", "-aec", "LINKS", "127.0.0.1", str(port))
         assert r.returncode == 0, r.stderr
