@@ -6,13 +6,17 @@ answers does."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from pydicom import Dataset
+from pydicom.data import get_testdata_file
 
 import pdu
 from dimse import commands
+from dimse.archive import Archive
 from dimse.qr_scp import FindRequest, qr_server_contexts, register_find
 from dimse.server import Server
 from dimse.services import HandlerRegistry
@@ -21,6 +25,22 @@ from tests import recorder
 _HEADER = struct.Struct(">BxL")
 #: An A-RELEASE-RQ (PS3.8 9.3.6), as every peer sends it.
 RELEASE_RQ = bytes.fromhex("05000000000400000000")
+
+
+def results(ac: pdu.AAssociateAC) -> dict[int, int]:
+    """Each presentation context's result in an A-ASSOCIATE-AC, by context ID."""
+    return {pc.context_id: pc.result for pc in ac.presentation_contexts}
+
+
+def archive_with_ct_small(folder: Path) -> Archive:
+    """A new archive folder holding pydicom's CT_small.dcm, indexed."""
+    source = get_testdata_file("CT_small.dcm")
+    assert source is not None
+    folder.mkdir()
+    shutil.copy(source, folder / "CT_small.dcm")
+    archive = Archive(folder)
+    archive.index()
+    return archive
 
 
 def split_pdus(data: bytes) -> list[bytes]:

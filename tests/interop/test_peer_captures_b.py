@@ -13,25 +13,29 @@ today (see /work/notes/audit5/peers_b.md for what is not).
 
 from __future__ import annotations
 
-import shutil
 import struct
 from pathlib import Path
 
 import pytest
 from pydicom import Dataset
-from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 
 import pdu
 from dimse import commands
-from dimse.archive import Archive
 from dimse.messages import CEchoRSP, CFindRSP, CStoreRQ, CStoreRSP
 from dimse.qr_scp import FindRequest, archive_server
 from dimse.server import Server
 from dimse.services import HandlerRegistry, ReceivedDataSet
 from pdu.negotiation import negotiated_from_ac
-from tests.raw_peer import RELEASE_RQ, RawPeer, find_server, split_pdus
+from tests.raw_peer import (
+    RELEASE_RQ,
+    RawPeer,
+    archive_with_ct_small,
+    find_server,
+    results,
+    split_pdus,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -315,10 +319,6 @@ def identifier(data: bytes, implicit: bool = True) -> Dataset:
     return read_dataset(DicomBytesIO(data), implicit, True)
 
 
-def results(ac: pdu.AAssociateAC) -> dict[int, int]:
-    return {pc.context_id: pc.result for pc in ac.presentation_contexts}
-
-
 # --------------------------------------------------------------------------- codec
 
 ROUND_TRIP = {
@@ -481,18 +481,8 @@ async def test_gdcm_patient_find_replayed_against_our_server() -> None:
             await peer.close()
 
 
-def _archive_with_ct_small(folder: Path) -> Archive:
-    source = get_testdata_file("CT_small.dcm")
-    assert source is not None
-    folder.mkdir()
-    shutil.copy(source, folder / "CT_small.dcm")
-    archive = Archive(folder)
-    archive.index()
-    return archive
-
-
 async def test_gdcm_series_find_replayed_against_the_archive(tmp_path: Path) -> None:
-    archive = _archive_with_ct_small(tmp_path / "archive")
+    archive = archive_with_ct_small(tmp_path / "archive")
     try:
         async with archive_server(archive, "ARCHIVE") as server:
             peer = await RawPeer.open(server.port)
@@ -517,7 +507,7 @@ async def test_gdcm_series_find_replayed_against_the_archive(tmp_path: Path) -> 
 
 async def test_gdcm_move_on_rejected_context_is_aborted_and_server_keeps_serving(
         tmp_path: Path) -> None:
-    archive = _archive_with_ct_small(tmp_path / "archive")
+    archive = archive_with_ct_small(tmp_path / "archive")
     try:
         async with archive_server(archive, "ARCHIVE") as server:
             peer = await RawPeer.open(server.port)

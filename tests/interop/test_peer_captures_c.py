@@ -13,24 +13,28 @@ answers to our client-side decoders. See /work/notes/audit13/report.md for the f
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 import pytest
 from pydicom import Dataset
-from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 
 import pdu
 from dimse import commands
-from dimse.archive import Archive
 from dimse.messages import CEchoRSP, CFindRQ, CFindRSP, CStoreRQ, CStoreRSP
 from dimse.qr_scp import FindRequest, archive_server
 from dimse.server import Server
 from dimse.services import HandlerRegistry, ReceivedDataSet
 from pdu.negotiation import negotiated_from_ac
-from tests.raw_peer import RELEASE_RQ, RawPeer, find_server, split_pdus
+from tests.raw_peer import (
+    RELEASE_RQ,
+    RawPeer,
+    archive_with_ct_small,
+    find_server,
+    results,
+    split_pdus,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -403,10 +407,6 @@ def identifier(data: bytes, implicit: bool = False) -> Dataset:
     return read_dataset(DicomBytesIO(data), implicit, True)
 
 
-def results(ac: pdu.AAssociateAC) -> dict[int, int]:
-    return {pc.context_id: pc.result for pc in ac.presentation_contexts}
-
-
 def pdvs(data: bytes) -> list[pdu.Pdv]:
     out = []
     for chunk in split_pdus(data):
@@ -636,16 +636,6 @@ async def test_odil_store_replayed_against_our_server() -> None:
     assert all(received.transfer_syntax == EXPLICIT for _, received in stored)
 
 
-def _archive_with_ct_small(folder: Path) -> Archive:
-    source = get_testdata_file("CT_small.dcm")
-    assert source is not None
-    folder.mkdir()
-    shutil.copy(source, folder / "CT_small.dcm")
-    archive = Archive(folder)
-    archive.index()
-    return archive
-
-
 async def _find(peer: RawPeer, data: bytes) -> tuple[list[Dataset], CFindRSP]:
     await peer.send(data)
     matches = []
@@ -660,7 +650,7 @@ async def _find(peer: RawPeer, data: bytes) -> tuple[list[Dataset], CFindRSP]:
 
 
 async def test_odil_finds_replayed_against_the_archive(tmp_path: Path) -> None:
-    archive = _archive_with_ct_small(tmp_path / "archive")
+    archive = archive_with_ct_small(tmp_path / "archive")
     try:
         async with archive_server(archive, "ARCHIVE") as server:
             for rq, data, level in ((ODIL_FIND_RQ, ODIL_PATIENT_FIND_PDATA, "PATIENT"),
