@@ -10,13 +10,10 @@ the opposite mistake), and our SCU refuses to send one (DataSetEncodeError namin
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -39,32 +36,15 @@ from dimse.server import Server
 from dimse.services import HandlerRegistry
 from dimse.structure_check import structure_problem
 from dimse.syntax_check import is_native
+from tests.dimse.test_session8_store import ROOT, _read
+from tests.dimse.test_session8_store import _native_ct as _ct
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = "1.2.826.0.1.3680043.2.1143.9."
 NATIVE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
           DeflatedExplicitVRLittleEndian)
 _PIXEL_OB_UNDEFINED = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-
-
-def _read(name: str) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(get_testdata_file(name))
-
-
-def _ct(n: int, pixels: bytes = bytes(range(4))) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, f"{ROOT}{n}"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = ROOT + "1", ROOT + "1.1"
-    ds.PatientID, ds.PatientName, ds.Modality = "P9", "Doe^Jane", "CT"
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored = 2, 2, 8, 8
-    ds.SamplesPerPixel, ds.PixelRepresentation, ds.HighBit = 1, 0, 7
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = pixels
-    return ds
 
 
 def _mislabelled_bytes(n: int) -> bytes:
