@@ -17,9 +17,10 @@ from pydicom.data import get_testdata_file
 import pdu
 from dimse import commands
 from dimse.archive import Archive
+from dimse.messages import CStoreRQ
 from dimse.qr_scp import FindRequest, qr_server_contexts, register_find
 from dimse.server import Server
-from dimse.services import HandlerRegistry
+from dimse.services import HandlerRegistry, ReceivedDataSet
 from tests import recorder
 
 _HEADER = struct.Struct(">BxL")
@@ -103,6 +104,17 @@ class RawPeer:
     async def close(self) -> None:
         self.writer.close()
         await self.writer.wait_closed()
+
+
+def store_server(ae: str, stored: list[tuple[CStoreRQ, ReceivedDataSet]]) -> Server:
+    """A storage SCP that keeps each C-STORE request and data set in ``stored``, answering 0."""
+    def on_store(rq: CStoreRQ, dataset: ReceivedDataSet, ctx: object) -> int:
+        stored.append((rq, dataset))
+        return 0
+
+    registry = HandlerRegistry()
+    registry.on_store(on_store)
+    return Server(ae, handlers=registry)
 
 
 def find_server(ae: str, seen: list[FindRequest], count: int = 2,

@@ -25,7 +25,7 @@ from dimse import commands
 from dimse.messages import CEchoRSP, CFindRQ, CFindRSP, CStoreRQ, CStoreRSP
 from dimse.qr_scp import FindRequest, archive_server
 from dimse.server import Server
-from dimse.services import HandlerRegistry, ReceivedDataSet
+from dimse.services import ReceivedDataSet
 from pdu.negotiation import negotiated_from_ac
 from tests.raw_peer import (
     RELEASE_RQ,
@@ -34,6 +34,7 @@ from tests.raw_peer import (
     find_server,
     results,
     split_pdus,
+    store_server,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -613,14 +614,7 @@ async def test_odil_echo_and_userid_replayed_against_our_server() -> None:
 
 async def test_odil_store_replayed_against_our_server() -> None:
     stored: list[tuple[CStoreRQ, ReceivedDataSet]] = []
-
-    def on_store(rq: CStoreRQ, dataset: ReceivedDataSet, ctx: object) -> int:
-        stored.append((rq, dataset))
-        return 0
-
-    registry = HandlerRegistry()
-    registry.on_store(on_store)
-    async with Server("ARCHIVE", handlers=registry) as server:
+    async with store_server("ARCHIVE", stored) as server:
         peer = await RawPeer.open(server.port)
         try:
             ac = await peer.associate(ODIL_STORE_RQ)
