@@ -117,28 +117,41 @@ def _ownership(db: sqlite3.Connection, db_path: Path) -> str:
     """"empty", "ours" (stamped, or our tables only), else IndexDatabaseError; _Damaged when
     SQLite cannot read its own catalogue."""
     try:
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        app_id, version = (db.execute(f"PRAGMA {p}").fetchone()[0]
+                           for p in ("application_id", "user_version"))
         objects = db.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE "
                              "'sqlite_%'").fetchall()
         tables = [name for kind, name in objects if kind == "table"]
         columns = {t: {row[1] for row in db.execute(f'PRAGMA table_info("{t}")')}
                    for t in tables if t in _SIGNATURES}
     except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "decode" in str(exc):
+            raise _Damaged(str(exc)) from None  # a name in the catalogue is not UTF-8
         raise _damaged(exc) from None
+    except UnicodeDecodeError as exc:
+        raise _Damaged(f"the catalogue holds a name that is not UTF-8: {exc}") from None
     if app_id == APPLICATION_ID:
         return "ours"
     if not objects and app_id == 0:
         return "empty"
-    others = [kind + " " + name for kind, name in objects
-              if kind not in ("table", "index") or (kind == "table" and name not in _SIGNATURES)]
-    unlike = [t for t, cols in columns.items() if not _SIGNATURES[t] <= cols]
-    if app_id == 0 and not others and not unlike:
+    if app_id == 0 and version != 0 and _legacy(objects, columns):
         return "ours"  # written before the stamp
     what = f"application_id 0x{app_id:08X}" if app_id else \
-        "tables " + ", ".join(sorted(set(tables) - set(_SIGNATURES)) or unlike)
+        "tables " + ", ".join(sorted(tables) or [kind + " " + name for kind, name in objects])
     raise IndexDatabaseError(
         db_path, f"{db_path} is an SQLite database of another application ({what}), not an "
         "index of ours; it is left as it is: name another --db")
+
+
+def _legacy(objects: list[tuple[str, str]], columns: dict[str, set[str]]) -> bool:
+    """Whether a database without our stamp is an index we wrote before the stamp: our four
+    tables, each with its key columns, and nothing but them and their indexes. (Any fewer
+    and another application's ``instance`` table could pass for ours, and be dropped.)"""
+    required = ("patient", "study", "series", "instance")
+    if any(t not in columns or not _SIGNATURES[t] <= columns[t] for t in required):
+        return False
+    return all(kind == "index" or (kind == "table" and name in _SIGNATURES)
+               for kind, name in objects)
 
 
 def _damaged(exc: sqlite3.DatabaseError) -> BaseException:
@@ -157,6 +170,8 @@ def _integrity_check(db: sqlite3.Connection) -> str | None:
         rows = db.execute("PRAGMA integrity_check(5)").fetchall()
     except sqlite3.DatabaseError as exc:
         return str(exc)
+    except UnicodeDecodeError:  # its report names something whose bytes are damaged
+        return "SQLite's integrity check reports damage in a name"
     found = [str(row[0]) for row in rows]
     return None if found == ["ok"] else "; ".join(found)
 
@@ -193,9 +208,10 @@ def _check_folder(db: sqlite3.Connection, db_path: Path, storage_dir: Path) -> N
                          (_FOLDER_KEY,)).fetchone()
     except sqlite3.OperationalError:
         return  # written before the folder was recorded
-    if row is not None and row[0] != str(storage_dir):
+    recorded = None if row is None else _folder_from_db(row[0])
+    if recorded is not None and recorded != str(storage_dir):
         raise IndexDatabaseError(
-            db_path, f"{db_path} is the index of the archive folder {row[0]}, not of "
+            db_path, f"{db_path} is the index of the archive folder {recorded}, not of "
             f"{storage_dir}; it is left as it is: name another --db (or delete it to have "
             "it rebuilt for this folder)")
 
@@ -218,4 +234,9 @@ def _create(db: sqlite3.Connection, db_path: Path, storage_dir: Path, ddl: Seque
         db.execute(f"PRAGMA user_version = {version}")
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute("INSERT OR REPLACE INTO archive_meta (key, value) VALUES (?, ?)",
-                   (_FOLDER_KEY, str(storage_dir)))
+                   (_FOLDER_KEY, os.fsencode(storage_dir)))
+
+
+def _folder_from_db(value: str | bytes) -> str:
+    """The folder as recorded: its name's bytes (a BLOB: a folder name need not be UTF-8)."""
+    return value if isinstance(value, str) else os.fsdecode(value)

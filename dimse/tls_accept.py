@@ -46,7 +46,8 @@ class TlsAcceptor(asyncio.Protocol):
 
     ``make_protocol`` builds the real protocol once the handshake has succeeded (a failed one
     leaves nothing behind but a log line); ``handshakes`` is the server's set of running
-    handshake tasks, which it cancels when it closes.
+    handshake tasks, which it cancels when it closes; ``closing`` says whether it is closing
+    (a connection accepted just before then is dropped at once).
 
     Bytes read before start_tls takes the connection over (the ClientHello: uvloop starts
     reading right after ``connection_made``, where pausing is too early to hold) are kept and
@@ -55,21 +56,27 @@ class TlsAcceptor(asyncio.Protocol):
 
     def __init__(self, context: ssl.SSLContext, timeout: float | None,
                  make_protocol: Callable[[], asyncio.BaseProtocol],
-                 handshakes: set[asyncio.Task[None]]) -> None:
+                 handshakes: set[asyncio.Task[None]], closing: Callable[[], bool]) -> None:
         self._context = context
         self._timeout = timeout
         self._make_protocol = make_protocol
         self._handshakes = handshakes
+        self._closing = closing
         self._early: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (cast, not isinstance: uvloop's transports do not derive from asyncio.Transport.)
         tcp = cast(asyncio.Transport, transport)
+        if self._closing():  # accepted just before the server closed: no handshake to start
+            tcp.abort()
+            return
         tcp.pause_reading()  # asyncio's loop holds this; uvloop starts reading after us
         task = asyncio.get_running_loop().create_task(self._handshake(tcp))
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)
+        # Cancelled before its first step, the coroutine never runs its own abort.
+        task.add_done_callback(lambda done: tcp.abort() if done.cancelled() else None)
         self._task = task
 
     def connection_lost(self, exc: Exception | None) -> None:

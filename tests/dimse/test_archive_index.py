@@ -284,13 +284,16 @@ def test_database_of_another_schema_is_rebuilt(tmp_path: Path) -> None:
     write(root / "a.dcm", instance(1, study="1", pid="12345", name="DOE^JOHN"))
     write(root / "b.dcm", instance(1, study="2", pid="12345", name="ROE^JANE"))
     db = root / ".archive.sqlite"
-    with sqlite3.connect(db) as old:  # the previous schema: patient keyed by (ID, issuer)
+    with sqlite3.connect(db) as old:  # an older schema: patient keyed by (ID, issuer)
         old.execute("CREATE TABLE patient (id INTEGER PRIMARY KEY, patient_id TEXT NOT NULL, "
                     "issuer TEXT NOT NULL, patient_name TEXT)")
         old.execute("CREATE UNIQUE INDEX patient_key ON patient(patient_id, issuer)")
+        old.execute("CREATE TABLE study (id INTEGER PRIMARY KEY, study_uid TEXT)")
+        old.execute("CREATE TABLE series (id INTEGER PRIMARY KEY, series_uid TEXT)")
         old.execute("CREATE TABLE instance (id INTEGER PRIMARY KEY, sop_uid TEXT, path TEXT, "
                     "size INTEGER, mtime_ns INTEGER)")
         old.execute("INSERT INTO patient VALUES (1, '12345', '', 'ROE^JANE')")
+        old.execute("PRAGMA user_version = 1234567")  # what every revision before 9 wrote
     old.close()
     with Archive(root) as arc:
         version = arc._db.execute("PRAGMA user_version").fetchone()[0]

@@ -1,7 +1,7 @@
 """Audit 14: an independent review of session 9's changes (TLS acceptor, release on intact
 errors in connect(), the index opening checks and non-UTF-8 paths, Q/R sequence keys and level
-recasing, encapsulated Pixel Data under a native syntax). Each defect found is a strict xfail
-named ``audit14 #N``; the other tests pin behaviour checked and found right.
+recasing, encapsulated Pixel Data under a native syntax). The three defects found (audit14 #1-#3) are fixed;
+the other tests pin behaviour checked and found right.
 """
 
 from __future__ import annotations
@@ -55,9 +55,6 @@ def _latin1(parent: Path, name: bytes) -> Path:
 # --------------------------------------------------------------------------- the index (3)
 
 
-@pytest.mark.xfail(strict=True, reason="audit14 #1: an archive folder whose own name is not "
-                   "UTF-8 cannot be opened (archive_meta stores str(storage_dir): "
-                   "UnicodeEncodeError); it could before this session")
 def test_a_folder_whose_name_is_not_utf8_opens(tmp_path: Path) -> None:
     root = _latin1(tmp_path, b"M\xfcller")
     write(root, 1)
@@ -67,9 +64,6 @@ def test_a_folder_whose_name_is_not_utf8_opens(tmp_path: Path) -> None:
         assert arc.counts() == (1, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="audit14 #2: another application's database holding "
-                   "a table named like one of ours (instance with sop_uid, path) is taken for "
-                   "a pre-stamp index of ours and its table dropped")
 def test_a_foreign_database_with_one_table_named_like_ours_is_left_untouched(
         tmp_path: Path) -> None:
     other = tmp_path / "viewer.db"
@@ -163,10 +157,6 @@ def _still_open(socks: list[socket.socket], seconds: float) -> int:
     return count
 
 
-@pytest.mark.xfail(strict=True, reason="audit14 #3: Server.close() cancels only the handshake "
-                   "tasks already created; a connection accepted before close() whose "
-                   "TlsAcceptor.connection_made runs after it starts a handshake nobody "
-                   "cancels, and its socket stays open until artim_timeout (audit 7 D8 again)")
 @pytest.mark.parametrize("loop", LOOPS)
 def test_close_drops_connections_accepted_just_before_it(
         loop: str, certificate: tuple[Path, Path]) -> None:  # noqa: F811

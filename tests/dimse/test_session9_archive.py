@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
@@ -62,8 +64,9 @@ def test_a_new_index_is_stamped_as_ours(folder: Path) -> None:
     con = sqlite3.connect(folder / ".archive.sqlite")
     try:
         assert con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-        assert con.execute("SELECT value FROM archive_meta WHERE key = 'folder'").fetchone() \
-            == (str(folder.resolve()),)
+        (recorded,) = con.execute("SELECT value FROM archive_meta WHERE key = 'folder'"
+                                  ).fetchone()
+        assert os.fsdecode(recorded) == str(folder.resolve())  # bytes: names need not be UTF-8
     finally:
         con.close()
 
@@ -160,7 +163,8 @@ def test_an_index_of_another_schema_is_rebuilt_saying_so(
 
 
 def test_an_index_from_before_the_stamp_is_ours(folder: Path) -> None:
-    """Revision 8 indexes carry no application_id: our tables, our key columns."""
+    """Revision 8 indexes carry no application_id: our four tables, our key columns, a
+    schema version."""
     con = sqlite3.connect(folder / ".archive.sqlite")
     con.execute("PRAGMA application_id = 0")
     con.execute("PRAGMA user_version = 4242")
@@ -271,3 +275,64 @@ def test_each_file_not_indexed_has_its_reason(tmp_path: Path) -> None:
     assert "StudyInstanceUID" in reasons["no_study.dcm"]
     assert reasons["fifo"] == "not a regular file of the folder"
     assert all(str(root) not in r for r in reasons.values())  # the path is not repeated
+
+
+def test_one_table_of_our_name_is_not_an_index_of_ours(tmp_path: Path) -> None:
+    """Without the stamp, an ``instance`` table with ``sop_uid`` and ``path`` alone is another
+    application's (audit 14 #2): all four tables and a schema version make a legacy index."""
+    other = tmp_path / "viewer.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE instance (id INTEGER PRIMARY KEY, sop_uid TEXT, path TEXT)")
+    con.execute("INSERT INTO instance (sop_uid, path) VALUES ('1.2', 'a.dcm')")
+    con.execute("PRAGMA user_version = 3")
+    con.commit()
+    con.close()
+    with pytest.raises(IndexDatabaseError, match="another application"):
+        Archive(tmp_path / "archive", other)
+    con = sqlite3.connect(other)
+    try:
+        assert con.execute("SELECT sop_uid, path FROM instance").fetchall() == [("1.2", "a.dcm")]
+    finally:
+        con.close()
+
+
+def test_a_damaged_catalogue_is_damage_not_a_crash(folder: Path) -> None:
+    """A byte flipped in a table's name in sqlite_master: no UnicodeDecodeError escapes."""
+    db = folder / ".archive.sqlite"
+    data = bytearray(db.read_bytes())
+    at = data.index(b"CREATE TABLE study")
+    data[at + 13] = 0xE9  # 'study' -> invalid UTF-8 in the schema text
+    db.write_bytes(bytes(data))
+    with Archive(folder) as arc:
+        arc.index()
+        assert studies(arc) == 5
+    assert list(folder.glob(".archive.sqlite.damaged-*"))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flips=st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 255)), min_size=1,
+                      max_size=40),
+       cut=st.none() | st.floats(0.0, 1.0))
+def test_any_damage_to_our_index_is_rebuilt_or_refused(folder: Path, flips: list[tuple[int, int]],
+                                                       cut: float | None) -> None:
+    """Bytes of the index flipped anywhere (and the file perhaps cut short): the archive opens
+    with every instance indexed again, or refuses in one typed error; never another error."""
+    db = folder / ".archive.sqlite"
+    pristine = db.with_name("pristine")
+    if not pristine.exists():
+        pristine.write_bytes(db.read_bytes())
+    for stale in folder.glob(".archive.sqlite*"):
+        stale.unlink()
+    data = bytearray(pristine.read_bytes())
+    for at, value in flips:
+        data[at % len(data)] = value
+    if cut is not None:
+        data = data[:int(len(data) * cut)]
+    db.write_bytes(bytes(data))
+    try:
+        with Archive(folder) as arc:
+            arc.index()
+            assert arc.counts() == (5, 5)
+    except IndexDatabaseError:
+        pass
