@@ -224,7 +224,7 @@ def _identifier(keys: Sequence[str], model: QueryModel) -> Dataset:
     ds = Dataset()
     for key in keys:
         try:
-            apply_keys([parse_key(key)], ds)
+            apply_keys([parse_key(_level_upper(key))], ds)
         except KeyError_ as exc:
             raise UserError(f"bad -k key: {exc}", EXIT_USAGE) from None
         except (ValueError, TypeError, OverflowError) as exc:
@@ -232,6 +232,16 @@ def _identifier(keys: Sequence[str], model: QueryModel) -> Dataset:
     if QR_LEVEL not in ds:
         ds.QueryRetrieveLevel = MODELS[model].levels[0].value
     return ds
+
+
+def _level_upper(key: str) -> str:
+    """``QueryRetrieveLevel=study`` as ``QueryRetrieveLevel=STUDY``: the level is sent as its
+    defined term anyway (CS is upper case), and pydicom would warn about the value first."""
+    name, sep, value = key.partition("=")
+    if sep and name.strip().strip("()").replace(",", "").upper() in ("QUERYRETRIEVELEVEL",
+                                                                      "00080052"):
+        return f"{name}={value.upper()}"
+    return key
 
 
 # --------------------------------------------------------------------------- commands

@@ -223,3 +223,15 @@ async def test_any_other_error_in_the_block_aborts(server: Server,
     async with asyncio.timeout(5):
         await served.wait_closed()
     assert served.error is not None
+
+
+@pytest.mark.parametrize("key", ["QueryRetrieveLevel=study", "0008,0052=Study",
+                                 "(0008,0052)=study"])
+def test_the_cli_takes_a_lower_case_level_without_a_warning(
+        key: str, caplog: pytest.LogCaptureFixture) -> None:
+    from dimse.cli import _identifier
+
+    with caplog.at_level(logging.WARNING):
+        ds = _identifier([key, "StudyInstanceUID"], SR)
+    assert ds.QueryRetrieveLevel == "STUDY"
+    assert "Invalid value" not in caplog.text
