@@ -90,11 +90,16 @@ def _files(storage_dir: Path, db_path: Path) -> Iterator[tuple[Path, os.stat_res
     suffixes = ("", "-wal", "-shm", "-journal", ".lock")
     skip = {(db.parent, db.name + suffix) for db in (db_path, Path(os.path.realpath(db_path)))
             for suffix in suffixes}
+    damaged = {(db.parent, db.name + ".damaged-") for db in (db_path,
+                                                            Path(os.path.realpath(db_path)))}
     for root, dirs, files in os.walk(storage_dir):
         dirs.sort()
         for name in sorted(files):
             if name.startswith(".tmp-") or (Path(root), name) in skip:
                 continue
+            if any(Path(root) == folder and name.startswith(prefix)
+                   for folder, prefix in damaged):
+                continue  # an index moved aside as damaged (archive_db)
             path = Path(root, name)
             try:
                 stat = os.lstat(path)
