@@ -23,6 +23,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -33,7 +34,7 @@ from tests.peers import free_port, wait_port
 
 pynetdicom = pytest.importorskip("pynetdicom")
 
-EXAMPLES = int(os.environ.get("AUDIT15_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("AUDIT15_EXAMPLES", "300"))
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -110,7 +111,7 @@ def encode(rq: Rq) -> bytes:
 @st.composite
 def requests(draw: st.DrawFn) -> Rq:
     n = draw(st.integers(1, 20))
-    clean = draw(st.booleans())
+    clean = draw(st.integers(0, 3)) > 0  # a quarter with odd/even/duplicate IDs
     contexts = []
     for i in range(n):
         cid = 2 * i + 1 if clean else draw(st.one_of(st.just(2 * i + 1), st.integers(0, 2 * n)))
@@ -263,8 +264,8 @@ def start_theirs() -> tuple[object, int]:
         scu, scp = ROLES.get(uid, (None, None))
         ae.add_supported_context(uid, list(transfers), scu_role=scu, scp_role=scp)
 
-    def extended(event: object) -> dict[str, bytes]:
-        app_info: dict[str, bytes] = getattr(event, "app_info")
+    def extended(event: Any) -> dict[str, bytes]:
+        app_info: dict[str, bytes] = event.app_info
         return {uid: a for uid, info in app_info.items() if (a := _flags(uid, info)) is not None}
 
     handlers = [(evt.EVT_ASYNC_OPS, lambda event: (1, 1)), (evt.EVT_SOP_EXTENDED, extended)]
@@ -327,6 +328,9 @@ def _roles_differ_legitimately(rq: Rq, ours: Answer, theirs: Answer) -> str | No
     classes = [uid for uid, _s, _p in rq.roles]
     if len(classes) != len(set(classes)):
         return "choice: conflicting role items"
+    ids = [cid for cid, _a, _t in rq.contexts]
+    if len(ids) != len(set(ids)):
+        return "choice: duplicate context ID (its class not accepted, so no role answer)"
     return None
 
 
@@ -364,7 +368,13 @@ def compare(rq: Rq, ours: Answer, theirs: Answer) -> tuple[list[str], list[str]]
         why = _extended_differ_legitimately(rq, ours, theirs)
         (explained if why else problems).append(
             why or f"extended: ours {ours.extended!r} theirs {theirs.extended!r}")
-    for name in ("max_pdu", "window", "identity"):
+    if ours.window != theirs.window and rq.window == (1, 1) and theirs.window is None:
+        # CHOICE: a requestor proposing (1, 1) gets (1, 1) from us, no item from pynetdicom;
+        # an absent item means (1, 1) (PS3.7 D.3.3.3.1), so both agree on the outcome.
+        explained.append("choice: async window (1, 1) echoed")
+    elif ours.window != theirs.window:
+        problems.append(f"window: ours {ours.window!r} theirs {theirs.window!r}")
+    for name in ("max_pdu", "identity"):
         x, y = getattr(ours, name), getattr(theirs, name)
         if x != y:
             problems.append(f"{name}: ours {x!r} theirs {y!r}")
