@@ -114,8 +114,8 @@ def _is_sqlite(db_path: Path) -> bool:
 
 
 def _ownership(db: sqlite3.Connection, db_path: Path) -> str:
-    """"empty", "ours" (stamped, or our tables only), else IndexDatabaseError; _Damaged when
-    SQLite cannot read its own catalogue."""
+    """"empty", "ours" (stamped, or our four tables from before the stamp), else
+    IndexDatabaseError; _Damaged when SQLite cannot read its own catalogue."""
     try:
         app_id, version = (db.execute(f"PRAGMA {p}").fetchone()[0]
                            for p in ("application_id", "user_version"))
