@@ -36,6 +36,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dimse.archive_db import IndexDatabaseError as IndexDatabaseError  # re-exported
 from dimse.archive_db import open_index
+from dimse.archive_db import path_from_db as _from_db
+from dimse.archive_db import path_to_db as _to_db
 from dimse.archive_files import HEADER_DEFER_SIZE as HEADER_DEFER_SIZE  # re-exported
 from dimse.archive_files import ArchiveInUseError as ArchiveInUseError  # re-exported
 from dimse.archive_files import (
@@ -167,21 +169,6 @@ class IndexStats:
     pending: tuple[Path, ...] = ()
     #: Why each file of ``failed`` was not indexed (one line each).
     reasons: Mapping[Path, str] = field(default_factory=dict)
-
-
-def _to_db(rel: str) -> str | bytes:
-    """A folder-relative path as the index keeps it: text, or, for a name that is no UTF-8
-    (copied from an old Windows share or a zip: Linux names are bytes), its bytes, which
-    SQLite keeps as a BLOB. :func:`_from_db` gives the path back."""
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(rel)
-    return rel
-
-
-def _from_db(value: str | bytes) -> str:
-    return value if isinstance(value, str) else os.fsdecode(value)
 
 
 class _Unsettled(ValueError):

@@ -22,7 +22,7 @@ from typing import Final
 
 from pdu.errors import DicomError
 
-__all__ = ["APPLICATION_ID", "IndexDatabaseError", "open_index"]
+__all__ = ["APPLICATION_ID", "IndexDatabaseError", "open_index", "path_from_db", "path_to_db"]
 
 log = logging.getLogger("dimse.archive")
 
@@ -38,8 +38,6 @@ _SIGNATURES: Final = {
     "archive_meta": {"key", "value"},
 }
 _FOLDER_KEY: Final = "folder"
-_SQLITE_CORRUPT: Final = 11
-_SQLITE_NOTADB: Final = 26
 
 
 class IndexDatabaseError(DicomError):
@@ -157,7 +155,7 @@ def _legacy(objects: list[tuple[str, str]], columns: dict[str, set[str]]) -> boo
 def _damaged(exc: sqlite3.DatabaseError) -> BaseException:
     """``exc`` as :class:`_Damaged` when SQLite says the file is corrupt or no database; any
     other error (cannot open, read-only, locked) as it is."""
-    if getattr(exc, "sqlite_errorcode", None) in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+    if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return _Damaged(str(exc))
     return exc
 
@@ -208,7 +206,7 @@ def _check_folder(db: sqlite3.Connection, db_path: Path, storage_dir: Path) -> N
                          (_FOLDER_KEY,)).fetchone()
     except sqlite3.OperationalError:
         return  # written before the folder was recorded
-    recorded = None if row is None else _folder_from_db(row[0])
+    recorded = None if row is None else path_from_db(row[0])
     if recorded is not None and recorded != str(storage_dir):
         raise IndexDatabaseError(
             db_path, f"{db_path} is the index of the archive folder {recorded}, not of "
@@ -234,9 +232,19 @@ def _create(db: sqlite3.Connection, db_path: Path, storage_dir: Path, ddl: Seque
         db.execute(f"PRAGMA user_version = {version}")
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute("INSERT OR REPLACE INTO archive_meta (key, value) VALUES (?, ?)",
-                   (_FOLDER_KEY, os.fsencode(storage_dir)))
+                   (_FOLDER_KEY, path_to_db(str(storage_dir))))
 
 
-def _folder_from_db(value: str | bytes) -> str:
-    """The folder as recorded: its name's bytes (a BLOB: a folder name need not be UTF-8)."""
+def path_to_db(path: str) -> str | bytes:
+    """A path as the index keeps it: text, or, for a name that is no UTF-8 (copied from an old
+    Windows share or a zip: Linux names are bytes), its bytes, which SQLite keeps as a BLOB.
+    :func:`path_from_db` gives the path back."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def path_from_db(value: str | bytes) -> str:
     return value if isinstance(value, str) else os.fsdecode(value)

@@ -94,13 +94,14 @@ def _files(storage_dir: Path, db_path: Path) -> Iterator[tuple[Path, os.stat_res
                                                             Path(os.path.realpath(db_path)))}
     for root, dirs, files in os.walk(storage_dir):
         dirs.sort()
+        here = Path(root)
+        aside = tuple(prefix for folder, prefix in damaged if folder == here)
         for name in sorted(files):
-            if name.startswith(".tmp-") or (Path(root), name) in skip:
+            if name.startswith(".tmp-") or (here, name) in skip:
                 continue
-            if any(Path(root) == folder and name.startswith(prefix)
-                   for folder, prefix in damaged):
+            if aside and name.startswith(aside):
                 continue  # an index moved aside as damaged (archive_db)
-            path = Path(root, name)
+            path = here / name
             try:
                 stat = os.lstat(path)
             except FileNotFoundError:

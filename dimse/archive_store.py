@@ -131,14 +131,18 @@ def check_structure(path: Path, offset: int, size: int, transfer_syntax: str) ->
         return
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm, \
             memoryview(mm) as view, view[offset:offset + size] as data_set:
-        check_structure_bytes(data_set, transfer_syntax)
+        _walk(data_set, encoding, transfer_syntax)
 
 
 def check_structure_bytes(data_set: bytes | memoryview, transfer_syntax: str) -> None:
     """:func:`check_structure` for a data set held in memory."""
     encoding = checked_encoding(transfer_syntax)
-    if encoding is None or not data_set:
-        return
+    if encoding is not None and data_set:
+        _walk(data_set, encoding, transfer_syntax)
+
+
+def _walk(data_set: bytes | memoryview, encoding: tuple[bool, bool], transfer_syntax: str
+          ) -> None:
     reason = structure_problem(data_set, *encoding, is_encapsulated(transfer_syntax),
                                is_native(transfer_syntax))
     if reason is not None:

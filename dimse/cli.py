@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -46,7 +47,7 @@ from .errors import (
     IdentifierError,
     NotNegotiatedError,
 )
-from .keys import KeyError_, apply_keys, parse_key
+from .keys import KeyError_, KeySpec, apply_keys, parse_key
 from .qr import MODELS, QR_LEVEL, Mode, QueryModel
 
 if TYPE_CHECKING:
@@ -55,8 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 log = logging.getLogger("dimse.cli")
-_SQLITE_READONLY: Final = 8
-_SQLITE_CANTOPEN: Final = 14
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -224,7 +223,7 @@ def _identifier(keys: Sequence[str], model: QueryModel) -> Dataset:
     ds = Dataset()
     for key in keys:
         try:
-            apply_keys([parse_key(_level_upper(key))], ds)
+            apply_keys([_level_upper(parse_key(key))], ds)
         except KeyError_ as exc:
             raise UserError(f"bad -k key: {exc}", EXIT_USAGE) from None
         except (ValueError, TypeError, OverflowError) as exc:
@@ -234,14 +233,12 @@ def _identifier(keys: Sequence[str], model: QueryModel) -> Dataset:
     return ds
 
 
-def _level_upper(key: str) -> str:
+def _level_upper(spec: KeySpec) -> KeySpec:
     """``QueryRetrieveLevel=study`` as ``QueryRetrieveLevel=STUDY``: the level is sent as its
     defined term anyway (CS is upper case), and pydicom would warn about the value first."""
-    name, sep, value = key.partition("=")
-    if sep and name.strip().strip("()").replace(",", "").upper() in ("QUERYRETRIEVELEVEL",
-                                                                      "00080052"):
-        return f"{name}={value.upper()}"
-    return key
+    if spec.path == ((QR_LEVEL, 0),) and spec.value is not None:
+        return dataclasses.replace(spec, value=spec.value.upper())
+    return spec
 
 
 # --------------------------------------------------------------------------- commands
@@ -356,7 +353,8 @@ async def _qrscp(args: argparse.Namespace) -> int:
     except sqlite3.Error as exc:
         db = args.db or storage / ".archive.sqlite"
         hint = (" (a read-only folder? --db PATH puts the index elsewhere)"
-                if getattr(exc, "sqlite_errorcode", None) in (_SQLITE_READONLY, _SQLITE_CANTOPEN)
+                if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_READONLY,
+                                                              sqlite3.SQLITE_CANTOPEN)
                 else "")
         raise UserError(f"cannot open the index database {db}: {exc}{hint}") from None
     once = _OncePerMessage()

@@ -97,27 +97,20 @@ class Connector:
         self._assoc = None
         if assoc is None:
             return
-        if exc_type is None:
-            try:
-                await assoc.cancel_unread()  # nobody can read those after the block
-                await assoc.release()
-            except BaseException:  # cancelled or failed: never leave it open
-                _abort_and_close(assoc)
-                raise
-        elif isinstance(exc, _ASSOCIATION_INTACT) and assoc.is_established:
-            # A failure status, or a request refused before it was sent: the association is
-            # as good as before, so it ends normally (PS3.8 A-RELEASE) rather than with an
-            # A-ABORT the peer would log as a fault. The block's exception still propagates.
-            try:
-                await assoc.cancel_unread()
-                await assoc.release()
-            except Exception:
-                _abort_and_close(assoc)
-            except BaseException:
-                _abort_and_close(assoc)
-                raise
-        else:
+        # After a failure status, or a request refused before it was sent, the association is
+        # as good as before: it ends normally (PS3.8 A-RELEASE) rather than with an A-ABORT the
+        # peer would log as a fault, and the block's exception still propagates.
+        if exc_type is not None and not (isinstance(exc, _ASSOCIATION_INTACT)
+                                         and assoc.is_established):
             _abort_and_close(assoc)
+            return
+        try:
+            await assoc.cancel_unread()  # nobody can read those after the block
+            await assoc.release()
+        except BaseException as failed:  # cancelled or failed: never leave it open
+            _abort_and_close(assoc)
+            if exc_type is None or not isinstance(failed, Exception):
+                raise
 
     async def _open(self) -> Association:
         o = self._options

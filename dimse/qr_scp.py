@@ -95,8 +95,6 @@ log = logging.getLogger(__name__)
 
 #: The handler raised something other than ServiceError.
 STATUS_HANDLER_FAILED: Final = 0xC001
-_SQLITE_BUSY: Final = 5
-_SQLITE_LOCKED: Final = 6
 #: Matches fetched per worker-thread hop by the archive handler.
 ARCHIVE_CHUNK: Final = 256
 #: Largest C-FIND identifier a deflated one may inflate to. Identifiers are small (a list of
@@ -480,7 +478,7 @@ def _index_failed(archive: Archive, exc: sqlite3.DatabaseError) -> ServiceError:
     traceback): 0xA700 when it is busy or locked, else 0xC001 (damaged since the start-up
     check? a restart checks it again and rebuilds it)."""
     code = getattr(exc, "sqlite_errorcode", None)
-    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         log.error("C-FIND: the index %s is busy: %s", archive.db_path, exc)
         return ServiceError(Status.OUT_OF_RESOURCES, "index busy")
     log.error("C-FIND: the index %s failed: %s (damaged? a restart checks it and rebuilds it "

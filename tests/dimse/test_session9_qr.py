@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 
-from dimse.archive import Archive
 from dimse.connect import connect
 from dimse.errors import IdentifierError
 from dimse.qr import (
@@ -33,9 +30,9 @@ from dimse.qr import (
     validate_scp,
     with_level_key,
 )
-from dimse.qr_scp import archive_server
 from dimse.qr_scu import QueryFailed, connect_qr, find
 from dimse.server import Server
+from tests.dimse.test_audit_qrscp import archive, server  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.timeout(60)]
 
@@ -141,19 +138,6 @@ def test_level_as_given_when_asked() -> None:
 # --------------------------------------------------------------------------- over the network
 
 
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[Archive]:
-    arc = Archive(tmp_path / "archive")
-    yield arc
-    arc.close()
-
-
-@pytest.fixture
-async def server(archive: Archive) -> AsyncIterator[Server]:
-    async with archive_server(archive, "QRSCP") as srv:
-        yield srv
-
-
 async def _store_one(port: int) -> None:
     ds = item(SOPClassUID=CTImageStorage, SOPInstanceUID=ROOT + "1.1.1",
               StudyInstanceUID=ROOT + "1", SeriesInstanceUID=ROOT + "1.1", PatientID="P1",
@@ -163,7 +147,8 @@ async def _store_one(port: int) -> None:
         assert await assoc.store(ds) == 0
 
 
-async def test_archive_answers_a900_to_a_lenient_scu_sending_two_items(server: Server) -> None:
+async def test_archive_answers_a900_to_a_lenient_scu_sending_two_items(
+        server: Server) -> None:  # noqa: F811
     await _store_one(server.port)
     async with connect_qr("127.0.0.1", server.port, called_ae="QRSCP", calling_ae="FINDER",
                           models=[SR]) as assoc:
@@ -183,7 +168,8 @@ async def test_archive_answers_a900_to_a_lenient_scu_sending_two_items(server: S
 # --------------------------------------------------------------------------- the block's end
 
 
-async def _raise_in_block(server: Server, body: type[BaseException], seen: list[Any]) -> None:
+async def _raise_in_block(server: Server,  # noqa: F811
+                          body: type[BaseException], seen: list[Any]) -> None:
     """A block that raises: a failure status answered by the peer (QueryFailed), an identifier
     refused before anything is sent (IdentifierError), or the user's own ``body`` error. The
     server side of the association goes into ``seen``."""
@@ -201,7 +187,7 @@ async def _raise_in_block(server: Server, body: type[BaseException], seen: list[
 
 @pytest.mark.parametrize("error", [QueryFailed, IdentifierError])
 async def test_a_failure_status_or_refused_request_ends_with_a_release(
-        server: Server, error: type[BaseException]) -> None:
+        server: Server, error: type[BaseException]) -> None:  # noqa: F811
     """The association is intact after these: it ends with A-RELEASE (PS3.8 7.2), not an
     A-ABORT the peer would log as a fault; the block's exception still reaches the caller."""
     seen: list[Any] = []
@@ -214,7 +200,7 @@ async def test_a_failure_status_or_refused_request_ends_with_a_release(
 
 
 @pytest.mark.parametrize("error", [ValueError, KeyError, RuntimeError])
-async def test_any_other_error_in_the_block_aborts(server: Server,
+async def test_any_other_error_in_the_block_aborts(server: Server,  # noqa: F811
                                                    error: type[BaseException]) -> None:
     seen: list[Any] = []
     with pytest.raises(error):

@@ -20,6 +20,7 @@ import pytest
 from dimse import tls_accept
 from dimse.connect import connect
 from dimse.server import Server
+from tests.dimse.test_audit14_review import _still_open
 from tests.dimse.test_tls import _contexts, certificate  # noqa: F401 (fixture)
 from tests.fixtures.captured import FIXTURES
 
@@ -206,21 +207,6 @@ def test_close_drops_plain_connections_accepted_in_its_last_turns(loop: str) -> 
     """Without TLS too: asyncio 3.11 drops, unattached and open, a connection it accepted just
     before the listener closed (audit 14 #3, seen on plain TCP as well)."""
 
-    def still_open(socks: list[socket.socket]) -> int:
-        count = 0
-        for sock in socks:
-            sock.settimeout(1.0)
-            try:
-                if sock.recv(16):
-                    pass
-            except TimeoutError:
-                count += 1
-            except OSError:
-                pass
-            finally:
-                sock.close()
-        return count
-
     async def main() -> None:
         left = 0
         for turns in range(1, 6):
@@ -230,7 +216,7 @@ def test_close_drops_plain_connections_accepted_in_its_last_turns(loop: str) -> 
             for _ in range(turns):
                 await asyncio.sleep(0)
             await server.close()
-            left += await asyncio.to_thread(still_open, socks)
+            left += await asyncio.to_thread(_still_open, socks, 2.0)
         assert left == 0, f"{left} connection(s) still open after Server.close()"
 
     run(loop, main)
